@@ -1,0 +1,59 @@
+# pimail — the two commands the README promises, plus the rest of the developer loop.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ./var
+LISTEN ?= 0.0.0.0:30303
+
+.PHONY: run test lint typecheck pytest bench bench-quick faults image image-test clean venv venv-test
+
+$(BIN)/pimail: pyproject.toml
+	scripts/ensure-deps run
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.test-installed: pyproject.toml
+	scripts/ensure-deps test
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,systemd]'
+	@touch $@
+
+venv: $(BIN)/pimail
+venv-test: $(VENV)/.test-installed
+
+## make run: set up .venv and start a node on embedded defaults (SQLite in ./var, 0.0.0.0:30303)
+run: $(BIN)/pimail
+	$(BIN)/pimail run --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+## make test: ruff, mypy --strict on pimail/, then the whole pytest suite
+test: venv-test
+	$(BIN)/ruff check pimail tests bench
+	$(BIN)/mypy --strict pimail
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv-test
+	$(BIN)/ruff check pimail tests bench
+
+typecheck: venv-test
+	$(BIN)/mypy --strict pimail
+
+bench: venv-test
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: venv-test
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+faults: venv-test
+	$(BIN)/python -m bench.faults $(FAULT_ARGS)
+
+image:
+	image/build.sh $(IMAGE_ARGS)
+
+image-test:
+	image/test/boot-smoke.sh $(IMAGE_TEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

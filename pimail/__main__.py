@@ -1,0 +1,3 @@
+from pimail.cli import main
+
+raise SystemExit(main())

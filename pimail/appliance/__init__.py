@@ -1,0 +1,1 @@
+"""The appliance layer: health model, LEDs, systemd, status socket/page, pairing, metrics, doctor."""

@@ -1,0 +1,57 @@
+"""``pimail`` command line. Each module in this package registers one or more subcommands.
+
+A module defines ``register(subparsers)`` which adds its parsers and sets ``func`` to a callable
+``(args) -> int``. Subcommands are thin shells over the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from pimail import __version__
+from pimail.errors import RuntimeFailure, UserError
+
+log = logging.getLogger("pimail")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pimail",
+        description="A Whisper v6 mailserver for a Raspberry Pi: relays envelopes, keeps history "
+        "for your phones while they are offline, and serves it back when they return.",
+    )
+    parser.add_argument("--version", action="version", version=f"pimail {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{mod.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+    try:
+        return int(args.func(args))
+    except (UserError, RuntimeFailure) as exc:
+        print(f"pimail: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

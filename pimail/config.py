@@ -1,0 +1,115 @@
+"""The one typed configuration tree. Every limit lives here with its default and unit.
+
+The TOML loader (file, line and one-line reason on bad input) and CLI overrides live in
+``pimail.configfile``; the sample with every key documented is ``pimail.toml`` at the repo root.
+Each section belongs to one layer; a layer reads only its own section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class NodeConfig:
+    """[node] — RLPx/devp2p transport."""
+
+    listen: str = "0.0.0.0:30303"
+    public_host: str = ""  # host phones should dial; "" = detect the primary LAN address
+    data_dir: Path = Path("./var")
+    static_peers: list[str] = field(default_factory=list)
+    trusted_peers: list[str] = field(default_factory=list)  # their 125/127 are accepted
+    max_peers: int = 50
+    max_pending_handshakes: int = 16
+    handshake_timeout_s: float = 5.0  # geth handshakeTimeout
+    ping_interval_s: float = 15.0  # geth pingInterval
+    idle_timeout_s: float = 30.0  # geth frameReadTimeout
+    max_frame_bytes: int = 16 * 1024 * 1024 - 1  # devp2p frame-size field is 24 bits
+    write_buffer_bytes: int = 4 * 1024 * 1024  # per peer, beyond which senders wait
+    redial_min_s: float = 1.0
+    redial_max_s: float = 60.0
+
+
+@dataclass
+class WhisperConfig:
+    """[whisper] — shh/6."""
+
+    min_pow: float = 0.002  # what we require of relayed envelopes
+    pow_formula: str = "either"  # either | legacy | current
+    max_message_size: int = 1024 * 1024  # geth DefaultMaxMessageSize
+    pool_max_bytes: int = 64 * 1024 * 1024
+    known_per_peer: int = 100_000
+    forward_interval_s: float = 0.3  # geth transmissionCycle
+    expiry_sweep_s: float = 1.0  # geth expirationCycle
+    future_tolerance_s: int = 10  # geth DefaultSyncAllowance
+    rate_limit_packets_per_s: float = 50.0  # per peer, Messages packets
+    rate_limit_tolerance: int = 100  # packets over the limit before disconnect
+    confirmations: bool = True
+
+
+@dataclass
+class ArchiveConfig:
+    """[archive] — storage and retention."""
+
+    url: str = ""  # "" = SQLite in <data_dir>/archive.sqlite; "postgresql://…" = fleet backend
+    flush_interval_ms: int = 200
+    flush_max_envelopes: int = 2000
+    synchronous: str = "normal"  # normal | full ("power-loss safe")
+    max_age: str = "30d"
+    max_count: int = 0
+    max_bytes: str = "0"  # e.g. "8GB"; 0 = no cap
+    min_free_disk: str = "256MB"
+    prune_interval_s: float = 60.0
+    clock_trust: str = "auto"  # auto | always | synced
+
+
+@dataclass
+class MailserverConfig:
+    """[mailserver] — history requests."""
+
+    enabled: bool = True
+    password: str = "status-offline-inbox"  # Status' default mailserver password
+    min_request_pow: float = 0.000002  # status-go WhisperMinimumPoW
+    allowed_clients: list[str] = field(default_factory=list)  # node pubkeys (hex); empty = open
+    min_request_interval_s: float = 1.0  # status-go MailServerRateLimit semantics
+    bucket_rate_per_s: float = 1.0
+    bucket_burst: int = 10
+    max_concurrent_per_peer: int = 2
+    sync_from: list[str] = field(default_factory=list)  # sibling mailservers (enode URLs)
+    backfill_max_s: int = 7 * 86400
+
+
+@dataclass
+class LedConfig:
+    """[leds] — gpiozero BCM pins; 0 disables one LED."""
+
+    enabled: bool = True
+    green: int = 17
+    amber: int = 27
+    red: int = 22
+    active_high: bool = True
+    pair_button: int = 0  # 0 = no button
+
+
+@dataclass
+class StatusConfig:
+    """[status] — control socket, metrics and the LAN status page."""
+
+    metrics: bool = True
+    metrics_listen: str = "127.0.0.1:9464"
+    page: bool = True
+    page_listen: str = "0.0.0.0:8080"
+    show_password_on_page: bool = False
+    allow_pairing_from_page: bool = False
+    pairing_minutes: int = 10
+
+
+@dataclass
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    whisper: WhisperConfig = field(default_factory=WhisperConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    mailserver: MailserverConfig = field(default_factory=MailserverConfig)
+    leds: LedConfig = field(default_factory=LedConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)

@@ -1,0 +1,1 @@
+"""Cryptographic primitives shared by RLPx and Whisper (all from coincurve and pycryptodome)."""

@@ -1,0 +1,62 @@
+"""Whisper proof of work: the legacy (geth ≤ 1.8) and current (status-go ≥ 0.35) formulas.
+
+PROTOCOL.md §3.4. Both compute ``2**bits / size / (ttl + diff)``; they differ in what is hashed,
+which zero bits count and what "size" is.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+from pimail.crypto.hashing import keccak256
+
+ENVELOPE_HEADER_LEN = 20  # geth EnvelopeHeaderLength
+
+
+class PowFormula(enum.Enum):
+    """Which PoW definition a requirement is judged by."""
+
+    LEGACY = "legacy"  # go-ethereum ≤ 1.8.27: trailing zeros of keccak(keccak(rlp-no-nonce)‖0*24‖nonce)
+    CURRENT = "current"  # status-go ≥ 0.35 / EIP-627 style: leading zeros of keccak(rlp-no-nonce‖nonce)
+    EITHER = "either"  # meets a requirement if either formula does (pimail's default)
+    BOTH = "both"  # meets a requirement only if both do (forwarding to a peer of unknown kind)
+
+
+def trailing_zero_bits(h: bytes) -> int:
+    """Index of the lowest set bit of ``h`` read big-endian (geth returns 0 for all-zero)."""
+    n = int.from_bytes(h, "big")
+    if n == 0:
+        return 0
+    return (n & -n).bit_length() - 1
+
+
+def leading_zero_bits(h: bytes) -> int:
+    return len(h) * 8 - int.from_bytes(h, "big").bit_length()
+
+
+def legacy_pow(rlp_no_nonce: bytes, nonce: int, data_len: int, ttl: int, diff: int = 0) -> float:
+    """go-ethereum 1.8 PoW (formula 1)."""
+    buf = keccak256(rlp_no_nonce) + b"\x00" * 24 + nonce.to_bytes(8, "big")
+    bits = trailing_zero_bits(keccak256(buf))
+    return _pow(bits, ENVELOPE_HEADER_LEN + data_len, ttl + diff)
+
+
+def current_pow(rlp_no_nonce: bytes, nonce: int, ttl: int, diff: int = 0) -> float:
+    """status-go / geth-1.9 PoW (formula 3)."""
+    bits = leading_zero_bits(keccak256(rlp_no_nonce, nonce.to_bytes(8, "big")))
+    return _pow(bits, len(rlp_no_nonce), ttl + diff)
+
+
+def _pow(bits: int, size: int, ttl: int) -> float:
+    if size <= 0 or ttl <= 0:
+        return 0.0
+    return math.ldexp(1.0, bits) / size / ttl
+
+
+def target_bits(target_pow: float, data_len: int, ttl: int) -> int:
+    """geth powToFirstBit: bits needed so that 2**bits/((20+len(data))*ttl) ≥ target."""
+    if target_pow <= 0:
+        return 0
+    x = math.log2(target_pow * (ENVELOPE_HEADER_LEN + data_len) * ttl)
+    return max(1, math.ceil(x))
