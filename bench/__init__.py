@@ -1,0 +1,1 @@
+"""pimail benchmarks: ``python -m bench [--quick] [--json FILE]`` (see bench/__main__.py)."""

@@ -1,0 +1,59 @@
+"""What every benchmark module shares: a result row and the table printer.
+
+Each area module (bench/transport.py, bench/whisper.py, …) exposes ``run(quick: bool) -> list[Result]``.
+Benchmarks print figures; they never assert timings.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Result:
+    area: str
+    name: str
+    value: float
+    unit: str
+    target: float | None = None
+    higher_is_better: bool = True
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        ok = self.value >= self.target if self.higher_is_better else self.value <= self.target
+        return "ok" if ok else "MISS"
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["verdict"] = self.verdict
+        return d
+
+
+def rate(fn: Callable[[], object], *, min_seconds: float = 1.0, batch: int = 1) -> float:
+    """Calls of ``fn`` per second (each call counted as ``batch`` operations), measured ≥ min_seconds."""
+    n = 0
+    start = time.perf_counter()
+    while True:
+        fn()
+        n += batch
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return n / elapsed
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def print_table(results: Iterable[Result]) -> None:
+    rows = list(results)
+    print(f"{'area':<11} {'measure':<52} {'value':>14} {'unit':<10} {'target':>12}  verdict")
+    for r in rows:
+        tgt = "" if r.target is None else (("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}")
+        print(f"{r.area:<11} {r.name:<52} {r.value:>14,.2f} {r.unit:<10} {tgt:>12}  {r.verdict} {r.note}")
