@@ -1,0 +1,368 @@
+"""``MailServer``: the Whisper service's ``request_handler`` for codes 123, 124 and 126.
+
+For each history request (126): decode (garbage ⇒ disconnect), check access, concurrency and
+rate limits, open and validate it, then stream the matching envelopes oldest-first from the
+archive page by page and finish with code 125. Delivery runs in its own task per request, so the
+peer's read loop (and every other peer) keeps going; each packet goes out through
+``peer.send_wait`` (backpressure), so a huge request holds at most two archive pages in memory,
+and a client that stops reading is given up after ``stall_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pimail.archive.base import (
+    Archive,
+    ArchivedEnvelope,
+    ArchiveError,
+    HistoryPage,
+    HistoryQuery,
+    InvalidCursor,
+)
+from pimail.config import MailserverConfig
+from pimail.node.capability import DisconnectReason, PeerLike, ProtocolError
+
+from .access import AccessPolicy, StaticAccessPolicy
+from .limits import RequestLimits
+from .request import (
+    UNLIMITED,
+    HistoryRequest,
+    MalformedRequest,
+    RequestOpener,
+    RequestRejected,
+    parse_p2p_request,
+)
+from .response import RequestComplete, RequestFailed
+from .syncwire import SyncMailRequest, SyncResponse, SyncWireError, encode_list_of_raw
+
+log = logging.getLogger(__name__)
+
+CAPABILITY = "shh"
+CODE_SYNC_REQUEST = 123
+CODE_SYNC_RESPONSE = 124
+CODE_REQUEST_COMPLETE = 125
+CODE_P2P_REQUEST = 126
+CODE_P2P_MESSAGE = 127
+
+STREAM_PAGE_SIZE = 500  # envelopes fetched per archive query while streaming (≤ 2 pages in memory)
+STALL_TIMEOUT_S = 60.0  # status-go processRequestTimeout: give up on a client that stops reading
+MAX_ACTIVE_DELIVERIES = 256  # over all peers; beyond this new requests get "mailserver is busy"
+LIMITER_PURGE_INTERVAL_S = 1.0  # status-go purges its limiter every second
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # geth DefaultMaxMessageSize
+
+
+@dataclass
+class DeliveryStats:
+    """Counters the appliance/metrics layer may read."""
+
+    requests: int = 0
+    rejected: int = 0
+    rate_limited: int = 0
+    denied: int = 0
+    malformed: int = 0
+    completed: int = 0
+    aborted: int = 0
+    envelopes_sent: int = 0
+    bytes_sent: int = 0
+    sync_served: int = 0
+    by_form: dict[str, int] = field(default_factory=dict)
+
+
+SyncResponseSink = Callable[[PeerLike, SyncResponse], None]
+
+
+class MailServer:
+    """History for peers. Plug into ``WhisperService.request_handler``."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        config: MailserverConfig,
+        opener: RequestOpener,
+        *,
+        access: AccessPolicy | None = None,
+        sync_allowed: Callable[[PeerLike], bool] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
+        page_size: int = STREAM_PAGE_SIZE,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        capability: str = CAPABILITY,
+    ) -> None:
+        self.archive = archive
+        self.config = config
+        self.opener = opener
+        self.access: AccessPolicy = access or StaticAccessPolicy(config.allowed_clients)
+        self.sync_allowed = sync_allowed
+        self.max_message_size = max_message_size
+        self.stall_timeout_s = stall_timeout_s
+        self.page_size = page_size
+        self.clock = clock
+        self.monotonic = monotonic
+        self.capability = capability
+        self.limits = RequestLimits(
+            config.min_request_interval_s, config.bucket_rate_per_s, config.bucket_burst
+        )
+        self.stats = DeliveryStats()
+        self._active: dict[bytes, set[asyncio.Task[None]]] = {}
+        self._last_purge = 0.0
+        #: where 124 responses go (set by ``SyncClient`` while it waits on a peer)
+        self.sync_sinks: dict[bytes, SyncResponseSink] = {}
+
+    # -- request_handler interface ---------------------------------------------------------
+
+    async def handle(self, peer: PeerLike, code: int, payload: bytes) -> None:
+        if code == CODE_P2P_REQUEST:
+            self._on_p2p_request(peer, payload)
+        elif code == CODE_SYNC_REQUEST:
+            self._on_sync_request(peer, payload)
+        elif code == CODE_SYNC_RESPONSE:
+            self._on_sync_response(peer, payload)
+
+    def peer_stopped(self, peer: PeerLike) -> None:
+        """Cancel what is still being delivered to a peer that went away."""
+        for task in list(self._active.get(peer.node_id, ())):
+            task.cancel()
+        self.sync_sinks.pop(peer.node_id, None)
+
+    @property
+    def active_deliveries(self) -> int:
+        return sum(len(s) for s in self._active.values())
+
+    async def close(self) -> None:
+        tasks = [t for s in self._active.values() for t in s]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- 126 -------------------------------------------------------------------------------
+
+    def _on_p2p_request(self, peer: PeerLike, payload: bytes) -> None:
+        self.stats.requests += 1
+        try:
+            parsed = parse_p2p_request(payload)
+        except MalformedRequest as exc:
+            self.stats.malformed += 1
+            raise ProtocolError(f"bad history request: {exc}", DisconnectReason.SUBPROTOCOL_ERROR) from exc
+        rid = parsed.request_id
+        if not self.access.admit(peer.pubkey):
+            self.stats.denied += 1
+            log.info("history request from %s refused: not an allowed client", _short(peer))
+            self._reply_error(peer, rid, "peer is not allowed to request history")
+            return
+        active = self._active.get(peer.node_id, set())
+        if len(active) >= self.config.max_concurrent_per_peer:
+            self.stats.rate_limited += 1
+            self._reply_error(peer, rid, "too many concurrent requests")
+            return
+        if self.active_deliveries >= MAX_ACTIVE_DELIVERIES:
+            self.stats.rate_limited += 1
+            self._reply_error(peer, rid, "mailserver is busy")
+            return
+        now_m = self.monotonic()
+        self._purge_limits(now_m)
+        if not self.limits.allow(peer.node_id, now_m):
+            self.stats.rate_limited += 1
+            log.debug("history request from %s refused: rate limit", _short(peer))
+            self._reply_error(peer, rid, "rate limit exceeded")
+            return
+        try:
+            req = self.opener.open(parsed, peer.pubkey, int(self.clock()))
+        except RequestRejected as exc:
+            self.stats.rejected += 1
+            log.info("history request %s from %s rejected: %s", rid.hex()[:12], _short(peer), exc.message)
+            self._reply_error(peer, rid, exc.message)
+            return
+        self.stats.by_form[req.form.value] = self.stats.by_form.get(req.form.value, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._deliver(peer, req))
+        self._track(peer.node_id, task)
+
+    def _track(self, node_id: bytes, task: asyncio.Task[None]) -> None:
+        self._active.setdefault(node_id, set()).add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._task_done(node_id, t)
+
+        task.add_done_callback(done)
+
+    def _task_done(self, node_id: bytes, task: asyncio.Task[None]) -> None:
+        s = self._active.get(node_id)
+        if s is not None:
+            s.discard(task)
+            if not s:
+                del self._active[node_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("history delivery failed: %r", task.exception())
+
+    def _purge_limits(self, now_m: float) -> None:
+        if now_m - self._last_purge >= LIMITER_PURGE_INTERVAL_S:
+            self.limits.purge(now_m)
+            self._last_purge = now_m
+
+    def _reply_error(self, peer: PeerLike, rid: bytes, message: str) -> None:
+        # Never waits: a peer that floods us and does not read loses its error replies.
+        peer.send(self.capability, CODE_REQUEST_COMPLETE, RequestFailed(rid, message).encode())
+
+    async def _send(self, peer: PeerLike, code: int, payload: bytes) -> None:
+        if peer.send(self.capability, code, payload):
+            return
+        await asyncio.wait_for(peer.send_wait(self.capability, code, payload), self.stall_timeout_s)
+
+    async def _deliver(self, peer: PeerLike, req: HistoryRequest) -> None:
+        started = self.monotonic()
+        try:
+            last_hash, cursor, count = await self._stream(peer, req)
+        except InvalidCursor as exc:
+            log.info("history request %s from %s: %s", req.request_id.hex()[:12], _short(peer), exc)
+            self._reply_error(peer, req.request_id, "request is invalid: invalid cursor")
+            return
+        except ArchiveError as exc:
+            log.error("history request %s failed reading the archive: %s", req.request_id.hex()[:12], exc)
+            self._reply_error(peer, req.request_id, "failed to process the request")
+            return
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            self.stats.aborted += 1
+            log.warning(
+                "history delivery to %s stopped (%s): the client is not reading or went away",
+                _short(peer), type(exc).__name__,
+            )
+            return
+        try:
+            await self._send(peer, CODE_REQUEST_COMPLETE,
+                             RequestComplete(req.request_id, last_hash, cursor).encode())
+        except (TimeoutError, ConnectionError, OSError):
+            self.stats.aborted += 1
+            return
+        self.stats.completed += 1
+        log.info(
+            "delivered %d envelopes (%s form%s) to %s in %.2f s%s",
+            count, req.form.value, ", batched" if req.batch else "", _short(peer),
+            self.monotonic() - started, ", more pages" if cursor else "",
+        )
+
+    async def _stream(self, peer: PeerLike, req: HistoryRequest) -> tuple[bytes, bytes | None, int]:
+        """Send every matching envelope; return (last hash, next cursor, count)."""
+        remaining = req.limit if req.limit != UNLIMITED else None
+        last_hash = b"\x00" * 32
+        count = 0
+        next_cursor: bytes | None = None
+        bundle: list[bytes] = []
+        bundle_size = 0
+
+        async def fetch(cursor: bytes | None, want: int | None) -> HistoryPage:
+            n = self.page_size if want is None else min(self.page_size, want)
+            return await self.archive.query(
+                HistoryQuery(req.lower, req.upper, req.topics, req.bloom, n, cursor, False)
+            )
+
+        cursor = req.cursor
+        pending: asyncio.Task[HistoryPage] | None = asyncio.ensure_future(fetch(cursor, remaining))
+        try:
+            while pending is not None:
+                page = await pending
+                pending = None
+                envs: list[ArchivedEnvelope] = page.envelopes
+                if remaining is not None:
+                    envs = envs[:remaining]
+                    remaining -= len(envs)
+                more = page.next_cursor is not None and (remaining is None or remaining > 0)
+                if more:  # prefetch the next page while this one goes out
+                    pending = asyncio.ensure_future(fetch(page.next_cursor, remaining))
+                for env in envs:
+                    raw = env.raw
+                    count += 1
+                    last_hash = env.hash
+                    if not req.batch:
+                        await self._send(peer, CODE_P2P_MESSAGE, raw)
+                        self.stats.envelopes_sent += 1
+                        self.stats.bytes_sent += len(raw)
+                        continue
+                    if bundle and bundle_size + len(raw) >= self.max_message_size:
+                        await self._flush(peer, bundle, bundle_size)
+                        bundle, bundle_size = [], 0
+                    bundle.append(raw)
+                    bundle_size += len(raw)
+                if remaining == 0 and page.next_cursor is not None and envs:
+                    # status-go: the limit-th envelope is sent and its key becomes the cursor
+                    next_cursor = envs[-1].cursor
+            if bundle:
+                await self._flush(peer, bundle, bundle_size)
+        finally:
+            if pending is not None:
+                pending.cancel()
+        return last_hash, next_cursor, count
+
+    async def _flush(self, peer: PeerLike, bundle: list[bytes], size: int) -> None:
+        await self._send(peer, CODE_P2P_MESSAGE, encode_list_of_raw(bundle))
+        self.stats.envelopes_sent += len(bundle)
+        self.stats.bytes_sent += size
+
+    # -- 123 / 124 -------------------------------------------------------------------------
+
+    def _on_sync_request(self, peer: PeerLike, payload: bytes) -> None:
+        if self.sync_allowed is None or not self.sync_allowed(peer):
+            log.info("sync request from %s refused: not a trusted mailserver", _short(peer))
+            peer.send(self.capability, CODE_SYNC_RESPONSE,
+                      SyncResponse([], b"", True, "sync is only served to trusted mailservers").encode())
+            return
+        try:
+            req = SyncMailRequest.decode(payload)
+        except SyncWireError as exc:
+            raise ProtocolError(f"bad sync request: {exc}") from exc
+        active = self._active.get(peer.node_id, set())
+        if len(active) >= self.config.max_concurrent_per_peer:
+            peer.send(self.capability, CODE_SYNC_RESPONSE,
+                      SyncResponse([], b"", True, "too many concurrent requests").encode())
+            return
+        task = asyncio.get_running_loop().create_task(self._serve_sync(peer, req))
+        self._track(peer.node_id, task)
+
+    async def _serve_sync(self, peer: PeerLike, req: SyncMailRequest) -> None:
+        bloom = req.bloom or None
+        bundle: list[bytes] = []
+        size = 0
+        try:
+            page = await self.archive.query(
+                HistoryQuery(req.lower, req.upper, (), bloom, req.limit, req.cursor or None, False)
+            )
+            for env in page.envelopes:
+                if bundle and size + len(env.raw) >= self.max_message_size - 1024:
+                    await self._send(peer, CODE_SYNC_RESPONSE, SyncResponse(bundle).encode())
+                    bundle, size = [], 0
+                bundle.append(env.raw)
+                size += len(env.raw)
+            if bundle:
+                await self._send(peer, CODE_SYNC_RESPONSE, SyncResponse(bundle).encode())
+            await self._send(peer, CODE_SYNC_RESPONSE,
+                             SyncResponse([], page.next_cursor or b"", True).encode())
+            self.stats.sync_served += len(page.envelopes)
+        except InvalidCursor:
+            peer.send(self.capability, CODE_SYNC_RESPONSE,
+                      SyncResponse([], b"", True, "invalid cursor").encode())
+        except ArchiveError as exc:
+            log.error("sync for %s failed reading the archive: %s", _short(peer), exc)
+            peer.send(self.capability, CODE_SYNC_RESPONSE,
+                      SyncResponse([], b"", True, "failed to process all envelopes").encode())
+        except (TimeoutError, ConnectionError, OSError):
+            log.warning("sync delivery to %s stopped: the peer is not reading or went away", _short(peer))
+
+    def _on_sync_response(self, peer: PeerLike, payload: bytes) -> None:
+        sink = self.sync_sinks.get(peer.node_id)
+        if sink is None:
+            log.debug("ignoring an unsolicited sync response from %s", _short(peer))
+            return
+        try:
+            resp = SyncResponse.decode(payload)
+        except SyncWireError as exc:
+            raise ProtocolError(f"bad sync response: {exc}") from exc
+        sink(peer, resp)
+
+
+def _short(peer: PeerLike) -> str:
+    host, port = peer.remote_address
+    return f"{peer.pubkey.hex()[:8]}@{host}:{port}"
