@@ -1,0 +1,104 @@
+"""``pimail enode``: print this node's enode (the address to give phones), optionally as a QR code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from pimail.appliance import qr as qrcodes
+from pimail.appliance.lan import AdvertisedAddress, advertised_address, enode_for
+from pimail.config import Config
+from pimail.crypto.keys import KeyError_, NodeKey
+from pimail.errors import RuntimeFailure, UserError
+
+NODEKEY_FILE = "nodekey"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "enode",
+        help="print this node's enode URL (and QR code) for adding it to Status",
+        description="Print the enode URL phones should use to reach this node. The node key is "
+        "created in the data directory on first use. The host is [node] public_host, else the "
+        "primary LAN address (found without sending any traffic).",
+    )
+    add_common_options(p)
+    p.add_argument("--host", help="host or IP to put in the enode (overrides public_host and detection)")
+    p.add_argument(
+        "--with-password",
+        action="store_true",
+        help="Status form enode://<key>:<mailserver password>@host:port",
+    )
+    p.add_argument("--qr", action="store_true", help="also draw the enode as a QR code in the terminal")
+    p.add_argument("--png", metavar="FILE", type=Path, help="write the QR code as a PNG image")
+    p.add_argument("--svg", metavar="FILE", type=Path, help="write the QR code as an SVG image")
+    p.set_defaults(func=run)
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", type=Path, help="pimail.toml to read")
+    p.add_argument("--data-dir", metavar="DIR", type=Path, help="data directory (overrides [node] data_dir)")
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config from ``--config`` (if given) with ``--data-dir`` applied."""
+    config = Config()
+    path: Path | None = getattr(args, "config", None)
+    if path is not None:
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        # The TOML loader belongs to the daemon layer; imported late so `enode` works without it.
+        configfile = importlib.import_module("pimail.configfile")
+        loaded: Config = configfile.load(path)
+        config = loaded
+    data_dir: Path | None = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        config.node.data_dir = data_dir
+    return config
+
+
+def load_node_key(data_dir: Path) -> NodeKey:
+    try:
+        return NodeKey.load_or_create(Path(data_dir) / NODEKEY_FILE)
+    except KeyError_ as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot use node key in {data_dir}: {exc.strerror or exc}") from None
+
+
+def lan_warning(address: AdvertisedAddress) -> str | None:
+    """The stderr warning for a host phones outside the LAN cannot reach, or None."""
+    if not address.lan_only:
+        return None
+    return (
+        f"warning: {address.host} is a private address: only phones on this network can reach it. "
+        "For phones elsewhere set [node] public_host (or --host) to a public name or address and "
+        f"forward TCP port {address.port} to this node."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    key = load_node_key(config.node.data_dir)
+    address = advertised_address(config.node.listen, config.node.public_host, args.host)
+    password = config.mailserver.password if args.with_password else None
+    if args.with_password and not password:
+        raise UserError("--with-password: [mailserver] password is empty")
+    url = enode_for(key.public, address, password).url(with_password=args.with_password)
+    warning = lan_warning(address)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(url)
+    if args.qr or args.png or args.svg:
+        code = qrcodes.make_qr(url)
+        if args.qr:
+            sys.stdout.write(qrcodes.render_terminal(code, ansi=sys.stdout.isatty()))
+        for path, kind in ((args.png, "png"), (args.svg, "svg")):
+            if path is not None:
+                qrcodes.save(code, path, kind)
+                print(f"wrote {path}", file=sys.stderr)
+    sys.stdout.flush()
+    return 0
