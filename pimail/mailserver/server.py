@@ -38,6 +38,7 @@ from .request import (
     parse_p2p_request,
 )
 from .response import RequestComplete, RequestFailed
+from .sealing import key_from_password
 from .syncwire import SyncMailRequest, SyncResponse, SyncWireError, encode_list_of_raw
 
 log = logging.getLogger(__name__)
@@ -366,3 +367,25 @@ class MailServer:
 def _short(peer: PeerLike) -> str:
     host, port = peer.remote_address
     return f"{peer.pubkey.hex()[:8]}@{host}:{port}"
+
+
+async def create_mailserver(
+    archive: Archive,
+    config: MailserverConfig,
+    *,
+    private_key: bytes | None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    access: AccessPolicy | None = None,
+    sync_allowed: Callable[[PeerLike], bool] | None = None,
+) -> MailServer:
+    """A ``MailServer`` from the config. The password key (PBKDF2, ~50 ms) is derived off the loop.
+
+    ``private_key`` is the node key: requests encrypted to it (asymmetric) are accepted too.
+    """
+    loop = asyncio.get_running_loop()
+    sym_key = None
+    if config.password:
+        sym_key = await loop.run_in_executor(None, key_from_password, config.password)
+    opener = RequestOpener(sym_key, private_key, config.min_request_pow)
+    return MailServer(archive, config, opener, access=access, sync_allowed=sync_allowed,
+                      max_message_size=max_message_size)
