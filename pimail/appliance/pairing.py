@@ -23,6 +23,7 @@ from typing import Any
 
 from pimail.appliance.health import HealthModel, Severity
 from pimail.errors import UserError
+from pimail.mailserver.access import parse_client_key
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +34,6 @@ MAX_PAIRED_FILE_BYTES = 256 * 1024
 MIN_WINDOW_MINUTES = 1
 MAX_WINDOW_MINUTES = 24 * 60
 HEALTH_KEY = "pairing.store"
-PUBKEY_HEX_LEN = 128
-
-
-def parse_client_key(text: str) -> bytes:
-    """A client's 64-byte node public key from hex (``0x`` and a ``04`` prefix accepted) or an enode URL."""
-    value = text.strip()
-    if value.startswith("enode://"):
-        value = value[len("enode://") :].split("@", 1)[0].split(":", 1)[0]
-    if value[:2].lower() == "0x":
-        value = value[2:]
-    if len(value) == PUBKEY_HEX_LEN + 2 and value.startswith("04"):
-        value = value[2:]
-    if len(value) != PUBKEY_HEX_LEN:
-        raise ValueError(f"client key must be 128 hex characters (got {len(value)}): {text[:40]!r}")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"client key is not hex: {text[:40]!r}") from None
 
 
 def fingerprint(pubkey: bytes) -> str:
@@ -106,7 +89,7 @@ class PairingStore:
             clients = []
             for entry in entries[:MAX_PAIRED_CLIENTS]:
                 clients.append(PairedClient(parse_client_key(entry["pubkey"]), float(entry["paired_at"])))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, UserError) as exc:
             raise ValueError(f"{self.path} is not a valid paired-clients file: {exc}") from None
         return clients
 
@@ -168,10 +151,7 @@ class PairingController:
         self._clock = clock
         self._configured: set[bytes] = set()
         for entry in allowed_clients:
-            try:
-                self._configured.add(parse_client_key(entry))
-            except ValueError as exc:
-                raise UserError(f"[mailserver] allowed_clients: {exc}") from None
+            self._configured.add(parse_client_key(entry))  # UserError with a one-line reason
         self._paired: dict[bytes, PairedClient] = {}
         # A paired-clients file we could not read means "some clients were paired": stay closed
         # rather than fall back to an open mailserver.

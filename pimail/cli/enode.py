@@ -73,6 +73,8 @@ def lan_warning(address: AdvertisedAddress) -> str | None:
     """The stderr warning for a host phones outside the LAN cannot reach, or None."""
     if not address.lan_only:
         return None
+    if address.host.startswith("127.") or address.host in ("::1", "localhost"):
+        return f"warning: {address.host} is a loopback address: only programs on this machine can reach it."
     return (
         f"warning: {address.host} is a private address: only phones on this network can reach it. "
         "For phones elsewhere set [node] public_host (or --host) to a public name or address and "

@@ -149,7 +149,9 @@ async def chromium(profile: Path, *args: str) -> str:
 
 
 # -- a status provider from real pieces --------------------------------------------------------------
-def real_provider(health: HealthModel, key: NodeKey, started: float | None = None) -> Callable[[], dict[str, Any]]:
+def real_provider(
+    health: HealthModel, key: NodeKey, started: float | None = None
+) -> Callable[[], dict[str, Any]]:
     """What a daemon's snapshot looks like, assembled from a real HealthModel and node key."""
     t0 = started if started is not None else time.time()
 
@@ -165,12 +167,20 @@ def real_provider(health: HealthModel, key: NodeKey, started: float | None = Non
             },
             "node_id": key.node_id.hex(),
             "peers": [
-                {"client": "StatusIM/v0.78.0/android-arm64/go1.13", "address": "192.168.1.23:51234",
-                 "inbound": True},
+                {
+                    "client": "StatusIM/v0.78.0/android-arm64/go1.13",
+                    "address": "192.168.1.23:51234",
+                    "inbound": True,
+                },
                 {"client": "<script>alert(1)</script>", "address": "10.0.0.9:30303", "inbound": False},
             ],
-            "archive": {"envelopes": 12345, "size_bytes": 48_000_000, "max_age": "30d",
-                        "max_bytes": "8GB", "oldest_at": t0 - 86400},
+            "archive": {
+                "envelopes": 12345,
+                "size_bytes": 48_000_000,
+                "max_age": "30d",
+                "max_bytes": "8GB",
+                "oldest_at": t0 - 86400,
+            },
             "disk": {"free_bytes": 20_500_000_000, "total_bytes": 31_000_000_000},
             "clock": {"trusted": True, "now_at": time.time()},
             "uptime_s": time.time() - t0 + 3725,
