@@ -7,10 +7,17 @@ page all read.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
+import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class HealthState(enum.Enum):
@@ -40,9 +47,14 @@ Listener = Callable[["HealthModel"], None]
 
 
 class HealthModel:
-    """Collects conditions and derives the node's state."""
+    """Collects conditions and derives the node's state.
+
+    Safe to report from any thread (the loop-stall detector reports from its own); listeners run in
+    the reporting thread, so they must only do thread-safe work (set an LED, send a datagram).
+    """
 
     def __init__(self) -> None:
+        self._lock = threading.RLock()
         self._conditions: dict[str, Condition] = {}
         self._started = False
         self._pairing_until: float | None = None
@@ -51,34 +63,52 @@ class HealthModel:
     # -- reporting -------------------------------------------------------------------------------
     def report(self, key: str, severity: Severity, message: str) -> None:
         """Raise (or update) a condition."""
-        old = self._conditions.get(key)
-        if old and old.severity == severity and old.message == message:
-            return
-        self._conditions[key] = Condition(key, severity, message, old.since if old else time.time())
-        self._changed()
+        with self._lock:
+            old = self._conditions.get(key)
+            if old and old.severity == severity and old.message == message:
+                return
+            self._conditions[key] = Condition(key, severity, message, old.since if old else time.time())
+            if old is None or old.severity != severity:
+                log.log(
+                    logging.ERROR if severity is Severity.FAILING else logging.WARNING,
+                    "health: %s (%s)",
+                    message,
+                    severity.name.lower(),
+                )
+            self._changed()
 
     def clear(self, key: str) -> None:
         """Clear a condition (no-op if not raised)."""
-        if self._conditions.pop(key, None) is not None:
-            self._changed()
+        with self._lock:
+            old = self._conditions.pop(key, None)
+            if old is not None:
+                log.info("health: cleared: %s", old.message)
+                self._changed()
 
     def mark_started(self) -> None:
         """Archive open and listener up: leave STARTING."""
-        if not self._started:
-            self._started = True
-            self._changed()
+        with self._lock:
+            if not self._started:
+                self._started = True
+                self._changed()
 
     def set_pairing(self, until: float | None) -> None:
-        self._pairing_until = until
-        self._changed()
+        with self._lock:
+            self._pairing_until = until
+            self._changed()
 
     # -- reading ---------------------------------------------------------------------------------
     @property
     def conditions(self) -> list[Condition]:
-        return sorted(self._conditions.values(), key=lambda c: (-c.severity, c.key))
+        with self._lock:
+            return sorted(self._conditions.values(), key=lambda c: (-c.severity, c.key))
 
     @property
     def state(self) -> HealthState:
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> HealthState:
         if any(c.severity is Severity.FAILING for c in self._conditions.values()):
             return HealthState.FAILING
         if not self._started:
@@ -95,9 +125,120 @@ class HealthModel:
         conds = self.conditions
         return f"{self.state.value}: {conds[0].message}" if conds else self.state.value
 
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready: state, summary and every condition (for status, metrics, the status page)."""
+        with self._lock:
+            return {
+                "state": self.state.value,
+                "summary": self.summary,
+                "conditions": [
+                    {
+                        "key": c.key,
+                        "severity": c.severity.name.lower(),
+                        "message": c.message,
+                        "since": c.since,
+                    }
+                    for c in self.conditions
+                ],
+                "pairing_until": self._pairing_until,
+            }
+
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def _changed(self) -> None:
         for listener in list(self._listeners):
-            listener(self)
+            try:
+                listener(self)
+            except Exception:
+                log.exception("health listener %r failed", listener)
+
+
+LOOP_HEALTH_KEY = "loop.stalled"
+LOOP_TICK_S = 0.25  # how often the loop proves it is alive
+LOOP_STALL_S = 5.0  # no tick for this long = the loop is stalled (FAILING)
+LOOP_RECOVER_TICKS = 8  # on-time ticks after a stall before the condition clears
+
+
+class LoopLagMonitor:
+    """Measures event-loop lag and reports FAILING when the loop stalls.
+
+    A task on the loop ticks every ``tick_s`` and records how late it woke up. A small thread
+    watches the ticks: when none has arrived for ``stall_s`` the loop is stalled, and the thread
+    reports it (a stalled loop cannot report on itself). The systemd watchdog is fed from the loop,
+    so a stall also stops ``WATCHDOG=1`` on its own.
+    """
+
+    def __init__(
+        self,
+        health: HealthModel,
+        *,
+        tick_s: float = LOOP_TICK_S,
+        stall_s: float = LOOP_STALL_S,
+        recover_ticks: int = LOOP_RECOVER_TICKS,
+    ) -> None:
+        self._health = health
+        self._tick_s = tick_s
+        self._stall_s = stall_s
+        self._recover_ticks = recover_ticks
+        self._last_tick = time.monotonic()
+        self._good_ticks = 0
+        self._stalled = False
+        self.lag_s = 0.0  # lateness of the last tick
+        self.max_lag_s = 0.0  # worst lateness since start
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._last_tick = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._ticker(), name="loop-lag")
+        self._thread = threading.Thread(target=self._watch, name="pimail-loop-watch", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 2.0)
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled
+
+    async def _ticker(self) -> None:
+        while True:
+            expected = time.monotonic() + self._tick_s
+            await asyncio.sleep(self._tick_s)
+            now = time.monotonic()
+            self.lag_s = max(0.0, now - expected)
+            self.max_lag_s = max(self.max_lag_s, self.lag_s)
+            self._last_tick = now
+            if self.lag_s >= self._stall_s:
+                self._mark_stalled(self.lag_s)
+            elif self._stalled:
+                self._good_ticks += 1
+                if self._good_ticks >= self._recover_ticks:
+                    self._stalled = False
+                    self._health.clear(LOOP_HEALTH_KEY)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            silent = time.monotonic() - self._last_tick
+            if silent >= self._stall_s and not self._stalled:
+                self._mark_stalled(silent)
+
+    def _mark_stalled(self, seconds: float) -> None:
+        self._good_ticks = 0
+        self._stalled = True
+        self._health.report(
+            LOOP_HEALTH_KEY, Severity.FAILING, f"event loop stalled ({seconds:.1f} s without a tick)"
+        )
