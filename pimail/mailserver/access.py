@@ -51,3 +51,19 @@ class StaticAccessPolicy:
 
     def admit(self, pubkey: bytes) -> bool:
         return not self.allowed or pubkey in self.allowed
+
+
+class SiblingPolicy:
+    """Who may pull our archive with sync (123): the siblings we sync from and trusted peers."""
+
+    def __init__(self, enodes: Iterable[str]) -> None:
+        keys = set()
+        for url in enodes:
+            try:
+                keys.add(Enode.parse(url).pubkey)
+            except KeyError_ as exc:
+                raise UserError(f"sync peer: {exc}") from exc
+        self.keys: frozenset[bytes] = frozenset(keys)
+
+    def admit(self, pubkey: bytes) -> bool:
+        return pubkey in self.keys

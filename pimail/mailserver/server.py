@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pimail.archive.base import (
     Archive,
@@ -75,6 +75,9 @@ class DeliveryStats:
 
 
 SyncResponseSink = Callable[[PeerLike, SyncResponse], None]
+#: (form, result, duration_s, envelopes); results: completed | rejected | denied | rate_limited |
+#: malformed | aborted | failed (docs/ARCHITECTURE.md, Metrics)
+RequestDoneHook = Callable[[str, str, float, int], None]
 
 
 class MailServer:
@@ -114,6 +117,8 @@ class MailServer:
         self._last_purge = 0.0
         #: where 124 responses go (set by ``SyncClient`` while it waits on a peer)
         self.sync_sinks: dict[bytes, SyncResponseSink] = {}
+        #: optional metrics hook, set by the daemon
+        self.on_request_done: RequestDoneHook | None = None
 
     # -- request_handler interface ---------------------------------------------------------
 
@@ -149,26 +154,31 @@ class MailServer:
             parsed = parse_p2p_request(payload)
         except MalformedRequest as exc:
             self.stats.malformed += 1
+            self._done("unknown", "malformed")
             raise ProtocolError(f"bad history request: {exc}", DisconnectReason.SUBPROTOCOL_ERROR) from exc
         rid = parsed.request_id
         if not self.access.admit(peer.pubkey):
             self.stats.denied += 1
+            self._done(parsed.form_hint, "denied")
             log.info("history request from %s refused: not an allowed client", _short(peer))
             self._reply_error(peer, rid, "peer is not allowed to request history")
             return
         active = self._active.get(peer.node_id, set())
         if len(active) >= self.config.max_concurrent_per_peer:
             self.stats.rate_limited += 1
+            self._done(parsed.form_hint, "rate_limited")
             self._reply_error(peer, rid, "too many concurrent requests")
             return
         if self.active_deliveries >= MAX_ACTIVE_DELIVERIES:
             self.stats.rate_limited += 1
+            self._done(parsed.form_hint, "rate_limited")
             self._reply_error(peer, rid, "mailserver is busy")
             return
         now_m = self.monotonic()
         self._purge_limits(now_m)
         if not self.limits.allow(peer.node_id, now_m):
             self.stats.rate_limited += 1
+            self._done(parsed.form_hint, "rate_limited")
             log.debug("history request from %s refused: rate limit", _short(peer))
             self._reply_error(peer, rid, "rate limit exceeded")
             return
@@ -176,6 +186,7 @@ class MailServer:
             req = self.opener.open(parsed, peer.pubkey, int(self.clock()))
         except RequestRejected as exc:
             self.stats.rejected += 1
+            self._done(parsed.form_hint, "rejected")
             log.info("history request %s from %s rejected: %s", rid.hex()[:12], _short(peer), exc.message)
             self._reply_error(peer, rid, exc.message)
             return
@@ -200,6 +211,23 @@ class MailServer:
         if not task.cancelled() and task.exception() is not None:
             log.error("history delivery failed: %r", task.exception())
 
+    def _done(self, form: str, result: str, started: float | None = None, envelopes: int = 0) -> None:
+        hook = self.on_request_done
+        if hook is None:
+            return
+        duration = self.monotonic() - started if started is not None else 0.0
+        try:
+            hook(form, result, duration, envelopes)
+        except Exception:  # a metrics bug must not break delivery
+            log.exception("request metrics hook failed")
+
+    def snapshot(self) -> dict[str, object]:
+        """DeliveryStats plus live figures, JSON-able (status page, metrics)."""
+        d: dict[str, object] = dict(asdict(self.stats))
+        d["active_deliveries"] = self.active_deliveries
+        d["open"] = getattr(self.access, "open", None)
+        return d
+
     def _purge_limits(self, now_m: float) -> None:
         if now_m - self._last_purge >= LIMITER_PURGE_INTERVAL_S:
             self.limits.purge(now_m)
@@ -220,10 +248,13 @@ class MailServer:
             last_hash, cursor, count = await self._stream(peer, req)
         except InvalidCursor as exc:
             log.info("history request %s from %s: %s", req.request_id.hex()[:12], _short(peer), exc)
+            self.stats.rejected += 1
+            self._done(req.form.value, "rejected", started)
             self._reply_error(peer, req.request_id, "request is invalid: invalid cursor")
             return
         except ArchiveError as exc:
             log.error("history request %s failed reading the archive: %s", req.request_id.hex()[:12], exc)
+            self._done(req.form.value, "failed", started)
             self._reply_error(peer, req.request_id, "failed to process the request")
             return
         except (TimeoutError, ConnectionError, OSError) as exc:
@@ -232,14 +263,17 @@ class MailServer:
                 "history delivery to %s stopped (%s): the client is not reading or went away",
                 _short(peer), type(exc).__name__,
             )
+            self._done(req.form.value, "aborted", started)
             return
         try:
             await self._send(peer, CODE_REQUEST_COMPLETE,
                              RequestComplete(req.request_id, last_hash, cursor).encode())
         except (TimeoutError, ConnectionError, OSError):
             self.stats.aborted += 1
+            self._done(req.form.value, "aborted", started, count)
             return
         self.stats.completed += 1
+        self._done(req.form.value, "completed", started, count)
         log.info(
             "delivered %d envelopes (%s form%s) to %s in %.2f s%s",
             count, req.form.value, ", batched" if req.batch else "", _short(peer),
