@@ -1,0 +1,245 @@
+"""``pimail archive stats|prune|vacuum|check|export FILE|import FILE`` — look after the archive.
+
+Each action opens the archive the node would use (``[archive]`` from the config file, SQLite in
+``<data dir>/archive.sqlite`` unless ``url`` is postgresql://), creating it if absent, does one job
+and closes it. Stop the daemon first for ``vacuum`` and ``import`` on a busy Pi if you can; all of
+them are safe next to a running node (SQLite WAL, one writer at a time).
+
+Other modules can add actions (the PostgreSQL engineer's ``migrate``): a module
+``pimail.archive.migrate`` that defines ``register_cli(actions, common)`` is called with the
+archive's sub-parsers and the parent parser holding the shared ``--data-dir/--config/--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pimail.archive.base import Archive, ArchiveStats, RetentionPolicy
+from pimail.config import Config
+from pimail.errors import RuntimeFailure, UserError
+
+Action = Callable[[Archive, argparse.Namespace], Awaitable[int]]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "archive",
+        help="inspect and maintain the envelope archive",
+        description="Inspect and maintain the envelope archive (stats, prune, vacuum, check, "
+        "export, import).",
+    )
+    parser.set_defaults(func=lambda _args: _usage(parser))
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=None, help="the node's data directory")
+    common.add_argument("--config", type=Path, default=None, help="config file (default: see pimail run)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    actions = parser.add_subparsers(dest="archive_action", metavar="ACTION")
+
+    def add(name: str, help_text: str, action: Action) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, parents=[common], help=help_text,
+                                                        description=help_text)
+        p.set_defaults(func=lambda args: run_action(args, action))
+        return p
+
+    add("stats", "count, size, oldest/newest, retention settings, free disk", _stats)
+    add("prune", "apply the retention policy now", _prune)
+    add("vacuum", "give free pages back to the filesystem (incremental, never a full VACUUM)", _vacuum)
+    add("check", "verify the archive file (integrity check, schema, counters)", _check)
+    add("export", "write every envelope into a compressed bundle with a checksum", _export).add_argument(
+        "file", type=Path, metavar="FILE", help="bundle to write (refuses to overwrite)"
+    )
+    imp = add("import", "verify a bundle and add its valid envelopes (duplicates are skipped)", _import)
+    imp.add_argument(
+        "file", type=Path, metavar="FILE", help="bundle written by `pimail archive export`"
+    )
+    try:
+        extra = importlib.import_module("pimail.archive.migrate")
+    except ImportError:
+        return
+    hook = getattr(extra, "register_cli", None)
+    if hook is not None:
+        hook(actions, common)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def load_config(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The node's config (config file if there is one, else defaults) and its data dir."""
+    from pimail import configfile
+
+    data_dir: Path | None = args.data_dir
+    loaded = configfile.load_config(configfile.find_config(args.config, data_dir))
+    config = loaded.config
+    if data_dir is not None:
+        config.node.data_dir = data_dir
+    return config, Path(config.node.data_dir)
+
+
+def run_action(args: argparse.Namespace, action: Action) -> int:
+    """Open the archive, run one action on it, close it."""
+    from pimail.archive import open_archive
+
+    config, data_dir = load_config(args)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+
+    async def main() -> int:
+        archive = open_archive(config.archive, data_dir, None)
+        await archive.open()
+        try:
+            return await action(archive, args)
+        finally:
+            await archive.close()
+
+    from pimail.archive.base import ArchiveError
+
+    try:
+        return asyncio.run(main())
+    except ArchiveError as exc:
+        raise RuntimeFailure(f"archive: {exc}") from None
+
+
+def _out(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print("\n".join(lines))
+
+
+def _when(ts: int | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) + f" ({ts})"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def _retention_lines(p: RetentionPolicy) -> list[str]:
+    def lim(v: int, fmt: Callable[[int], str]) -> str:
+        return "no limit" if v == 0 else fmt(v)
+
+    return [
+        f"  max age:        {lim(p.max_age_s, lambda v: f'{v / 86400:g} days ({v} s)')}",
+        f"  max count:      {lim(p.max_count, str)}",
+        f"  max bytes:      {lim(p.max_bytes, _size)}",
+        f"  min free disk:  {lim(p.min_free_disk_bytes, _size)}",
+    ]
+
+
+def stats_dict(s: ArchiveStats) -> dict[str, Any]:
+    return {
+        "count": s.count,
+        "bytes": s.bytes,
+        "oldest_sent": s.oldest_sent,
+        "newest_sent": s.newest_sent,
+        "free_disk_bytes": s.free_disk_bytes,
+        "bytes_written_since_start": s.bytes_written_since_start,
+        "retention": {
+            "max_age_s": s.retention.max_age_s,
+            "max_count": s.retention.max_count,
+            "max_bytes": s.retention.max_bytes,
+            "min_free_disk_bytes": s.retention.min_free_disk_bytes,
+        },
+        "extra": s.extra,
+    }
+
+
+async def _stats(archive: Archive, args: argparse.Namespace) -> int:
+    s = await archive.stats()
+    lines = [
+        f"envelopes:        {s.count}",
+        f"size (live):      {_size(s.bytes)}",
+        f"oldest:           {_when(s.oldest_sent)}",
+        f"newest:           {_when(s.newest_sent)}",
+        f"free disk:        {_size(s.free_disk_bytes)}",
+        f"written (run):    {_size(s.bytes_written_since_start)}",
+        "retention:",
+        *_retention_lines(s.retention),
+    ]
+    lines += [f"{k + ':':<18}{v}" for k, v in sorted(s.extra.items())]
+    _out(args, stats_dict(s), lines)
+    return 0
+
+
+async def _prune(archive: Archive, args: argparse.Namespace) -> int:
+    before = await archive.stats()
+    result = await archive.prune()
+    after = await archive.stats()
+    data = {"deleted": result.deleted, "reason": result.reason, "count": after.count, "bytes": after.bytes,
+            "bytes_before": before.bytes}
+    why = f" ({result.reason})" if result.reason else " (nothing was due)"
+    _out(args, data, [f"deleted {result.deleted} envelopes{why}; {after.count} left, "
+                      f"{_size(after.bytes)} live"])
+    return 0
+
+
+def _sqlite_only(archive: Archive, what: str) -> Any:
+    from pimail.archive.sqlite import SqliteArchive
+
+    if not isinstance(archive, SqliteArchive):
+        raise UserError(f"`pimail archive {what}` applies to the SQLite archive only")
+    return archive
+
+
+async def _vacuum(archive: Archive, args: argparse.Namespace) -> int:
+    sq = _sqlite_only(archive, "vacuum")
+    freed = await sq.vacuum()
+    _out(args, {"freed_bytes": freed}, [f"gave {_size(freed)} back to the filesystem"])
+    return 0
+
+
+async def _check(archive: Archive, args: argparse.Namespace) -> int:
+    sq = _sqlite_only(archive, "check")
+    problems: list[str] = await sq.check()
+    data = {"ok": not problems, "problems": problems}
+    lines = [f"problem: {p}" for p in problems] or ["ok: the archive is consistent"]
+    _out(args, data, lines)
+    return 0 if not problems else 1
+
+
+async def _export(archive: Archive, args: argparse.Namespace) -> int:
+    from pimail.archive.bundle import export_bundle
+
+    path: Path = args.file
+    result = await export_bundle(archive, path)
+    _out(args, {"file": str(path), "count": result.count, "bytes": result.file_bytes,
+                "sha256": result.sha256.hex()},
+         [f"exported {result.count} envelopes to {path} ({_size(result.file_bytes)}, "
+          f"sha256 {result.sha256.hex()[:16]}…)"])
+    return 0
+
+
+async def _import(archive: Archive, args: argparse.Namespace) -> int:
+    from pimail.archive.bundle import import_bundle
+
+    path: Path = args.file
+    result = await import_bundle(archive, path)
+    _out(args, {"file": str(path), "read": result.read, "added": result.added,
+                "duplicates": result.duplicates, "invalid": result.invalid},
+         [f"imported {path}: {result.read} envelopes read, {result.added} added, "
+          f"{result.duplicates} already present, {result.invalid} invalid (skipped)"])
+    if result.invalid:
+        print(f"pimail: warning: skipped {result.invalid} invalid envelopes", file=sys.stderr)
+    return 0
