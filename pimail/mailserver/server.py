@@ -411,6 +411,7 @@ async def create_mailserver(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     access: AccessPolicy | None = None,
     sync_allowed: Callable[[PeerLike], bool] | None = None,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
 ) -> MailServer:
     """A ``MailServer`` from the config. The password key (PBKDF2, ~50 ms) is derived off the loop.
 
@@ -422,4 +423,4 @@ async def create_mailserver(
         sym_key = await loop.run_in_executor(None, key_from_password, config.password)
     opener = RequestOpener(sym_key, private_key, config.min_request_pow)
     return MailServer(archive, config, opener, access=access, sync_allowed=sync_allowed,
-                      max_message_size=max_message_size)
+                      max_message_size=max_message_size, stall_timeout_s=stall_timeout_s)
