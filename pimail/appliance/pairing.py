@@ -356,6 +356,33 @@ class PairingController:
         }
 
 
+def register_control_commands(registry: Any, controller: PairingController, default_minutes: float) -> None:
+    """``pair.start {minutes}``, ``pair.cancel`` and ``pair.status`` on the daemon's control socket
+    (``registry`` is an ``appliance.control.CommandRegistry``)."""
+    from pimail.appliance.control import CommandError
+
+    async def start(args: dict[str, Any]) -> dict[str, Any]:
+        minutes = args.get("minutes", default_minutes)
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+            raise CommandError("minutes must be a number")
+        try:
+            controller.start(minutes)
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
+        return controller.snapshot()
+
+    async def cancel(args: dict[str, Any]) -> dict[str, Any]:
+        controller.cancel()
+        return controller.snapshot()
+
+    async def status(args: dict[str, Any]) -> dict[str, Any]:
+        return controller.snapshot()
+
+    registry.register("pair.start", start, "open the pairing window {minutes}")
+    registry.register("pair.cancel", cancel, "close the pairing window")
+    registry.register("pair.status", status, "pairing window, last result, paired clients")
+
+
 class PairButton:
     """A push button (gpiozero ``Button`` on a BCM pin) that opens a pairing window.
 

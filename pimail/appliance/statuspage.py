@@ -28,7 +28,9 @@ from urllib.parse import parse_qs
 
 from pimail import __version__
 from pimail.appliance import qr as qrcodes
+from pimail.appliance.health import HealthState
 from pimail.appliance.lan import parse_listen
+from pimail.appliance.leds import PATTERNS, SLOW_BLINK_S
 from pimail.appliance.pairing import PairingController
 from pimail.config import StatusConfig
 from pimail.crypto.keys import Enode
@@ -367,11 +369,31 @@ def _json_default(value: Any) -> Any:
 # Inlined into each page so it works offline and needs no second request.
 _CSS = (resources.files("pimail.appliance") / "static" / "page.css").read_text(encoding="utf-8")
 
-_KNOWN_SECTIONS = ("peers", "archive", "disk", "clock")
+# Sections in the order a phone user cares about; other dict-valued keys follow under their own names.
+_SECTION_ORDER = ("archive", "retention", "disk", "clock")
+_TITLES = {"mailserver": "History requests"}
 _SKIP_KEYS = {
-    "health", "enode", "pairing", "qr_svg", "password_shown", "generated_at", "version", "uptime_s",
-    "error", *_KNOWN_SECTIONS,
+    "health", "enode", "pairing", "qr_svg", "password_shown", "generated_at", "version", "error",
+    "peers", "peer_count",
 }
+_TIME_KEYS = ("now", "since", "time")
+_TIME_SUFFIXES = ("_at", "_sent", "_since", "_time")
+
+
+def led_words(state: str) -> str:
+    """What the LEDs are doing in ``state``, in the words of the LED table (``leds.PATTERNS``)."""
+    try:
+        patterns = PATTERNS[HealthState(state)]
+    except (ValueError, KeyError):
+        return ""
+    groups: dict[str, list[str]] = {}
+    for name, pattern in patterns.items():
+        if pattern.mode == "on":
+            groups.setdefault("on", []).append(name)
+        elif pattern.mode == "blink":
+            speed = "fast" if pattern.half_period_s < SLOW_BLINK_S else "slowly"
+            groups.setdefault(f"blinking {speed}", []).append(name)
+    return "; ".join(f"{' + '.join(names)} {how}" for how, names in groups.items()) or "all off"
 
 
 def _shell(title: str, body: str, *, refresh: bool) -> str:
@@ -421,7 +443,7 @@ def utc(ts: float) -> str:
 def _label(key: str, value: Any = None) -> str:
     """``free_bytes`` → "free" when the value is shown with its unit; otherwise the key as words."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        for suffix in ("_bytes", "_s", "_at"):
+        for suffix in ("_bytes", "_s", "_at", "_ms"):
             if key.endswith(suffix) and len(key) > len(suffix):
                 key = key[: -len(suffix)]
     return key.replace("_", " ")
@@ -434,12 +456,14 @@ def _format(key: str, value: Any, depth: int = 0) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float) and math.isfinite(value):
-        if key.endswith("_bytes") or key == "bytes":
+        if key.endswith("_bytes") or key.startswith("bytes"):
             return _e(human_bytes(value))
-        if key.endswith("_at") or key in ("now", "time", "since"):
+        if key.endswith(_TIME_SUFFIXES) or key in _TIME_KEYS:
             return _e(utc(value)) if value > 1e9 else _e(value)
         if key.endswith("_s"):
             return _e(human_duration(value))
+        if key.endswith("_ms"):
+            return _e(f"{value:.4g} ms")
         if key.endswith(("_pct", "_percent")):
             return _e(f"{value:.1f} %")
         if isinstance(value, float):
@@ -563,6 +587,7 @@ def render_page(snap: Mapping[str, Any], pairing_offered: bool = False) -> str:
     body = [
         '<section><h1>pimail mailserver</h1>'
         f'<span class="state s-{state_class}">{_e(state)}</span>'
+        + (f'<p class="leds">LEDs: {_e(led_words(state))}</p>' if led_words(state) else "")
         + (f'<p class="summary">{_e(summary)}</p>' if summary and summary != state else "")
     ]
     messages = [
@@ -589,18 +614,22 @@ def render_page(snap: Mapping[str, Any], pairing_offered: bool = False) -> str:
     )
     if isinstance(snap.get("pairing"), Mapping):
         body.append(f"<section><h2>Pairing</h2>{_pairing_html(snap['pairing'], pairing_offered)}</section>")
-    if "peers" in snap:
-        body.append(f"<section><h2>Peers</h2>{_peers_html(snap['peers'])}</section>")
-    for key in ("archive", "disk", "clock"):
-        if key in snap:
-            value = snap[key]
+    if "peers" in snap or "peer_count" in snap:
+        peers = snap.get("peers", snap.get("peer_count"))
+        body.append(f"<section><h2>Peers</h2>{_peers_html(peers)}</section>")
+    rest = {k: v for k, v in snap.items() if k not in _SKIP_KEYS}
+    ordered = [k for k in _SECTION_ORDER if k in rest] + [k for k in rest if k not in _SECTION_ORDER]
+    scalars: dict[str, Any] = {}
+    for key in ordered:
+        value = rest[key]
+        if isinstance(value, Mapping) or (isinstance(value, list) and value and key in _SECTION_ORDER):
+            title = _TITLES.get(key, key.replace("_", " ").capitalize())
             inner = _dl(value) if isinstance(value, Mapping) else f"<p>{_format(key, value)}</p>"
-            body.append(f"<section><h2>{_e(key.capitalize())}</h2>{inner}</section>")
-    other = {k: v for k, v in snap.items() if k not in _SKIP_KEYS}
-    if "uptime_s" in snap:
-        other = {"uptime_s": snap["uptime_s"], **other}
-    if other:
-        body.append(f"<section><h2>Node</h2>{_dl(other)}</section>")
+            body.append(f"<section><h2>{_e(title)}</h2>{inner}</section>")
+        elif value is not None or key in _SECTION_ORDER:
+            scalars[key] = value
+    if scalars:
+        body.append(f"<section><h2>Node</h2>{_dl(scalars)}</section>")
     generated = snap.get("generated_at")
     stamp = utc(float(generated)) if isinstance(generated, int | float) else ""
     body.append(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from pimail import configfile
 from pimail.appliance import qr as qrcodes
 from pimail.appliance.lan import AdvertisedAddress, advertised_address, enode_for
 from pimail.config import Config
@@ -44,19 +44,12 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """The config from ``--config`` (if given) with ``--data-dir`` applied."""
-    config = Config()
-    path: Path | None = getattr(args, "config", None)
-    if path is not None:
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        # The TOML loader belongs to the daemon layer; imported late so `enode` works without it.
-        configfile = importlib.import_module("pimail.configfile")
-        loaded: Config = configfile.load(path)
-        config = loaded
+    """The config the daemon would use (``--config``, else ``<data dir>/pimail.toml``, systemd's
+    configuration directory, /etc/pimail) with ``--data-dir`` applied."""
     data_dir: Path | None = getattr(args, "data_dir", None)
-    if data_dir is not None:
-        config.node.data_dir = data_dir
+    path = configfile.find_config(getattr(args, "config", None), data_dir)
+    config = configfile.load_config(path).config
+    configfile.apply_overrides(config, data_dir=data_dir)
     return config
 
 

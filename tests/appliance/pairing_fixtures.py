@@ -152,38 +152,64 @@ async def chromium(profile: Path, *args: str) -> str:
 def real_provider(
     health: HealthModel, key: NodeKey, started: float | None = None
 ) -> Callable[[], dict[str, Any]]:
-    """What a daemon's snapshot looks like, assembled from a real HealthModel and node key."""
-    t0 = started if started is not None else time.time()
+    """A snapshot in the shape of ``Daemon.status_snapshot()`` (docs/ARCHITECTURE.md), assembled
+    from a real HealthModel and node key; peers and archive figures are sample values."""
+    t0 = started if started is not None else time.time() - 3725
 
     def provider() -> dict[str, Any]:
+        now = time.time()
         return {
-            "health": {
-                "state": health.state.value,
-                "summary": health.summary,
-                "conditions": [
-                    {"key": c.key, "severity": c.severity.name.lower(), "message": c.message}
-                    for c in health.conditions
-                ],
-            },
-            "node_id": key.node_id.hex(),
+            "version": "0.1.0",
+            "enode": f"enode://{key.public.hex()}@0.0.0.0:30303",
+            "uptime_s": now - t0,
+            "started_at": t0,
+            "health": health.snapshot(),
+            "peer_count": 2,
             "peers": [
                 {
+                    "enode": "enode://aa@192.168.1.23:51234",
                     "client": "StatusIM/v0.78.0/android-arm64/go1.13",
-                    "address": "192.168.1.23:51234",
+                    "protocol": "shh/6",
                     "inbound": True,
+                    "address": "192.168.1.23:51234",
+                    "connected_s": 600,
                 },
-                {"client": "<script>alert(1)</script>", "address": "10.0.0.9:30303", "inbound": False},
+                {
+                    "enode": "enode://bb@10.0.0.9:30303",
+                    "client": "<script>alert(1)</script>",
+                    "protocol": "shh/6",
+                    "inbound": False,
+                    "address": "10.0.0.9:30303",
+                    "connected_s": 5,
+                },
             ],
             "archive": {
-                "envelopes": 12345,
-                "size_bytes": 48_000_000,
-                "max_age": "30d",
-                "max_bytes": "8GB",
-                "oldest_at": t0 - 86400,
+                "backend": "sqlite",
+                "count": 12345,
+                "bytes": 48_000_000,
+                "oldest_sent": now - 86400 * 3,
+                "newest_sent": now - 5,
+                "bytes_written_since_start": 1_200_000,
+                "reason": None,
             },
-            "disk": {"free_bytes": 20_500_000_000, "total_bytes": 31_000_000_000},
-            "clock": {"trusted": True, "now_at": time.time()},
-            "uptime_s": time.time() - t0 + 3725,
+            "retention": {
+                "max_age_s": 30 * 86400,
+                "max_count": 0,
+                "max_bytes": 8_000_000_000,
+                "min_free_disk_bytes": 256_000_000,
+            },
+            "disk": {"path": "/var/lib/pimail", "free_bytes": 20_500_000_000, "total_bytes": 31_000_000_000},
+            "clock": {
+                "trusted": True,
+                "mode": "auto",
+                "source": "timesyncd",
+                "now": now,
+                "trusted_since": t0 + 20,
+            },
+            "counters": {"envelopes_in": 5310, "envelopes_out": 10022, "archived": 5290, "requests": 17},
+            "loop_lag_ms": 1.7,
+            "listen": "0.0.0.0:30303",
+            "data_dir": "/var/lib/pimail",
             "mailserver_password": "must-not-leak",
         }
 
