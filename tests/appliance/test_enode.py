@@ -190,3 +190,30 @@ def test_bad_listen_address_is_a_user_error(listen: str) -> None:
 )
 def test_lan_only_classification(host: str, lan_only: bool) -> None:
     assert lan.is_lan_only(host) is lan_only
+
+
+def test_config_supplies_host_port_and_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "pimail.toml"
+    config.write_text(
+        '[node]\nlisten = "0.0.0.0:30404"\npublic_host = "pi.example.org"\n'
+        '[mailserver]\npassword = "our-own-secret"\n'
+    )
+    rc, out, err = run_cli(capsys, "--config", str(config), "--data-dir", str(tmp_path), "--with-password")
+    assert rc == 0 and err == ""
+    enode = Enode.parse(out.strip())
+    assert (enode.host, enode.port, enode.password) == ("pi.example.org", 30404, "our-own-secret")
+    # <data dir>/pimail.toml is found without --config, as the daemon finds it.
+    rc, out, _ = run_cli(capsys, "--data-dir", str(tmp_path))
+    assert rc == 0 and out.strip().endswith("@pi.example.org:30404")
+
+
+def test_bad_config_is_a_one_line_error_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[node]\nlisten = "nowhere"\n')
+    rc, out, err = run_cli(capsys, "--config", str(config), "--data-dir", str(tmp_path))
+    assert rc == 2 and out == ""
+    assert err.startswith(f"pimail: error: {config}:2") and err.count("\n") == 1
+    rc, _, err = run_cli(capsys, "--config", str(tmp_path / "missing.toml"))
+    assert rc == 2 and "not found" in err
