@@ -167,8 +167,8 @@ def missed_window(last_up: int | None, now: int, max_s: int) -> tuple[int, int] 
 class Backfill:
     """At start: fetch the window missed while down from every sibling in ``sync_from``.
 
-    The daemon calls ``await Backfill(...).run()`` once after the node is up (before it starts
-    the heartbeat, which would overwrite "last up").
+    "Last up" is read when the object is made, so the daemon can build it first, start the
+    heartbeat, and run ``await backfill.run()`` in the background once the node is listening.
     """
 
     def __init__(self, node: object, client: SyncClient, config: MailserverConfig,
@@ -177,10 +177,11 @@ class Backfill:
         self.client = client
         self.config = config
         self.heartbeat = heartbeat
+        self.last_up = heartbeat.last_up()
 
     async def run(self, now: int | None = None) -> SyncResult:
         now = int(time.time()) if now is None else now
-        window = missed_window(self.heartbeat.last_up(), now, self.config.backfill_max_s)
+        window = missed_window(self.last_up, now, self.config.backfill_max_s)
         total = SyncResult()
         if window is None or not self.config.sync_from:
             return total
