@@ -431,6 +431,11 @@ def load_config(path: Path | None) -> LoadedConfig:
     return LoadedConfig(config, path, explicit)
 
 
+def load(path: Path) -> Config:
+    """Just the config tree from ``path`` (ConfigError on bad input)."""
+    return load_config(path).config
+
+
 def _default_data_dir(config: Config, explicit: set[tuple[str, str]]) -> None:
     # Under systemd (StateDirectory=pimail) the state directory is the natural data dir.
     state = os.environ.get("STATE_DIRECTORY")

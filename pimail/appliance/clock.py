@@ -65,6 +65,7 @@ class ClockTrust:
         booted_path: Path = SYSTEMD_BOOTED,
         timesyncd_binaries: Sequence[Path] = TIMESYNCD_BINARIES,
         kernel_synced: Callable[[], bool | None] = kernel_clock_synced,
+        warn: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"clock_trust must be one of {', '.join(MODES)} (got {mode!r})")
@@ -78,7 +79,7 @@ class ClockTrust:
         self._trusted = False
         self._synced_since: float | None = None
         self.source = "none"  # what made the decision: always | timesyncd | kernel | no-sync-mechanism
-        self._warned = False
+        self._warned = not warn  # the "no time sync here" warning is logged once per process
         self.refresh()
 
     @property

@@ -1,0 +1,235 @@
+"""``pimail doctor``: quick checks of the things that go wrong on a Pi, each with what to do.
+
+Every check returns one ``Check``: a verdict (ok / warn / fail / skip), what was found, and, when
+not ok, what to do. The command exits 1 when any check fails. Checks only read: they never
+change the archive or the system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pimail.appliance import control
+from pimail.appliance.clock import ClockTrust
+from pimail.config import Config
+from pimail.configfile import parse_hostport, parse_size
+from pimail.errors import RuntimeFailure
+
+ARCHIVE_FILE = "archive.sqlite"
+QUICK_CHECK_TIMEOUT_S = 60.0
+VCGENCMD_TIMEOUT_S = 5.0
+# An SD card lives longer under a few GB of writes a day; above this, say so.
+WRITE_RATE_WARN_BYTES_PER_DAY = 5 * 1000**3
+
+# vcgencmd get_throttled bits (Raspberry Pi firmware)
+THROTTLE_BITS = {
+    0: "under-voltage now",
+    1: "ARM frequency capped now",
+    2: "throttled now",
+    3: "soft temperature limit now",
+    16: "under-voltage has occurred since boot",
+    17: "frequency capping has occurred",
+    18: "throttling has occurred",
+    19: "soft temperature limit has occurred",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    verdict: str  # ok | warn | fail | skip
+    detail: str
+    advice: str = ""
+
+    def line(self) -> str:
+        text = f"{self.verdict.upper():<4}  {self.name:<16} {self.detail}"
+        return f"{text} — {self.advice}" if self.advice else text
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def check_clock(config: Config, clock: ClockTrust | None = None) -> Check:
+    clock = clock or ClockTrust(config.archive.clock_trust, warn=False)
+    synced, source = clock.synchronized()
+    if synced:
+        return Check("clock", "ok", f"synchronized ({source})")
+    if clock.trusted:
+        return Check(
+            "clock",
+            "warn",
+            f"not known to be synchronized; trusted anyway (clock_trust = {clock.mode}, {clock.source})",
+            "enable systemd-timesyncd or chrony so archived times are right",
+        )
+    return Check(
+        "clock",
+        "fail",
+        "not synchronized: the node relays but does not archive",
+        "check the network and `timedatectl timesync-status`; a Pi has no RTC",
+    )
+
+
+def check_disk(config: Config) -> Check:
+    data_dir = config.node.data_dir
+    target = data_dir if data_dir.exists() else data_dir.parent if data_dir.parent.exists() else Path(".")
+    try:
+        usage = shutil.disk_usage(target)
+    except OSError as exc:
+        return Check("disk", "fail", f"cannot read free space of {target}: {exc.strerror}",
+                     "check that the data disk is mounted")
+    need = parse_size(config.archive.min_free_disk)
+    free = human_bytes(usage.free)
+    if usage.free < need:
+        return Check("disk", "fail", f"{free} free at {target}, below min_free_disk {human_bytes(need)}",
+                     "lower [archive] max_bytes/max_age or use a larger card or USB disk")
+    if usage.free < 2 * need:
+        return Check("disk", "warn", f"{free} free at {target} (min_free_disk {human_bytes(need)})",
+                     "the archive is pruned to keep min_free_disk; consider a larger disk")
+    return Check("disk", "ok", f"{free} free of {human_bytes(usage.total)} at {target}")
+
+
+def check_archive(config: Config, timeout_s: float = QUICK_CHECK_TIMEOUT_S) -> Check:
+    if config.archive.url:
+        return Check("archive", "skip", "PostgreSQL backend: integrity is the database server's job")
+    path = config.node.data_dir / ARCHIVE_FILE
+    if not path.exists():
+        return Check("archive", "ok", f"no archive yet at {path} (created on first start)")
+    try:
+        # read-only, and never waits long on a writer holding a lock
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check("archive", "fail", f"{path}: {exc}",
+                     "stop pimail, copy the file away, and start again to rebuild an empty archive")
+    results = [str(r[0]) for r in rows]
+    if results == ["ok"]:
+        return Check("archive", "ok", f"{path}: quick_check ok ({human_bytes(path.stat().st_size)})")
+    return Check("archive", "fail", f"{path}: quick_check: {results[0]}" + (
+        f" (+{len(results) - 1} more)" if len(results) > 1 else ""),
+        "stop pimail and run `sqlite3 archive.sqlite .recover`, or move the file away")
+
+
+def check_port(config: Config, daemon_running: bool) -> Check:
+    host, port = parse_hostport(config.node.listen)
+    probe = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    listening = False
+    with contextlib.suppress(OSError), socket.create_connection((probe, port), timeout=1.0):
+        listening = True
+    if daemon_running:
+        if listening:
+            return Check("port", "ok", f"pimail is listening on {config.node.listen}")
+        return Check("port", "fail", f"pimail runs but nothing answers on {probe}:{port}",
+                     "check `journalctl -u pimail` for listener errors")
+    if listening:
+        return Check("port", "fail", f"{config.node.listen} is taken by another program",
+                     f"stop it or set [node] listen to another port (`ss -ltnp 'sport = :{port}'`)")
+    return Check("port", "ok", f"{config.node.listen} is free (pimail is not running)")
+
+
+def check_gpio(config: Config, chips: Sequence[str] | None = None) -> Check:
+    if not config.leds.enabled:
+        return Check("gpio", "skip", "LEDs disabled in config")
+    chips = sorted(glob.glob("/dev/gpiochip*")) if chips is None else list(chips)
+    if not chips:
+        return Check("gpio", "warn", "no /dev/gpiochip*: the status LEDs stay dark",
+                     "on a Pi, check the kernel's GPIO driver; elsewhere set [leds] enabled = false")
+    unusable = [c for c in chips if not os.access(c, os.R_OK | os.W_OK)]
+    if len(unusable) == len(chips):
+        return Check("gpio", "warn", f"{', '.join(chips)} not accessible to this user",
+                     "add the pimail user to the gpio group (the image's udev rule makes it 0660 gpio)")
+    return Check("gpio", "ok", f"{', '.join(chips)}")
+
+
+def check_power(run: Callable[[list[str]], str] | None = None) -> Check:
+    if run is None:
+        exe = shutil.which("vcgencmd")
+        if exe is None:
+            return Check("power", "skip", "vcgencmd not present (not Raspberry Pi OS firmware tools)")
+
+        def run(cmd: list[str]) -> str:
+            return subprocess.run(
+                cmd, capture_output=True, text=True, timeout=VCGENCMD_TIMEOUT_S, check=True
+            ).stdout
+
+    try:
+        out = run(["vcgencmd", "get_throttled"])
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check("power", "warn", f"vcgencmd failed: {exc}", "run it by hand to see why")
+    value = out.strip().partition("=")[2]
+    try:
+        bits = int(value, 16)
+    except ValueError:
+        return Check("power", "warn", f"unexpected vcgencmd output {out.strip()[:40]!r}")
+    flags = [text for bit, text in THROTTLE_BITS.items() if bits & (1 << bit)]
+    if bits & 0xF:
+        return Check("power", "fail", f"throttled={value}: {', '.join(flags)}",
+                     "use the official power supply (5.1 V) and a short cable; cool the Pi")
+    if bits:
+        return Check("power", "warn", f"throttled={value}: {', '.join(flags)}",
+                     "the supply dipped earlier; consider a better power supply")
+    return Check("power", "ok", "no under-voltage or throttling")
+
+
+def check_write_rate(status: dict[str, Any] | None) -> Check:
+    if status is None:
+        return Check("write rate", "skip", "pimail is not running")
+    archive = status.get("archive") or {}
+    written = archive.get("bytes_written_since_start")
+    uptime = status.get("uptime_s") or 0
+    if written is None or uptime < 60:
+        return Check("write rate", "skip", "not enough data yet (running for under a minute)")
+    per_day = float(written) / uptime * 86400
+    detail = f"{human_bytes(per_day)}/day to the archive"
+    if per_day > WRITE_RATE_WARN_BYTES_PER_DAY:
+        return Check("write rate", "warn", detail,
+                     "heavy for an SD card: keep the archive on a USB SSD or lower retention")
+    return Check("write rate", "ok", detail)
+
+
+def daemon_status(config: Config) -> dict[str, Any] | None:
+    path = control.find_socket(config.node.data_dir)
+    if path is None:
+        return None
+    try:
+        result = control.call(path, "status", timeout=5.0)
+    except RuntimeFailure:
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def run_checks(config: Config) -> list[Check]:
+    status = daemon_status(config)
+    checks: list[Callable[[], Check]] = [
+        lambda: check_clock(config),
+        lambda: check_disk(config),
+        lambda: check_archive(config),
+        lambda: check_port(config, status is not None),
+        lambda: check_gpio(config),
+        lambda: check_power(),
+        lambda: check_write_rate(status),
+    ]
+    results = []
+    for fn in checks:
+        try:
+            results.append(fn())
+        except Exception as exc:  # one broken check must not hide the others
+            results.append(Check(getattr(fn, "__name__", "check"), "fail", f"check crashed: {exc}"))
+    return results

@@ -1,0 +1,78 @@
+"""``pimail run``: start the node in the foreground (what systemd's ExecStart runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from pimail import configfile
+from pimail.appliance.journal import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the node in the foreground (relay, archive, serve history)",
+        description="Run the mailserver until SIGTERM or Ctrl-C. Settings come from --config, else "
+        "<data dir>/pimail.toml, $CONFIGURATION_DIRECTORY/pimail.toml or /etc/pimail/pimail.toml, "
+        "else built-in defaults; the options below override the file. SIGHUP reloads peers, limits "
+        "and retention. Exit codes: 0 stopped cleanly, 1 could not run (port in use, archive), "
+        "2 bad configuration.",
+    )
+    add_config_options(p)
+    p.add_argument("--listen", metavar="HOST:PORT", help="RLPx listen address (default 0.0.0.0:30303)")
+    p.add_argument(
+        "--static-peer",
+        metavar="ENODE",
+        action="append",
+        dest="static_peers",
+        help="keep a connection to this node (repeatable; replaces [node] static_peers)",
+    )
+    p.add_argument("--archive-url", metavar="URL", help='postgresql://… for a fleet archive ("" = SQLite)')
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="metrics address (127.0.0.1:9464)")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
+    p.add_argument("--no-page", action="store_true", help="do not serve the LAN status page")
+    p.add_argument("--no-leds", action="store_true", help="leave the GPIO LEDs alone")
+    p.add_argument(
+        "--clock-trust", choices=("auto", "always", "synced"), help="override [archive] clock_trust"
+    )
+    p.set_defaults(func=run)
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", type=Path, help="pimail.toml to read")
+    p.add_argument("--data-dir", metavar="DIR", type=Path, help="data directory (overrides [node] data_dir)")
+
+
+def load(args: argparse.Namespace) -> configfile.LoadedConfig:
+    """The config file the daemon would use, with the command-line overrides applied."""
+    data_dir: Path | None = getattr(args, "data_dir", None)
+    path = configfile.find_config(getattr(args, "config", None), data_dir)
+    loaded = configfile.load_config(path)
+    configfile.apply_overrides(
+        loaded.config,
+        data_dir=data_dir,
+        listen=getattr(args, "listen", None),
+        static_peers=getattr(args, "static_peers", None),
+        archive_url=getattr(args, "archive_url", None),
+        metrics_listen=getattr(args, "metrics_listen", None),
+        no_metrics=getattr(args, "no_metrics", False),
+        no_page=getattr(args, "no_page", False),
+        no_leds=getattr(args, "no_leds", False),
+        clock_trust=getattr(args, "clock_trust", None),
+    )
+    return loaded
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load(args)
+    mode = setup_logging(args.verbose, force=True)
+    log.debug("logging to %s", mode)
+    log.info("config: %s", loaded.path or "built-in defaults")
+    from pimail.daemon import run_daemon  # the whole node: only `run` pays for importing it
+
+    return run_daemon(loaded.config, config_path=loaded.path)

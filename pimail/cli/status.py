@@ -1,0 +1,135 @@
+"""``pimail status``: ask the running daemon how it is (over its control socket)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from pimail.appliance import control
+from pimail.cli.run import add_config_options, load
+from pimail.errors import RuntimeFailure
+
+EXIT_FAILING = 3  # the daemon answered and says it is failing
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show the running node's health, peers, archive, disk and clock",
+        description="Talks to the running daemon over its control socket ($RUNTIME_DIRECTORY or "
+        "/run/pimail under systemd, else the data directory). Exit code 0 when it answers, "
+        "1 when no daemon answers, 3 when it answers but its health is failing.",
+    )
+    add_config_options(p)
+    p.add_argument("--json", action="store_true", help="print the full status as JSON")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    p.set_defaults(func=run)
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "?"
+
+
+def human_duration(seconds: float | None) -> str:
+    if not seconds:
+        return "0 s"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{days} d"] if days else []
+    if hours or days:
+        parts.append(f"{hours} h")
+    parts.append(f"{minutes} min" if minutes or hours or days else f"{s} s")
+    return " ".join(parts[:2])
+
+
+def _utc(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+def render(snap: dict[str, Any]) -> str:
+    """The status dict as lines for a terminal."""
+    health = snap.get("health") or {}
+    lines = [f"pimail {snap.get('version', '?')} — {health.get('summary', '?')}"]
+    lines.append(f"  enode      {snap.get('enode') or '-'}")
+    since = _utc(snap.get("started_at"))
+    lines.append(f"  uptime     {human_duration(snap.get('uptime_s'))} (since {since})")
+    for cond in health.get("conditions") or []:
+        lines.append(f"  {cond.get('severity', '?'):<10} {cond.get('message', '')}")
+    archive = snap.get("archive")
+    if archive:
+        oldest = _utc(archive.get("oldest_sent"))
+        lines.append(
+            f"  archive    {archive.get('count', 0)} envelopes, {human_bytes(archive.get('bytes'))} "
+            f"({archive.get('backend')}), oldest {oldest}"
+        )
+    else:
+        lines.append("  archive    -")
+    ret = snap.get("retention") or {}
+    limits = []
+    if ret.get("max_age_s"):
+        limits.append(f"max age {human_duration(ret['max_age_s'])}")
+    if ret.get("max_count"):
+        limits.append(f"max {ret['max_count']} envelopes")
+    if ret.get("max_bytes"):
+        limits.append(f"max {human_bytes(ret['max_bytes'])}")
+    if ret.get("min_free_disk_bytes"):
+        limits.append(f"keep {human_bytes(ret['min_free_disk_bytes'])} free")
+    lines.append(f"  retention  {', '.join(limits) or 'none'}")
+    disk = snap.get("disk") or {}
+    lines.append(
+        f"  disk       {human_bytes(disk.get('free_bytes'))} free of {human_bytes(disk.get('total_bytes'))}"
+        f" at {disk.get('path', '?')}"
+    )
+    clock = snap.get("clock") or {}
+    trusted = "trusted" if clock.get("trusted") else "NOT trusted (relaying, not archiving)"
+    lines.append(f"  clock      {trusted} (mode {clock.get('mode')}, {clock.get('source')})")
+    counters = snap.get("counters") or {}
+    lines.append(
+        f"  traffic    {counters.get('envelopes_in', 0)} envelopes in, "
+        f"{counters.get('envelopes_out', 0)} out, "
+        f"{counters.get('archived', 0)} archived, {counters.get('requests', 0)} history requests"
+    )
+    peers = snap.get("peers") or []
+    lines.append(f"  peers      {len(peers)}")
+    for p in peers:
+        direction = "in " if p.get("inbound") else "out"
+        lines.append(
+            f"    {direction} {p.get('enode', '')[:28]}…@{p.get('address')}  {p.get('client', '')[:40]}  "
+            f"{p.get('protocol', '')}  ↓{human_bytes(p.get('bytes_in'))} ↑{human_bytes(p.get('bytes_out'))}"
+        )
+    pairing = snap.get("pairing")
+    if pairing:
+        if pairing.get("window_open"):
+            lines.append(f"  pairing    open, {pairing.get('window_remaining_s')} s left")
+        else:
+            paired = len(pairing.get("paired_clients") or [])
+            lines.append(f"  pairing    {pairing.get('mode')} ({paired} paired)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load(args).config
+    path = control.find_socket(config.node.data_dir)
+    if path is None:
+        raise RuntimeFailure(
+            f"no running pimail found (no control socket in {config.node.data_dir} or /run/pimail); "
+            "start it with `pimail run` or `systemctl start pimail`"
+        )
+    snap = control.call(path, "status", timeout=args.timeout)
+    if not isinstance(snap, dict):
+        raise RuntimeFailure("the daemon sent an unexpected status")
+    if args.json:
+        print(json.dumps(snap, indent=2, sort_keys=True))
+    else:
+        print(render(snap))
+    return EXIT_FAILING if (snap.get("health") or {}).get("state") == "failing" else 0

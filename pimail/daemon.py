@@ -1,0 +1,697 @@
+"""``Daemon``: composes the whole node from the config and runs it until told to stop.
+
+Start order: data dir → health, LEDs, loop monitor → clock trust → node key → archive open →
+pairing → Whisper service + mailserver → NodeServer listening → control socket, metrics, status
+page → ``READY=1``. Stop order (SIGTERM/SIGINT): ``STOPPING=1`` → status page and control socket
+closed → peers disconnected with 0x08 → deliveries cancelled → archive flushed and closed →
+metrics, LEDs off. SIGHUP reloads static peers, limits and retention from the config file
+without dropping connections.
+
+The health model is the only source of truth for LEDs, the watchdog, ``STATUS=``, ``pimail status``,
+metrics and the status page; ``status_snapshot()`` is the one dict they all read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pimail import __version__
+from pimail.appliance import control
+from pimail.appliance.clock import ClockTrust
+from pimail.appliance.health import HealthModel, HealthState, LoopLagMonitor, Severity
+from pimail.appliance.leds import LedPanel
+from pimail.appliance.metrics import NodeMetrics
+from pimail.appliance.systemd import SystemdNotifier
+from pimail.archive.base import Archive, ArchivedEnvelope, ArchiveError, ArchiveStats
+from pimail.config import Config
+from pimail.configfile import ConfigError, load_config, retention_policy
+from pimail.crypto.keys import Enode, KeyError_, NodeKey
+from pimail.errors import RuntimeFailure, UserError
+
+log = logging.getLogger(__name__)
+
+NODEKEY_FILE = "nodekey"
+WRITE_PROBE_FILE = ".pimail-write-probe"
+STATS_INTERVAL_S = 5.0  # archive stats, disk, write probe, clock
+NO_PEERS_GRACE_S = 60.0  # after start, before "no peers" counts as degraded
+ACTIVITY_POLL_S = 0.25  # delivery blinks follow MailServer stats at this pace
+STOP_STEP_TIMEOUT_S = 10.0  # each shutdown step; systemd's TimeoutStopSec is the outer bound
+
+HEALTH_UNWRITABLE = "archive.unwritable"
+HEALTH_ARCHIVE_ERRORS = "archive.errors"
+HEALTH_DISK_LOW = "disk.low"
+HEALTH_NO_PEERS = "node.no_peers"
+# keys a SIGHUP cannot change on a running node
+RESTART_ONLY = (
+    ("archive", "url"),
+    ("archive", "clock_trust"),
+    ("status", "metrics_listen"),
+    ("status", "page_listen"),
+    ("leds", "green"),
+    ("leds", "amber"),
+    ("leds", "red"),
+)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class _ObservedArchive(Archive):
+    """The archive as the Whisper service sees it: counts durable writes, blinks the LED, and turns
+    write failures into a health condition. Everything else passes straight through."""
+
+    def __init__(self, inner: Archive, on_durable: Callable[[int], None], on_error: Callable[[str], None]):
+        self.inner = inner
+        self._on_durable = on_durable
+        self._on_error = on_error
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def submit(self, envelopes: Sequence[ArchivedEnvelope]) -> asyncio.Future[None]:
+        fut = self.inner.submit(envelopes)
+        count = len(envelopes)
+
+        def done(f: asyncio.Future[None]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
+                self._on_durable(count)
+            else:
+                self._on_error(str(exc) or type(exc).__name__)
+
+        fut.add_done_callback(done)
+        return fut
+
+    async def query(self, q: Any) -> Any:
+        return await self.inner.query(q)
+
+    def iterate(self, q: Any, page_size: int = 500) -> Any:
+        return self.inner.iterate(q, page_size)
+
+    async def contains(self, envelope_hash: bytes) -> bool:
+        return await self.inner.contains(envelope_hash)
+
+    async def stats(self) -> ArchiveStats:
+        return await self.inner.stats()
+
+    async def prune(self) -> Any:
+        return await self.inner.prune()
+
+    def set_retention(self, policy: Any) -> None:
+        self.inner.set_retention(policy)
+
+    def __getattr__(self, name: str) -> Any:  # backend extras (e.g. vacuum) stay reachable
+        return getattr(self.inner, name)
+
+
+class Daemon:
+    """One pimail node. ``await run()`` until SIGTERM; or ``start()`` / ``stop()`` from tests."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        pin_factory: Any = None,
+        env: Mapping[str, str] | None = None,
+        clock: ClockTrust | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.env = dict(os.environ if env is None else env)
+        self.data_dir = Path(config.node.data_dir)
+        self.health = HealthModel()
+        self.notifier = SystemdNotifier(env=self.env)
+        self._pin_factory = pin_factory
+        self._clock_override = clock
+        self.clock: ClockTrust | None = None
+        self.leds: LedPanel | None = None
+        self.loop_monitor = LoopLagMonitor(self.health)
+        self.key: NodeKey | None = None
+        self.archive: _ObservedArchive | None = None
+        self.whisper: Any = None
+        self.mailserver: Any = None
+        self.server: Any = None
+        self.pairing: Any = None
+        self.status_page: Any = None
+        self.pair_button: Any = None
+        self.heartbeat: Any = None
+        self.metrics: NodeMetrics | None = None
+        self.control: control.ControlServer | None = None
+        self.registry = control.CommandRegistry()
+        self.enode: Enode | None = None
+        self.started_at = time.time()
+        self._started_m = time.monotonic()
+        self._stats: ArchiveStats | None = None
+        self._disk: dict[str, Any] = {}
+        self.counters: dict[str, int] = {"envelopes_in": 0, "archived": 0, "archive_errors": 0}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_event: asyncio.Event | None = None
+        self._stopping = False
+        self._last_delivered = 0
+        self.exit_code = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._prepare_data_dir()
+        self.leds = LedPanel(self.config.leds, self.health, pin_factory=self._pin_factory)
+        self.leds.attach_loop(loop)
+        self.loop_monitor.start()
+        self.notifier.status("starting")
+        self.clock = self._clock_override or ClockTrust(self.config.archive.clock_trust, health=self.health)
+        self.key = self._load_key()
+        await self._open_archive()
+        await self._start_services()
+        await self._start_node()
+        await self._start_appliance()
+        self._tasks.append(loop.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(loop.create_task(self._activity(), name="activity"))
+        await self._refresh_stats()
+        self.health.mark_started()
+        self.notifier.ready(self.status_line())
+        self.notifier.start(self.health, self.status_line)
+        self.health.subscribe(self._on_health_change)
+        log.info("pimail %s ready: %s (health %s)", __version__, self.enode_url(), self.health.summary)
+
+    def _prepare_data_dir(self) -> None:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot create data dir {self.data_dir}: {exc.strerror or exc}") from None
+        if not os.access(self.data_dir, os.W_OK | os.X_OK):
+            raise RuntimeFailure(f"data dir {self.data_dir} is not writable by this user")
+
+    def _load_key(self) -> NodeKey:
+        try:
+            return NodeKey.load_or_create(self.data_dir / NODEKEY_FILE)
+        except KeyError_ as exc:
+            raise UserError(str(exc)) from None
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot use node key in {self.data_dir}: {exc.strerror or exc}") from None
+
+    async def _open_archive(self) -> None:
+        open_archive = _component("pimail.archive", "open_archive")
+        try:
+            inner: Archive = open_archive(self.config.archive, self.data_dir, self.health)
+            await inner.open()
+        except ArchiveError as exc:
+            raise RuntimeFailure(f"cannot open the archive: {exc}") from None
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise RuntimeFailure(f"cannot open the archive in {self.data_dir}: {why}") from None
+        self.archive = _ObservedArchive(inner, self._on_archived, self._on_archive_error)
+        where = self.config.archive.url.split("@")[-1] or self.data_dir / "archive.sqlite"
+        log.info("archive open (%s)", where)
+
+    async def _start_services(self) -> None:
+        from pimail.appliance.pairing import PairingController
+        from pimail.mailserver.access import SiblingPolicy
+        from pimail.mailserver.server import create_mailserver
+
+        whisper_service = _component("pimail.whisper.service", "WhisperService")
+
+        assert self.key is not None and self.archive is not None and self.clock is not None
+        cfg = self.config
+        self.pairing = PairingController(self.data_dir, cfg.mailserver.allowed_clients, self.health)
+        trusted = {_node_id(entry) for entry in cfg.node.trusted_peers}
+        self.whisper = whisper_service(
+            cfg.whisper, archive=self.archive, clock_trusted=self.clock, health=self.health, trusted=trusted
+        )
+        self.whisper.listeners.append(self)
+        if cfg.mailserver.enabled:
+            siblings = SiblingPolicy([*cfg.mailserver.sync_from, *cfg.node.static_peers])
+            self.mailserver = await create_mailserver(
+                self.archive,
+                cfg.mailserver,
+                private_key=self.key.private,
+                max_message_size=cfg.whisper.max_message_size,
+                access=self.pairing,
+                sync_allowed=lambda peer: siblings.admit(peer.pubkey) or peer.node_id in trusted,
+            )
+            self.whisper.request_handler = self.mailserver
+
+    async def _start_node(self) -> None:
+        node_server = _component("pimail.node.server", "NodeServer")
+        assert self.key is not None
+        self.server = node_server(self.key, self.config.node, [self.whisper], health=self.health)
+        try:
+            await self.server.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise RuntimeFailure(
+                    f"cannot listen on {self.config.node.listen}: the port is in use "
+                    "(another pimail or geth?); set [node] listen or --listen"
+                ) from None
+            why = exc.strerror or exc
+            raise RuntimeFailure(f"cannot listen on {self.config.node.listen}: {why}") from None
+        self.enode = self._own_enode()
+
+    def _own_enode(self) -> Enode:
+        from pimail.appliance.lan import advertised_address, enode_for
+
+        assert self.key is not None
+        host = self.config.node.listen.rpartition(":")[0] or "0.0.0.0"
+        port = int(self.server.listen_port)
+        try:
+            address = advertised_address(f"{host}:{port}", self.config.node.public_host)
+        except UserError:
+            return Enode(self.key.public, "127.0.0.1", port)
+        return enode_for(self.key.public, address)
+
+    def enode_url(self) -> str:
+        return self.enode.url() if self.enode else ""
+
+    async def _start_appliance(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        # control socket
+        self._register_commands()
+        self.control = control.ControlServer(control.socket_path(self.data_dir, self.env), self.registry)
+        await self.control.start()
+        # metrics
+        if cfg.status.metrics:
+            self.metrics = NodeMetrics(self.status_snapshot)
+            self.metrics.start(cfg.status.metrics_listen)
+            if self.mailserver is not None:
+                self.mailserver.on_request_done = self.metrics.observe_request
+        # status page + pairing button
+        if cfg.status.page and self.enode is not None:
+            from pimail.appliance.statuspage import StatusPage
+
+            self.status_page = StatusPage(cfg.status, self.status_snapshot, self.enode, pairing=self.pairing)
+            await self.status_page.start()
+        if cfg.leds.pair_button and self.leds is not None and self.leds.enabled:
+            from pimail.appliance.pairing import PairButton
+
+            try:
+                self.pair_button = PairButton(
+                    cfg.leds.pair_button, self.pairing, cfg.status.pairing_minutes, loop, self._pin_factory
+                )
+            except Exception as exc:
+                log.warning("pair button on BCM %d unavailable: %s", cfg.leds.pair_button, exc)
+        # mailserver heartbeat and backfill from siblings
+        if self.mailserver is not None:
+            from pimail.mailserver.sync import Backfill, Heartbeat, SyncClient
+
+            self.heartbeat = Heartbeat(self.data_dir)
+            assert self.archive is not None
+            client = SyncClient(self.mailserver, self.archive)
+            backfill = Backfill(self.server, client, cfg.mailserver, self.heartbeat)
+            self._tasks.append(loop.create_task(self._backfill_then_beat(backfill), name="backfill"))
+
+    async def _backfill_then_beat(self, backfill: Any) -> None:
+        try:
+            await backfill.run()
+        except Exception:
+            log.exception("backfill from sibling mailservers failed")
+        self.heartbeat.start()
+
+    def _register_commands(self) -> None:
+        async def status(args: dict[str, Any]) -> Any:
+            return self.status_snapshot()
+
+        async def reload(args: dict[str, Any]) -> Any:
+            return await self.reload()
+
+        async def help_(args: dict[str, Any]) -> Any:
+            return self.registry.help()
+
+        self.registry.register("status", status, "health, peers, archive, disk, clock, uptime")
+        self.registry.register("reload", reload, "re-read the config: peers, limits, retention")
+        self.registry.register("help", help_, "list commands")
+        if self.pairing is not None:
+            from pimail.appliance.pairing import register_control_commands
+
+            register_control_commands(self.registry, self.pairing, self.config.status.pairing_minutes)
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        assert self._stop_event is not None
+        try:
+            await self._stop_event.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+        return self.exit_code
+
+    def request_stop(self, why: str = "requested") -> None:
+        log.info("stopping (%s)", why)
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.notifier.stopping("stopping: disconnecting peers, flushing the archive")
+        self.health.unsubscribe(self._on_health_change)
+        await self.notifier.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        steps: list[tuple[str, Callable[[], Awaitable[Any]] | None]] = [
+            ("status page", self.status_page.stop if self.status_page else None),
+            ("control socket", self.control.stop if self.control else None),
+            ("peers", self.server.stop if self.server else None),
+            ("deliveries", self.mailserver.close if self.mailserver else None),
+            ("heartbeat", self.heartbeat.stop if self.heartbeat else None),
+            ("pairing", self.pairing.close if self.pairing else None),
+            ("archive", self.archive.close if self.archive else None),
+            ("loop monitor", self.loop_monitor.stop),
+        ]
+        for name, step in steps:
+            if step is None:
+                continue
+            try:
+                await asyncio.wait_for(step(), STOP_STEP_TIMEOUT_S)
+            except Exception as exc:
+                log.error("stopping %s: %s", name, exc or type(exc).__name__)
+                if name == "archive":
+                    self.exit_code = 1
+        if self.pair_button is not None:
+            self.pair_button.close()
+        if self.metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.metrics.stop)
+        if self.leds is not None:
+            self.leds.close()
+        if self.archive is not None:
+            log.info("archive flushed and closed")
+        log.info("stopped")
+
+    # -- reload (SIGHUP) ------------------------------------------------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and apply peers, limits and retention; connections stay up."""
+        if self.config_path is None:
+            log.info("reload: no config file to re-read (started with defaults)")
+            return {"reloaded": False, "reason": "started without a config file"}
+        self.notifier.reloading()
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready(self.status_line())
+            return {"reloaded": False, "reason": str(exc)}
+        new, old = loaded.config, self.config
+        # command-line overrides of the running node stay in force
+        new.node.listen, new.node.data_dir = old.node.listen, old.node.data_dir
+        changed: list[str] = []
+        if new.node.static_peers != old.node.static_peers and self.server is not None:
+            self.server.set_static_peers(list(new.node.static_peers))
+            changed.append("static_peers")
+        if new.archive != old.archive and self.archive is not None:
+            self.archive.set_retention(retention_policy(new))
+            changed.append("retention")
+        if new.mailserver != old.mailserver and self.mailserver is not None:
+            from pimail.mailserver.limits import RequestLimits
+
+            m = new.mailserver
+            self.mailserver.config = m
+            self.mailserver.limits = RequestLimits(
+                m.min_request_interval_s, m.bucket_rate_per_s, m.bucket_burst
+            )
+            changed.append("mailserver limits")
+        if new.whisper != old.whisper and self.whisper is not None and hasattr(self.whisper, "config"):
+            self.whisper.config = new.whisper
+            changed.append("whisper limits")
+        for section, key in RESTART_ONLY:
+            if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
+                log.warning("reload: [%s] %s changed; takes effect after a restart", section, key)
+        self.config = new
+        log.info("reloaded %s: %s", self.config_path, ", ".join(changed) or "nothing changed")
+        self.notifier.ready(self.status_line())
+        return {"reloaded": True, "changed": changed}
+
+    # -- events from the components -------------------------------------------------------------------
+    def on_envelope(self, envelope: Any) -> None:
+        """Whisper listener: a new valid envelope arrived."""
+        self.counters["envelopes_in"] += 1
+
+    def _on_archived(self, count: int) -> None:
+        self.counters["archived"] += count
+        self.health.clear(HEALTH_ARCHIVE_ERRORS)
+        if self.leds is not None:
+            self.leds.archived()
+
+    def _on_archive_error(self, reason: str) -> None:
+        self.counters["archive_errors"] += 1
+        self.health.report(HEALTH_ARCHIVE_ERRORS, Severity.DEGRADED, f"archive write failed: {reason}")
+
+    def _on_health_change(self, health: HealthModel) -> None:
+        # May run in the loop-watch thread: only a datagram, no loop objects.
+        self.notifier.status(self.status_line())
+
+    # -- background work ------------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            try:
+                await self._refresh_stats()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def _refresh_stats(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.clock is not None:
+            self.clock.refresh()
+        if self.archive is not None:
+            try:
+                self._stats = await self.archive.stats()
+            except ArchiveError as exc:
+                log.warning("archive stats unavailable: %s", exc)
+        if not self.config.archive.url:
+            probe_error = await loop.run_in_executor(None, self._write_probe)
+            if probe_error:
+                self.health.report(HEALTH_UNWRITABLE, Severity.FAILING, f"archive unwritable: {probe_error}")
+            else:
+                self.health.clear(HEALTH_UNWRITABLE)
+        self._disk = await loop.run_in_executor(None, self._disk_usage)
+        self._check_disk()
+        self._check_peers()
+
+    def _write_probe(self) -> str | None:
+        """Create, fsync and remove a small file next to the archive; the error text if that fails."""
+        path = self.data_dir / WRITE_PROBE_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"pimail\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(path)
+        except OSError as exc:
+            return f"{self.data_dir}: {exc.strerror or exc}"
+        return None
+
+    def _disk_usage(self) -> dict[str, Any]:
+        try:
+            usage = shutil.disk_usage(self.data_dir)
+        except OSError:
+            return {"path": str(self.data_dir), "free_bytes": None, "total_bytes": None}
+        return {"path": str(self.data_dir), "free_bytes": usage.free, "total_bytes": usage.total}
+
+    def _check_disk(self) -> None:
+        free = self._disk.get("free_bytes")
+        need = retention_policy(self.config).min_free_disk_bytes
+        if free is not None and need and free < need:
+            self.health.report(
+                HEALTH_DISK_LOW,
+                Severity.DEGRADED,
+                f"disk low ({_human_bytes(free)} free, want {_human_bytes(need)})",
+            )
+        else:
+            self.health.clear(HEALTH_DISK_LOW)
+
+    def _check_peers(self) -> None:
+        if time.monotonic() - self._started_m < NO_PEERS_GRACE_S:
+            return
+        if self._peer_list():
+            self.health.clear(HEALTH_NO_PEERS)
+        else:
+            self.health.report(HEALTH_NO_PEERS, Severity.DEGRADED, "no peers connected")
+
+    async def _activity(self) -> None:
+        """Blink amber when history was delivered (follows the mailserver's completed count)."""
+        while True:
+            await asyncio.sleep(ACTIVITY_POLL_S)
+            if self.mailserver is None or self.leds is None:
+                continue
+            done = int(self.mailserver.stats.completed)
+            if done != self._last_delivered:
+                self._last_delivered = done
+                self.leds.delivered()
+            if self._peer_list():
+                self.health.clear(HEALTH_NO_PEERS)
+
+    # -- the one status snapshot ----------------------------------------------------------------------
+    def _peer_list(self) -> list[Any]:
+        if self.server is None:
+            return []
+        peers = self.server.peers
+        if isinstance(peers, Mapping):
+            peers = peers.values()
+        return [p for p in peers if not getattr(p, "closed", False)]
+
+    def _peer_info(self, peer: Any) -> dict[str, Any]:
+        host, port = peer.remote_address[:2]
+        stats = getattr(peer, "stats", None)
+        stats = stats() if callable(stats) else stats
+        stats = stats if isinstance(stats, Mapping) else {}
+        caps = getattr(peer, "capabilities", None) or getattr(peer, "caps", None)
+        protocol = "shh/6"
+        if isinstance(caps, list | tuple) and caps:
+            protocol = ", ".join(f"{c[0]}/{c[1]}" if isinstance(c, tuple | list) else str(c) for c in caps)
+        connected = getattr(peer, "connected_at", None)
+        return {
+            "enode": Enode(peer.pubkey, host, port).url(),
+            "client": peer.client_id,
+            "protocol": protocol,
+            "inbound": bool(peer.inbound),
+            "address": f"{host}:{port}",
+            "connected_s": round(time.time() - connected, 1) if isinstance(connected, int | float) else None,
+            "bytes_in": int(stats.get("bytes_in", 0)),
+            "bytes_out": int(stats.get("bytes_out", 0)),
+            "messages_in": int(stats.get("messages_in", 0)),
+            "messages_out": int(stats.get("messages_out", 0)),
+        }
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """Everything ``pimail status``, the metrics and the status page show. JSON-able, cheap."""
+        peers = []
+        for peer in self._peer_list():
+            try:
+                peers.append(self._peer_info(peer))
+            except Exception as exc:  # a half-closed peer must not break status
+                log.debug("peer info: %s", exc)
+        st = self._stats
+        archive: dict[str, Any] | None = None
+        if st is not None:
+            archive = {
+                "backend": "postgresql" if self.config.archive.url else "sqlite",
+                "count": st.count,
+                "bytes": st.bytes,
+                "oldest_sent": st.oldest_sent,
+                "newest_sent": st.newest_sent,
+                "bytes_written_since_start": st.bytes_written_since_start,
+                "reason": self.archive.inner.health_reason if self.archive else None,
+            }
+        policy = st.retention if st is not None else retention_policy(self.config)
+        counters: dict[str, int] = dict(self.counters)
+        whisper_counters = getattr(self.whisper, "counters", None)
+        if isinstance(whisper_counters, Mapping):
+            counters.update({f"whisper_{k}": int(v) for k, v in whisper_counters.items()})
+            if "envelopes_out" in whisper_counters:
+                counters["envelopes_out"] = int(whisper_counters["envelopes_out"])
+        mailserver = self.mailserver.snapshot() if self.mailserver is not None else None
+        if mailserver is not None:
+            sent = int(self.mailserver.stats.envelopes_sent)
+            counters["envelopes_out"] = counters.get("envelopes_out", 0) + sent
+            counters["requests"] = int(self.mailserver.stats.requests)
+        node_counters = getattr(self.server, "counters", None)
+        return {
+            "version": __version__,
+            "enode": self.enode_url(),
+            "listen": self.config.node.listen,
+            "data_dir": str(self.data_dir),
+            "started_at": self.started_at,
+            "uptime_s": round(time.monotonic() - self._started_m, 1),
+            "health": self.health.snapshot(),
+            "peer_count": len(peers),
+            "peers": peers,
+            "archive": archive,
+            "retention": {
+                "max_age_s": policy.max_age_s,
+                "max_count": policy.max_count,
+                "max_bytes": policy.max_bytes,
+                "min_free_disk_bytes": policy.min_free_disk_bytes,
+            },
+            "disk": dict(self._disk),
+            "clock": self.clock.snapshot() if self.clock else None,
+            "counters": counters,
+            "node_counters": dict(node_counters) if isinstance(node_counters, Mapping) else {},
+            "mailserver": mailserver,
+            "pairing": self.pairing.snapshot() if self.pairing is not None else None,
+            "loop_lag_ms": round(self.loop_monitor.lag_s * 1000, 1),
+            "systemd": {"notify": self.notifier.backend, "watchdog_s": self.notifier.watchdog_s},
+            "leds": {
+                "enabled": bool(self.leds and self.leds.enabled),
+                "why_off": self.leds.disabled_reason if self.leds else "",
+                "patterns": {k: v.mode for k, v in self.leds.patterns.items()} if self.leds else {},
+            },
+        }
+
+    def status_line(self) -> str:
+        """The systemd ``STATUS=`` line: state, peers, archived, disk, clock."""
+        state = self.health.state
+        parts = [self.health.summary]
+        parts.append(f"{len(self._peer_list())} peers")
+        if self._stats is not None:
+            parts.append(f"{self._stats.count} archived")
+        free = self._disk.get("free_bytes")
+        if free is not None:
+            parts.append(f"disk {_human_bytes(free)} free")
+        if self.clock is not None:
+            parts.append("clock ok" if self.clock.trusted else "clock not synced")
+        if state is HealthState.STARTING:
+            return "starting"
+        return ", ".join(parts)
+
+
+def _component(module: str, name: str) -> Any:
+    """A layer's entry point, imported when the daemon starts (keeps ``pimail status`` light)."""
+    return getattr(importlib.import_module(module), name)
+
+
+def _node_id(entry: str) -> bytes:
+    from pimail.crypto.hashing import keccak256
+    from pimail.mailserver.access import parse_client_key
+
+    return keccak256(parse_client_key(entry))
+
+
+def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
+    """Run a daemon on a fresh event loop (uvloop when importable)."""
+    daemon = Daemon(config, config_path=config_path)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(daemon.run())
+    log.debug("using uvloop")
+    result: int = uvloop.run(daemon.run())
+    return result
