@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import html
 import inspect
@@ -314,7 +315,7 @@ class StatusPage:
         return self._enode.url(with_password=self.config.show_password_on_page)
 
     def _qr_svg(self) -> str:
-        return qrcodes.svg_inline(qrcodes.make_qr(self.enode_url()))
+        return _qr_svg_for(self.enode_url())
 
     async def snapshot(self) -> dict[str, Any]:
         """Provider data (passwords dropped unless allowed) plus enode, QR and pairing state."""
@@ -340,6 +341,12 @@ class StatusPage:
             data["pairing"] = self._pairing.snapshot()
         data["qr_svg"] = self._qr_svg()
         return data
+
+
+@functools.lru_cache(maxsize=4)
+def _qr_svg_for(url: str) -> str:
+    """The enode changes only with the config: encode it once, not on every page load."""
+    return qrcodes.svg_inline(qrcodes.make_qr(url))
 
 
 def _without_secrets(value: Any, depth: int = 0) -> Any:
