@@ -1,0 +1,67 @@
+#!/bin/bash
+# Stage 3: assemble the SD card image from the root filesystem directory, without loop devices or
+# mounts: mkfs.ext4 -d, mkfs.vfat + mcopy, sfdisk on a plain file, dd into place. ~15 s.
+#
+# usage: stages/assemble.sh ROOTFS_DIR IMAGE_FILE
+#
+# MBR (the Pi 3 / Zero 2 W boot ROM cannot boot GPT), partitions found by label:
+#   1  PIMAILBOOT  FAT32  512 MiB  /boot/firmware  firmware, kernel, initrd; operator's settings
+#   2  PIMAILROOT  ext4   content + 30 % + 128 MiB   /
+#   3  PIMAILSD    ext4   64 MiB, grown to fill the card on first boot   /var/lib/pimail (no USB stick)
+set -euo pipefail
+# shellcheck source=SCRIPTDIR/../lib.sh
+. "$(dirname "$0")/../lib.sh"
+
+rootfs=${1:?rootfs dir}
+img=${2:?image file}
+BOOT_MIB=512
+DATA_MIB=64
+START_MIB=4
+[ -f "$rootfs/boot/firmware/config.txt" ] || die "$rootfs/boot/firmware has no config.txt; is this a built rootfs?"
+
+work=$(mktemp -d "${img%/*}/.assemble.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+used_mib=$(du -sm --exclude=./boot/firmware "$rootfs" | cut -f1)
+ROOT_MIB=$(( (used_mib * 13 / 10 + 128 + 3) / 4 * 4 ))
+log "assemble: root ${used_mib} MiB used -> ${ROOT_MIB} MiB partition"
+
+# ext4 from the tree, minus the FAT contents and the API filesystems.
+mkdir "$work/root"
+tar -C "$rootfs" --one-file-system --numeric-owner --xattrs --xattrs-include='*' --acls \
+    --exclude=./boot/firmware/* --exclude=./proc/* --exclude=./sys/* --exclude=./dev/* --exclude=./run/* \
+    -cf - . | tar -C "$work/root" --numeric-owner --xattrs --xattrs-include='*' --acls -xpf -
+mkfs.ext4 -q -F -L "$ROOT_LABEL" -d "$work/root" "$work/root.ext4" "${ROOT_MIB}M"
+rm -rf "$work/root"
+
+truncate -s "${BOOT_MIB}M" "$work/boot.vfat"
+mkfs.vfat -F 32 -n "$BOOT_LABEL" "$work/boot.vfat" >/dev/null
+mcopy -s -p -i "$work/boot.vfat" "$rootfs"/boot/firmware/* ::/
+cat > "$work/README.txt" <<'TXT'
+pimail boot partition. Before the first boot you may put here:
+  authorized_keys   your SSH public key(s); log in as root@pimail.local (there are no passwords)
+  wifi.txt          country=DE / ssid=... / psk=... (one per line) for Wi-Fi instead of Ethernet
+  pimail.toml       your pimail settings (checked; a bad file is renamed .rejected with the reason)
+Do not edit config.txt or cmdline.txt: they are regenerated on kernel updates.
+TXT
+mcopy -i "$work/boot.vfat" "$work/README.txt" ::/README-pimail.txt
+
+mkfs.ext4 -q -F -L "$SD_DATA_LABEL" "$work/data.ext4" "${DATA_MIB}M"
+
+total=$((START_MIB + BOOT_MIB + ROOT_MIB + DATA_MIB))
+rm -f "$img"
+truncate -s "${total}M" "$img"
+sfdisk -q "$img" <<PART
+label: dos
+unit: sectors
+start=$((START_MIB * 2048)), size=$((BOOT_MIB * 2048)), type=c, bootable
+start=$(((START_MIB + BOOT_MIB) * 2048)), size=$((ROOT_MIB * 2048)), type=83
+start=$(((START_MIB + BOOT_MIB + ROOT_MIB) * 2048)), size=$((DATA_MIB * 2048)), type=83
+PART
+dd if="$work/boot.vfat" of="$img" bs=1M seek="$START_MIB" conv=notrunc,sparse status=none
+dd if="$work/root.ext4" of="$img" bs=1M seek=$((START_MIB + BOOT_MIB)) conv=notrunc,sparse status=none
+dd if="$work/data.ext4" of="$img" bs=1M seek=$((START_MIB + BOOT_MIB + ROOT_MIB)) conv=notrunc,sparse status=none
+
+fsck.vfat -n "$work/boot.vfat" >/dev/null || die "the FAT filesystem does not check clean"
+e2fsck -fn "$work/root.ext4" >/dev/null || die "the root filesystem does not check clean"
+log "assemble: $img: ${total} MiB (${BOOT_MIB} boot + ${ROOT_MIB} root + ${DATA_MIB} data), $(du -h "$img" | cut -f1) allocated"

@@ -1,0 +1,322 @@
+"""Host side of the QEMU boot test: read the guest's ``SMOKE:`` lines, do a real RLPx handshake
+against the forwarded node port, release the guest, and judge the boot.
+
+Run by image/test/boot-smoke.sh with the project's venv python (it imports pimail for the
+handshake). The parsing and the checks are plain functions so that tests/image can exercise them
+without QEMU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SMOKE_RE = re.compile(r"SMOKE: ([A-Za-z0-9_.]+)=(.*)$")
+ENODE_RE = re.compile(r"^enode://([0-9a-fA-F]{128})(?::[^@]*)?@([^:]+):(\d+)")
+# The serial console may interleave kernel messages and carriage returns into a line.
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def parse_line(line: str) -> tuple[str, str] | None:
+    """``SMOKE: key=value`` (anywhere in the line, after console noise) -> (key, value)."""
+    line = ANSI_RE.sub("", line).replace("\r", "")
+    match = SMOKE_RE.search(line)
+    if not match:
+        return None
+    return match.group(1), match.group(2).strip()
+
+
+def parse_lines(lines: Iterable[str]) -> dict[str, str]:
+    """All SMOKE values of one boot; a later line for the same key wins."""
+    values: dict[str, str] = {}
+    for line in lines:
+        parsed = parse_line(line)
+        if parsed:
+            values[parsed[0]] = parsed[1]
+    return values
+
+
+def parse_enode(url: str) -> tuple[bytes, str, int]:
+    """(64-byte public key, host, port) of an enode URL; ValueError if it is not one."""
+    match = ENODE_RE.match(url.strip())
+    if not match:
+        raise ValueError(f"not an enode URL: {url[:80]!r}")
+    return bytes.fromhex(match.group(1)), match.group(2), int(match.group(3))
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or "")
+    except ValueError:
+        return -1
+
+
+def evaluate(
+    values: dict[str, str],
+    boot: int,
+    rlpx: tuple[bool, str],
+    previous: dict[str, str] | None = None,
+    settings_expected: bool = False,
+) -> list[Check]:
+    """Judge one boot's SMOKE values. ``previous`` is the first boot's values when judging the
+    second boot (first boot must not run again; identity and data must persist)."""
+    v = values.get
+    checks: list[Check] = []
+
+    def add(name: str, ok: bool, detail: str, required: bool = True) -> None:
+        checks.append(Check(name, ok, detail, required))
+
+    add("guest reported back", v("end") == str(boot), f"SMOKE: end={v('end')} (boot {v('boot')})")
+    add(
+        "boot finished",
+        v("system") == "running",
+        f"is-system-running: {v('system')}; startup {v('startup')}",
+    )
+    add("no failed units", v("failed") == "", f"failed: {v('failed') or 'none'}")
+    add(
+        "pimail.service READY (Type=notify, active)",
+        v("pimail.active") == "active" and v("pimail.type") == "notify",
+        f"{v('pimail.active')}, Type={v('pimail.type')}, status {v('pimail.status')!r}, "
+        f"watchdog {v('pimail.watchdog')}, user {v('pimail.user')}",
+    )
+    add("real RLPx handshake from the host", rlpx[0], rlpx[1])
+    add(
+        "pimail still up after the handshake",
+        v("pimail.active_after") == "active" and v("pimail.restarts_after") == "0",
+        f"{v('pimail.active_after')}, restarts {v('pimail.restarts_after')}, "
+        f"{v('pimail.journal_errors')} error lines in its journal",
+    )
+    add("node key in the data directory", bool(v("nodekey.sha256")), f"sha256 {v('nodekey.sha256')}…")
+    add("listening on :30303", ":30303" in (v("listen") or ""), f"sockets {v('listen')}")
+    add("config /etc/pimail/pimail.toml valid", v("config.valid") == "yes", f"{v('config.valid')}")
+    add(
+        "archive on the SD data partition",
+        v("data.medium") == "sd" and v("data.label") == "PIMAILSD" and v("data.owner") == "pimail",
+        f"{v('data.medium')} {v('data.source')} label {v('data.label')}, owner {v('data.owner')}",
+    )
+    add("SSH host keys", _int(v("hostkeys")) >= 3, f"{v('hostkeys')} host keys")
+    add("machine-id set", v("machine_id") not in (None, "", "empty"), f"{v('machine_id')}…")
+    add(
+        "no passwords: root locked, sshd keys only",
+        v("root_password") == "L" and v("sshd_password_auth") == "no",
+        f"root {v('root_password')}, PasswordAuthentication {v('sshd_password_auth')}",
+    )
+    add(
+        "hostname pimail (pimail.local)",
+        v("hostname") == "pimail",
+        f"{v('hostname')}, avahi {v('avahi-daemon.active')}",
+    )
+    add(
+        "ssh, avahi, timesyncd, settings import, QR units active",
+        all(
+            v(f"{u}.active") == "active"
+            for u in ("ssh", "avahi-daemon", "systemd-timesyncd", "pimail-import-settings", "pimail-show-qr")
+        ),
+        ", ".join(
+            f"{u}={v(f'{u}.active')}"
+            for u in ("ssh", "avahi-daemon", "systemd-timesyncd", "pimail-import-settings", "pimail-show-qr")
+        ),
+    )
+    add("system watchdog RuntimeWatchdogSec=15", v("watchdog.runtime") == "15s", f"{v('watchdog.runtime')}")
+    device = v("watchdog.device") or "none"
+    add("watchdog device present", device != "none", device, required=False)
+    if settings_expected:
+        add(
+            "boot-partition settings imported",
+            v("settings.authorized_keys") == "1" and v("settings.config_from_boot") == "yes",
+            f"authorized_keys lines {v('settings.authorized_keys')}, config from boot partition "
+            f"{v('settings.config_from_boot')}; {v('settings.log')}",
+        )
+
+    if previous is None:
+        add(
+            "first boot ran (once, this boot)",
+            v("firstboot.condition") == "yes"
+            and v("firstboot.result") == "success"
+            and v("firstboot.boot_id") == v("boot_id")
+            and v("firstboot.journal") == "1",
+            f"condition {v('firstboot.condition')}, result {v('firstboot.result')}, "
+            f"done-lines {v('firstboot.journal')}",
+        )
+        add(
+            "data partition grown to fill the card",
+            _int(v("data.size_mb")) > 1000 and bool(v("data.grown")),
+            f"{v('data.size_mb')} MB (64 MiB in the image), grown at {v('data.grown')}",
+        )
+    else:
+        p = previous.get
+        add(
+            "first boot did not run again",
+            v("firstboot.condition") == "no"
+            and v("firstboot.boot_id") == p("boot_id")
+            and v("firstboot.boot_id") != v("boot_id")
+            and v("firstboot.journal") == "0",
+            f"condition {v('firstboot.condition')}, stamp from boot {str(v('firstboot.boot_id'))[:8]}…, "
+            f"this boot {str(v('boot_id'))[:8]}…",
+        )
+        add(
+            "identity kept across reboot (node key, machine-id, enode)",
+            v("nodekey.sha256") == p("nodekey.sha256")
+            and v("machine_id") == p("machine_id")
+            and bool(v("nodekey.sha256")),
+            f"node key {v('nodekey.sha256')} vs {p('nodekey.sha256')}, machine-id {v('machine_id')}",
+        )
+        add(
+            "data partition kept its size",
+            v("data.size_mb") == p("data.size_mb") and v("data.grown") == p("data.grown"),
+            f"{v('data.size_mb')} MB",
+        )
+    return checks
+
+
+def format_checks(checks: list[Check], boot: int) -> str:
+    lines = [f"boot {boot}:"]
+    for c in checks:
+        mark = "PASS" if c.ok else ("FAIL" if c.required else "warn")
+        lines.append(f"  [{mark}] {c.name}: {c.detail}")
+    return "\n".join(lines)
+
+
+def passed(checks: list[Check]) -> bool:
+    return all(c.ok for c in checks if c.required)
+
+
+# -- live part -----------------------------------------------------------------------------------
+
+
+def read_smoke(log_path: Path) -> list[str]:
+    try:
+        return log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def wait_for(log_path: Path, key: str, deadline: float, qemu_pid: int | None) -> dict[str, str] | None:
+    """Poll the serial log until SMOKE key appears; None on timeout or if QEMU exited first."""
+    while time.monotonic() < deadline:
+        values = parse_lines(read_smoke(log_path))
+        if key in values:
+            return values
+        if qemu_pid is not None and not _alive(qemu_pid):
+            return None
+        time.sleep(1.0)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def rlpx_handshake(host: str, port: int, pubkey: bytes, timeout_s: float) -> str:
+    """Dial the node with pimail's own transport; return a description of the established peer.
+
+    The key is a throwaway; the session ends with a clean Disconnect when the server stops."""
+    from pimail.node.server import NodeServer  # type: ignore[import-not-found,unused-ignore]
+
+    from pimail.config import NodeConfig
+    from pimail.crypto.keys import Enode, NodeKey
+
+    capabilities: list[Any] = []
+    try:
+        from pimail.whisper.service import WhisperService  # type: ignore[import-not-found,unused-ignore]
+
+        from pimail.config import WhisperConfig
+
+        capabilities.append(WhisperService(WhisperConfig(), archive=None, clock_trusted=lambda: False))
+    except (ImportError, TypeError):
+        pass
+    key = NodeKey.generate()
+    server = NodeServer(key, NodeConfig(listen="127.0.0.1:0"), capabilities)
+    await server.start()
+    try:
+        enode = Enode.parse(f"enode://{pubkey.hex()}@{host}:{port}")
+        peer = await asyncio.wait_for(server.connect(enode), timeout_s)
+        if bytes(peer.pubkey) != pubkey:
+            raise RuntimeError("the node answered with a different public key than its enode")
+        await asyncio.sleep(1.0)  # let Hello/status settle; the peer must still be there
+        state = "closed" if peer.closed else "open"
+        return f"handshake with {host}:{port} ok, remote client {peer.client_id!r}, session {state}"
+    finally:
+        await server.stop()
+
+
+def probe(values: dict[str, str], node_port: int, timeout_s: float) -> tuple[bool, str]:
+    enode = values.get("enode", "")
+    try:
+        pubkey, _host, guest_port = parse_enode(enode)
+    except ValueError as exc:
+        return False, str(exc)
+    if guest_port != 30303:
+        return False, f"the enode names port {guest_port}, the test forwards 30303"
+    try:
+        return True, asyncio.run(rlpx_handshake("127.0.0.1", node_port, pubkey, timeout_s))
+    except ImportError as exc:
+        return False, f"pimail's transport is not importable on the host: {exc}"
+    except Exception as exc:  # any failure of the handshake is the finding
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def release_guest(control_port: int, message: str) -> None:
+    for _ in range(10):
+        try:
+            with socket.create_connection(("127.0.0.1", control_port), timeout=10) as conn:
+                conn.sendall(message.encode()[:60] + b"\n")
+                return
+        except OSError:
+            time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--log", type=Path, required=True, help="the guest's serial console log")
+    ap.add_argument("--boot", type=int, required=True)
+    ap.add_argument("--qemu-pid", type=int)
+    ap.add_argument("--node-port", type=int, required=True)
+    ap.add_argument("--control-port", type=int, required=True)
+    ap.add_argument("--state", type=Path, required=True, help="JSON of the first boot's values")
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--settings-expected", action="store_true")
+    args = ap.parse_args(argv)
+    deadline = time.monotonic() + args.timeout
+
+    values = wait_for(args.log, "awaiting_host", deadline, args.qemu_pid)
+    if values is None:
+        print(f"boot {args.boot}: the guest never reported back (see {args.log})")
+        return 1
+    rlpx = probe(values, args.node_port, timeout_s=60)
+    release_guest(args.control_port, f"done rlpx={'ok' if rlpx[0] else 'failed'}")
+    values = wait_for(args.log, "end", deadline, args.qemu_pid) or parse_lines(read_smoke(args.log))
+    previous = json.loads(args.state.read_text()) if args.boot > 1 and args.state.is_file() else None
+    checks = evaluate(values, args.boot, rlpx, previous, args.settings_expected)
+    if args.boot == 1:
+        args.state.write_text(json.dumps(values, indent=1))
+    print(format_checks(checks, args.boot))
+    return 0 if passed(checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
