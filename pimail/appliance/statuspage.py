@@ -86,9 +86,14 @@ class StatusPage:
         pairing: PairingController | None = None,
         token: str | None = None,
         listen: str | None = None,
+        mailserver_password: str | None = None,
     ) -> None:
+        """``enode`` is the address phones dial; its ``password`` (or ``mailserver_password``) is
+        shown only when ``config.show_password_on_page``."""
         self.config = config
         self._provider = provider
+        if mailserver_password and not enode.password:
+            enode = Enode(enode.pubkey, enode.host, enode.port, mailserver_password)
         self._enode = enode
         self._pairing = pairing
         self.token = token or secrets.token_urlsafe(9)
@@ -334,7 +339,7 @@ class StatusPage:
         if not self.config.show_password_on_page:
             data = _without_secrets(data)
         data["enode"] = self.enode_url()
-        data["password_shown"] = self.config.show_password_on_page
+        data["password_shown"] = self.config.show_password_on_page and bool(self._enode.password)
         data.setdefault("version", __version__)
         data["generated_at"] = time.time()
         if self._pairing is not None:

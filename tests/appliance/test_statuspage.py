@@ -323,3 +323,20 @@ def test_render_formats_units_and_escapes() -> None:
     assert 's-failing">failing<' in html and "archive unwritable" in html
     assert "1.5 MB" in html and "30d" in html and "2023-11-14 22:13:20 UTC" in html and "1 d 1 h" in html
     assert "<i>x</i>" not in html and "&lt;b&gt;" in html
+
+
+def test_password_comes_from_the_enode_or_the_mailserver_password(tmp_path: Path) -> None:
+    async def main() -> None:
+        key = NodeKey.generate()
+        bare = Enode(key.public, "10.0.0.2", 30303)
+        shown = StatusConfig(page_listen="127.0.0.1:0", show_password_on_page=True)
+        with_pw = StatusPage(shown, dict, bare, mailserver_password="s3cret")
+        without = StatusPage(shown, dict, bare)
+        hidden = StatusPage(StatusConfig(page_listen="127.0.0.1:0"), dict, bare, mailserver_password="s3cret")
+        snaps = [await page.snapshot() for page in (with_pw, without, hidden)]
+        assert snaps[0]["enode"].endswith(":s3cret@10.0.0.2:30303") and snaps[0]["password_shown"]
+        assert snaps[1]["enode"] == bare.url() and not snaps[1]["password_shown"]
+        assert snaps[2]["enode"] == bare.url() and not snaps[2]["password_shown"]
+        assert "s3cret" not in sp.render_page(snaps[2])
+
+    asyncio.run(main())
