@@ -22,6 +22,7 @@ from pimail.crypto.keys import Enode, NodeKey
 from pimail.node.capability import PeerLike
 from pimail.whisper.bloom import FULL_BLOOM, topics_to_bloom
 from pimail.whisper.envelope import Envelope, EnvelopeError
+from pimail.whisper.pow import PowFormula
 
 from .request import LegacyRequestPayload, MessagesRequest, MessagesRequestPayload
 from .response import RequestComplete, RequestFailed, Response, ResponseError, decode, parse_body
@@ -32,7 +33,10 @@ log = logging.getLogger(__name__)
 FORMS = ("direct", "envelope", "legacy")
 REQUEST_TTL_S = 50  # status-go DefaultTTL for request envelopes
 REQUEST_TOPIC = b"\x00\x00\x00\x00"  # status-go seals mail requests on topic 00000000
-DEFAULT_REQUEST_POW = 0.002  # meets pimail (0.000002) and Status fleet defaults
+DEFAULT_REQUEST_POW = {  # per form: what the servers that send each form's clients expect
+    "envelope": 0.002,  # status-go (current formula); pimail requires 0.000002 by default
+    "legacy": 0.2,  # go-ethereum wnode -mspow default (legacy formula)
+}
 DEFAULT_QUIET_S = 3.0  # a request with no 125 is done after this much silence (go-ethereum)
 DEFAULT_RESPONSE_TIMEOUT_S = 30.0
 RATE_LIMIT_RETRY_S = 1.1  # pimail/status-go default minimum interval is 1 s
@@ -53,7 +57,7 @@ class HistoryOptions:
     upper: int = 0  # 0 ⇒ now
     topics: tuple[bytes, ...] = ()
     limit: int = MAX_QUERY_LIMIT
-    request_pow: float = DEFAULT_REQUEST_POW
+    request_pow: float | None = None  # None ⇒ DEFAULT_REQUEST_POW for the form
     quiet_s: float = DEFAULT_QUIET_S
     response_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S
 
@@ -76,17 +80,19 @@ class HistorySummary:
 
 
 def seal_request_envelope(payload: bytes, sym_key: bytes, signing_key: bytes, now: int,
-                          target_pow: float, ttl: int = REQUEST_TTL_S) -> Envelope:
-    """Encrypt, sign and seal a request so that it meets ``target_pow`` under both PoW formulas.
+                          target_pow: float, ttl: int = REQUEST_TTL_S,
+                          formula: PowFormula = PowFormula.BOTH) -> Envelope:
+    """Encrypt, sign and seal a request so that it meets ``target_pow`` under ``formula``.
 
-    Blocking (PoW): run it in an executor.
+    Blocking (PoW): run it in an executor. ``BOTH`` costs the product of the two searches; the
+    client seals legacy requests for go-ethereum's formula and RLP ones for status-go's.
     """
     data = seal_symmetric(payload, sym_key, signing_key)
     expiry = now + ttl
     best: Envelope | None = None
     for nonce in range(MAX_SEAL_NONCES):
         env = Envelope.build(expiry, ttl, REQUEST_TOPIC, data, nonce)
-        if env.pow_legacy() >= target_pow and env.pow_current() >= target_pow:
+        if env.meets(target_pow, formula):
             return env
         if best is None:
             best = env
@@ -235,11 +241,14 @@ class HistoryClient:
         if opts.form == "envelope":
             inner = MessagesRequestPayload(opts.lower, upper, bloom, opts.limit, cursor or b"", True,
                                            opts.topics, 7).encode()
+            formula = PowFormula.CURRENT
         else:
             inner = LegacyRequestPayload(opts.lower, upper, bloom, opts.limit, cursor).encode()
+            formula = PowFormula.LEGACY
+        target = DEFAULT_REQUEST_POW[opts.form] if opts.request_pow is None else opts.request_pow
         env = await loop.run_in_executor(
             None, seal_request_envelope, inner, sym_key, self.key.private, int(time.time()),
-            opts.request_pow,
+            target, REQUEST_TTL_S, formula,
         )
         return env.hash, env.raw
 

@@ -16,6 +16,7 @@ from pimail.mailserver.request import (
 from pimail.mailserver.response import RequestComplete, RequestFailed
 from pimail.mailserver.sealing import key_from_password
 from pimail.whisper.bloom import FULL_BLOOM
+from pimail.whisper.pow import PowFormula
 
 KEY = key_from_password("status-offline-inbox")
 
@@ -24,14 +25,15 @@ def test_sealed_request_meets_pow_under_both_formulas_and_opens() -> None:
     me = NodeKey.generate()
     now = int(time.time())
     inner = MessagesRequestPayload(1, 2, FULL_BLOOM, 10, b"", True, (), 7).encode()
-    env = seal_request_envelope(inner, KEY, me.private, now, 0.01)
-    assert env.pow_legacy() >= 0.01 and env.pow_current() >= 0.01
+    env = seal_request_envelope(inner, KEY, me.private, now, 0.002)
+    assert env.pow_legacy() >= 0.002 and env.pow_current() >= 0.002
     assert env.ttl == 50 and env.expiry == now + 50
-    req = RequestOpener(KEY, min_pow=0.01).open(parse_p2p_request(env.raw), me.public, now)
+    req = RequestOpener(KEY, min_pow=0.002).open(parse_p2p_request(env.raw), me.public, now)
     assert req.form is RequestForm.ENVELOPE and req.signer == me.public
 
     legacy = LegacyRequestPayload(1, 2, FULL_BLOOM, 10).encode()
-    env2 = seal_request_envelope(legacy, KEY, me.private, now, 0.000002)
+    env2 = seal_request_envelope(legacy, KEY, me.private, now, 0.2, formula=PowFormula.LEGACY)
+    assert env2.pow_legacy() >= 0.2
     assert RequestOpener(KEY).open(parse_p2p_request(env2.raw), me.public, now).form is RequestForm.LEGACY
 
 
