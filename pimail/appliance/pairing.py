@@ -244,6 +244,29 @@ class PairingController:
         )
         return until
 
+    def forget(self, which: str) -> list[str]:
+        """Unpair the client(s) matching ``which`` (full key, fingerprint or a hex prefix of at least
+        8 digits); return their fingerprints. Clients in ``allowed_clients`` stay (edit the config)."""
+        text = which.strip().lower().removeprefix("0x")
+        if not text:
+            raise UserError("name the client to forget (its key, fingerprint or key prefix)")
+        matches = []
+        for key in self._paired:
+            h = key.hex()
+            if text in (h, fingerprint(key).lower()) or (len(text) >= 8 and h.startswith(text)):
+                matches.append(key)
+        if not matches:
+            raise UserError(f"no paired client matches {which.strip()[:40]!r}")
+        if len(matches) > 1:
+            raise UserError(f"{len(matches)} paired clients match {which.strip()[:40]!r}; give more digits")
+        for key in matches:
+            del self._paired[key]
+            log.info("pairing: forgot client %s", fingerprint(key))
+        if self.is_open:
+            log.warning("pairing: no paired or allowed clients left: the mailserver is open to all again")
+        self._persist()
+        return [fingerprint(k) for k in matches]
+
     def cancel(self) -> bool:
         """Close the window early; False if none was open."""
         if not self.window_open:
@@ -380,7 +403,18 @@ def register_control_commands(registry: Any, controller: PairingController, defa
 
     registry.register("pair.start", start, "open the pairing window {minutes}")
     registry.register("pair.cancel", cancel, "close the pairing window")
+    async def forget(args: dict[str, Any]) -> dict[str, Any]:
+        which = args.get("client")
+        if not isinstance(which, str):
+            raise CommandError("client must be a key, fingerprint or key prefix")
+        try:
+            forgotten = controller.forget(which)
+        except UserError as exc:
+            raise CommandError(str(exc)) from None
+        return {**controller.snapshot(), "forgotten": forgotten}
+
     registry.register("pair.status", status, "pairing window, last result, paired clients")
+    registry.register("pair.forget", forget, "unpair a client {client: key | fingerprint | prefix}")
 
 
 class PairButton:

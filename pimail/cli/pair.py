@@ -32,6 +32,9 @@ def register(sub: Any) -> None:
     action.add_argument("--cancel", action="store_true", help="close an open pairing window")
     action.add_argument("--status", action="store_true", help="show the pairing state of the running node")
     action.add_argument("--list", action="store_true", help="list paired phones (reads the data directory)")
+    action.add_argument(
+        "--forget", metavar="CLIENT", help="unpair a phone (its key, fingerprint or first 8+ hex digits)"
+    )
     p.set_defaults(func=run)
 
 
@@ -86,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
     if args.status:
         for line in _describe(control.call(sock, "pair.status")):
             print(line)
+        return 0
+    if args.forget is not None:
+        state = control.call(sock, "pair.forget", {"client": args.forget})
+        print(f"forgot {', '.join(state.get('forgotten') or [])}")
+        print(_describe(state)[-1])
         return 0
     if args.cancel:
         for line in _describe(control.call(sock, "pair.cancel")):

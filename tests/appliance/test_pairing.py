@@ -235,3 +235,34 @@ def test_gpio_button_opens_the_window() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(asyncio.wait_for(scenario(Path(tmp)), 10))
+
+
+def test_forget_by_fingerprint_prefix_or_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ctl = PairingController(tmp_path)
+    phones = []
+    for _ in range(3):
+        phones.append(client())
+        ctl.start(1)
+        assert ctl.admit(phones[-1])
+    assert ctl.forget(fingerprint(phones[0])) == [fingerprint(phones[0])]
+    assert ctl.forget(phones[1].hex()[:10].upper()) == [fingerprint(phones[1])]
+    with pytest.raises(UserError, match="no paired client"):
+        ctl.forget(phones[0].hex())
+    with pytest.raises(UserError):
+        ctl.forget("   ")
+    assert not ctl.admit(phones[0]) and ctl.admit(phones[2])
+    assert PairingController(tmp_path).allowed == {phones[2]}  # persisted
+    with caplog.at_level(logging.WARNING):
+        ctl.forget("0x" + phones[2].hex())
+    assert ctl.is_open and "open to all again" in caplog.text
+
+
+def test_forget_ambiguous_prefix_is_refused(tmp_path: Path) -> None:
+    ctl = PairingController(tmp_path)
+    a, b = bytes([0xAB] * 4) + client()[4:], bytes([0xAB] * 4) + client()[4:]
+    for key in (a, b):
+        ctl.start(1)
+        ctl.admit(key)
+    with pytest.raises(UserError, match="2 paired clients match"):
+        ctl.forget("abababab")
+    assert len(ctl.paired) == 2

@@ -152,3 +152,17 @@ def test_control_commands_reject_bad_arguments(daemon: DaemonStandIn) -> None:
 
     daemon.call(bad)
     assert not daemon.run(lambda: daemon.pairing.window_open)
+
+
+def test_forget_through_the_daemon(daemon: DaemonStandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    phone = NodeKey.generate().public
+
+    def pair_one() -> None:
+        daemon.pairing.start(1)
+        daemon.pairing.admit(phone)
+
+    daemon.run(pair_one)
+    rc, out, _ = pair(capsys, daemon.data_dir, "--forget", phone.hex()[:12])
+    assert rc == 0 and f"forgot {fingerprint(phone)}" in out and "access: open" in out
+    rc, _, err = pair(capsys, daemon.data_dir, "--forget", phone.hex()[:12])
+    assert rc == 1 and "no paired client matches" in err
