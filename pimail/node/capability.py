@@ -9,26 +9,11 @@ runs once when the connection ends. The transport never parses sub-protocol payl
 from __future__ import annotations
 
 import abc
-import enum
 from typing import Protocol
 
+from pimail.devp2p.messages import DisconnectReason
 
-class DisconnectReason(enum.IntEnum):
-    """devp2p disconnect reasons (PROTOCOL.md §2.5)."""
-
-    REQUESTED = 0x00
-    TCP_ERROR = 0x01
-    PROTOCOL_BREACH = 0x02
-    USELESS_PEER = 0x03
-    TOO_MANY_PEERS = 0x04
-    ALREADY_CONNECTED = 0x05
-    INCOMPATIBLE_VERSION = 0x06
-    INVALID_IDENTITY = 0x07
-    CLIENT_QUITTING = 0x08
-    UNEXPECTED_IDENTITY = 0x09
-    CONNECTED_TO_SELF = 0x0A
-    READ_TIMEOUT = 0x0B
-    SUBPROTOCOL_ERROR = 0x10
+__all__ = ["Capability", "DisconnectReason", "PeerLike", "ProtocolError"]
 
 
 class ProtocolError(Exception):

@@ -1,0 +1,1 @@
+"""RLPx: the encrypted, authenticated transport under devp2p (PROTOCOL.md §1). Sans-I/O."""

@@ -1,0 +1,75 @@
+"""Two real NodeServers on 127.0.0.1: handshakes in both formats, capability traffic, pings, static peers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from pimail.devp2p.messages import DisconnectReason
+from pimail.node.peer import Peer
+from tests.node.helpers import ECHO_REQUEST, running_node, wait_until
+
+
+@pytest.mark.parametrize("eip8", [True, False], ids=["eip8", "legacy"])
+async def test_two_nodes_exchange_messages(tmp_path: Path, eip8: bool) -> None:
+    async with running_node(tmp_path / "a") as a, running_node(tmp_path / "b") as b:
+        peer = await a.server.connect(b.enode, eip8=eip8)
+        assert isinstance(peer, Peer)
+        assert peer.pubkey == b.key.public
+        assert peer.capabilities == [("echo", 1)]
+        await wait_until(lambda: len(b.server.peers) == 1)
+        remote = b.server.peers[0]
+        assert remote.inbound and remote.pubkey == a.key.public
+        assert remote.client_id.startswith("pimail/")
+        for i in range(50):
+            assert peer.send("echo", ECHO_REQUEST, bytes([0xC1, i]))
+        await a.echo.wait_for(lambda: len(a.echo.replies) == 50)
+        assert [p for _, p in a.echo.replies] == [bytes([0xC1, i]) for i in range(50)]
+        big = b"\xb9\xff\xff" + bytes(range(256)) * 256  # 64 KiB, compressible
+        await peer.send_wait("echo", ECHO_REQUEST, big)
+        await a.echo.wait_for(lambda: len(a.echo.replies) == 51)
+        assert a.echo.replies[-1][1] == big
+        assert b.echo.started == [remote]
+
+
+async def test_pings_keep_an_idle_link_alive(tmp_path: Path) -> None:
+    cfg = dict(ping_interval_s=0.1, idle_timeout_s=0.5)
+    async with running_node(tmp_path / "a", **cfg) as a, running_node(tmp_path / "b", **cfg) as b:
+        peer = await a.server.connect(b.enode)
+        await asyncio.sleep(1.5)  # three idle timeouts: only pings/pongs flow
+        assert not peer.closed
+        assert peer.traffic.messages_in == 0  # pings are not capability messages
+        assert a.server.counters["read_timeout"] == 0 and b.server.counters["read_timeout"] == 0
+        assert peer.traffic.bytes_in > 0
+
+
+async def test_static_peer_that_comes_up_late(tmp_path: Path) -> None:
+    with socket.socket() as s:  # reserve a free port, then release it for the late node
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with running_node(tmp_path / "a") as a:
+        from pimail.crypto.keys import Enode, NodeKey
+
+        key_b = NodeKey.generate()
+        a.server.add_static_peer(Enode(key_b.public, "127.0.0.1", port))
+        await wait_until(lambda: a.server.counters["dial_failed"] >= 2, timeout=5)
+        async with running_node(tmp_path / "b", key=key_b, listen=f"127.0.0.1:{port}") as b:
+            await wait_until(lambda: len(a.server.peers) == 1 and len(b.server.peers) == 1, timeout=5)
+            # the static peer is redialled after it drops us
+            b.server.peers[0].disconnect(DisconnectReason.REQUESTED)
+            await wait_until(lambda: a.server.counters["peers_connected"] >= 2, timeout=5)
+            await wait_until(lambda: len(a.server.peers) == 1)
+
+
+async def test_stop_sends_client_quitting(tmp_path: Path) -> None:
+    async with running_node(tmp_path / "b") as b:
+        async with running_node(tmp_path / "a") as a:
+            peer = await a.server.connect(b.enode)
+            await wait_until(lambda: len(b.server.peers) == 1)
+        assert peer.closed
+        await wait_until(lambda: not b.server.peers)
+        assert b.server.counters["disconnects_received"] == 1
+        assert b.echo.stopped and a.echo.stopped
