@@ -387,6 +387,7 @@ _TITLES = {"mailserver": "History requests"}
 _SKIP_KEYS = {
     "health", "enode", "pairing", "qr_svg", "password_shown", "generated_at", "version", "error",
     "peers", "peer_count",
+    "systemd", "node_counters", "leds",  # for `pimail status`; the badge already gives the LED words
 }
 _TIME_KEYS = ("now", "since", "time")
 _TIME_SUFFIXES = ("_at", "_sent", "_since", "_time")
