@@ -1,0 +1,44 @@
+"""Retention settings as operators write them ("30d", "8GB", "256MB") → a ``RetentionPolicy``.
+
+The unit rules themselves live in ``pimail.configfile`` (one parser for the whole config); this
+module turns the ``[archive]`` section into the policy the archive enforces, with a one-line
+``UserError`` naming the setting when a value is bad.
+"""
+
+from __future__ import annotations
+
+from pimail.archive.base import RetentionPolicy
+from pimail.config import ArchiveConfig
+from pimail.errors import UserError
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """``"8GB"`` → 8_000_000_000 (SI units; KiB/MiB/GiB binary); ``0`` = no limit."""
+    from pimail.configfile import parse_size as _parse
+
+    try:
+        return _parse(text)
+    except ValueError as exc:
+        raise UserError(f"{what}: {exc}") from None
+
+
+def parse_duration(text: str | int, what: str = "duration") -> int:
+    """``"30d"`` → 2_592_000 seconds (units s, m, h, d, w); ``0`` = no limit."""
+    from pimail.configfile import parse_duration as _parse
+
+    try:
+        return _parse(text)
+    except ValueError as exc:
+        raise UserError(f"{what}: {exc}") from None
+
+
+def policy_from_config(config: ArchiveConfig) -> RetentionPolicy:
+    """The retention policy of an ``[archive]`` section; UserError names the bad key."""
+    if isinstance(config.max_count, bool) or not isinstance(config.max_count, int) or config.max_count < 0:
+        raise UserError(f"archive.max_count: expected a whole number ≥ 0, got {config.max_count!r}")
+    return RetentionPolicy(
+        max_age_s=parse_duration(config.max_age, "archive.max_age"),
+        max_count=config.max_count,
+        max_bytes=parse_size(config.max_bytes, "archive.max_bytes"),
+        min_free_disk_bytes=parse_size(config.min_free_disk, "archive.min_free_disk"),
+    )

@@ -1,0 +1,1060 @@
+"""The embedded archive: one SQLite file in WAL mode, written by one thread with group commit.
+
+Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelope bytes:
+
+``envelopes(id INTEGER PRIMARY KEY, topic, ttl, arr, raw)``
+    ``id`` packs the (sent, hash) key into one 64-bit integer: ``(sent − 2³¹) << 32 | h`` where
+    ``h`` is the first four bytes of the envelope hash. Ordering by ``id`` is ordering by
+    (sent, hash); the full hash is ``keccak(raw)`` and is recomputed on read instead of being
+    stored. Two different envelopes of the same second whose hashes share four leading bytes
+    (about one in four billion) are kept apart by probing ``h+1 … h+15``; lookups by hash verify
+    ``keccak(raw)``, so a probe never confuses them. ``ttl`` = expiry − sent and ``arr`` =
+    arrival − sent keep those small. Duplicates are ignored.
+``envelopes_topic`` index (topic, id)
+    serves topic and bloom queries without scanning the time range.
+``envelopes_hash`` index on the low 32 bits of ``id``
+    serves ``contains(hash)`` and cursor lookups.
+``topics(topic, n)``
+    distinct topics with live counts (maintained by triggers): a bloom is turned into the set of
+    stored topics it matches (geth BloomFilterMatch), and the counts let the query planner choose
+    between walking the time range and merging per-topic index ranges.
+
+Threads: the event loop only queues work. One writer thread owns the only writing connection: it
+groups submitted envelopes into one transaction (every ``flush_interval_ms`` or
+``flush_max_envelopes``), resolves the submit futures after COMMIT (durable with
+``synchronous=NORMAL`` against a crash of the process, with ``FULL`` against power loss too), and
+runs retention in bounded batches between commits. Reads run in a small pool whose threads each
+hold their own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import heapq
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from pimail.appliance.health import HealthModel, Severity
+from pimail.archive.base import (
+    MAX_QUERY_LIMIT,
+    Archive,
+    ArchivedEnvelope,
+    ArchiveError,
+    ArchiveStats,
+    DurableCallback,
+    HistoryPage,
+    HistoryQuery,
+    InvalidCursor,
+    PruneResult,
+    RetentionPolicy,
+    SchemaTooNew,
+    decode_cursor,
+)
+from pimail.crypto.hashing import keccak256
+from pimail.whisper.bloom import BLOOM_LEN, is_full, topic_to_bloom
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+KEY_BIAS = 1 << 31  # sent is a uint32; biasing keeps (sent << 32) inside a signed 64-bit integer
+LOW_MASK = 0xFFFFFFFF
+PROBE_WINDOW = 16  # slots tried for hash-prefix collisions within one second
+SENT_MAX = 2**32 - 1
+
+PRUNE_BATCH = 2000  # rows deleted per retention transaction (keeps each one short)
+FREELIST_KEEP_PAGES = 256  # free pages kept for reuse after pruning (1 MB at 4 KiB pages)
+DISK_FULL_RETRIES = 8  # evict-and-retry rounds for one batch before giving up on it
+READER_THREADS = 2
+MAX_INFLIGHT_READS = 32  # further readers wait on the loop (never on a thread)
+SCAN_DENSITY = 0.05  # walk the time range when ≥ 5 % of the rows match; else per-topic ranges
+MAX_TOPIC_RANGES = 256  # above this many matching topics, walk the time range with a filter
+BUSY_TIMEOUT_MS = 5000  # another process (the CLI) holding the write lock
+
+SQLITE_FULL = 13
+SQLITE_IOERR = 10
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
+
+HEALTH_DISK_FULL = "archive.disk_full"
+HEALTH_WRITE = "archive.write_failed"
+HEALTH_DISK_LOW = "archive.disk_low"
+HEALTH_BACKLOG = "archive.backlog"
+
+
+# -- key packing -----------------------------------------------------------------------------------
+
+
+def make_key(sent: int, low: int) -> int:
+    return ((sent - KEY_BIAS) << 32) | (low & LOW_MASK)
+
+
+def key_sent(key: int) -> int:
+    return (key >> 32) + KEY_BIAS
+
+
+def hash_low(envelope_hash: bytes) -> int:
+    return int.from_bytes(envelope_hash[:4], "big")
+
+
+def topic_int(topic: bytes) -> int:
+    return int.from_bytes(topic, "big", signed=True)
+
+
+def topic_bytes(value: int) -> bytes:
+    return value.to_bytes(4, "big", signed=True)
+
+
+def probe_keys(sent: int, envelope_hash: bytes) -> list[int]:
+    low = hash_low(envelope_hash)
+    return [make_key(sent, low + k) for k in range(PROBE_WINDOW)]
+
+
+HASH_EXPR = "((id & 4294967295) - 2147483648)"  # the envelopes_hash index expression, 4-byte values
+
+
+def hash_expr_values(envelope_hash: bytes) -> list[int]:
+    low = hash_low(envelope_hash)
+    return [((low + k) & LOW_MASK) - KEY_BIAS for k in range(PROBE_WINDOW)]
+
+
+# -- schema ----------------------------------------------------------------------------------------
+
+
+def _migrate_v1(db: sqlite_utils.Database) -> None:
+    db.table("envelopes").create(
+        {"id": int, "topic": int, "ttl": int, "arr": int, "raw": bytes},
+        pk="id",
+        not_null={"topic", "ttl", "raw"},
+    )
+    db.table("topics").create({"topic": int, "n": int}, pk="topic", not_null={"n"})
+    db.table("meta").create({"key": str, "value": int}, pk="key", not_null={"value"})
+    db.table("meta").insert({"key": "topic_gen", "value": 0})
+    db.execute("CREATE INDEX envelopes_topic ON envelopes(topic)")
+    db.execute(f"CREATE INDEX envelopes_hash ON envelopes({HASH_EXPR})")
+    db.execute(
+        "CREATE TRIGGER envelopes_added AFTER INSERT ON envelopes BEGIN "
+        "INSERT INTO topics(topic, n) VALUES (NEW.topic, 1) ON CONFLICT(topic) DO UPDATE SET n = n + 1; "
+        "END"
+    )
+    db.execute(
+        "CREATE TRIGGER envelopes_removed AFTER DELETE ON envelopes BEGIN "
+        "UPDATE topics SET n = n - 1 WHERE topic = OLD.topic; END"
+    )
+    db.execute(
+        "CREATE TRIGGER topics_added AFTER INSERT ON topics BEGIN "
+        "UPDATE meta SET value = value + 1 WHERE key = 'topic_gen'; END"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the file to SCHEMA_VERSION (creating it when empty); refuse newer or foreign files."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{path} has archive schema version {version} but this pimail knows up to "
+            f"{SCHEMA_VERSION}: it was written by a newer pimail; upgrade pimail (or point "
+            "--data-dir elsewhere)"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            raise ArchiveError(f"{path} is an SQLite file but not a pimail archive (no schema version)")
+        # must precede the first table: free pages can then be returned without a full VACUUM
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    db = sqlite_utils.Database(conn)
+    for v in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[v](db)
+            conn.execute(f"PRAGMA user_version = {v + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("archive %s: schema migrated to version %d", path, v + 1)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _errcode(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _proc_write_bytes() -> int | None:
+    try:
+        with open("/proc/self/io", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _free_disk(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _row_to_envelope(row: Row) -> ArchivedEnvelope:
+    key, topic, ttl, arr, raw = row
+    sent = key_sent(key)
+    raw = bytes(raw)
+    return ArchivedEnvelope(
+        sent=sent,
+        hash=keccak256(raw),
+        topic=topic_bytes(topic),
+        expiry=sent + ttl,
+        raw=raw,
+        arrived=0 if arr is None else sent + arr,
+    )
+
+
+ROW_COLUMNS = "id, topic, ttl, arr, raw"
+INSERT_SQL = f"INSERT OR IGNORE INTO envelopes({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+Row = tuple[int, int, int, int | None, bytes]
+
+
+@dataclass
+class _Pending:
+    envelopes: Sequence[ArchivedEnvelope]
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _Job:
+    """Work for the writer thread other than ingest (prune, vacuum)."""
+
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _PruneRun:
+    deleted: int = 0
+    reasons: list[str] = field(default_factory=list)
+    waiters: list[tuple[asyncio.Future[PruneResult], asyncio.AbstractEventLoop]] = field(default_factory=list)
+
+
+def _settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any = None,
+          error: BaseException | None = None) -> None:
+    with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting any more
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+
+class _TopicCache:
+    """Per-reader snapshot of the topics table, reloaded when a new topic appears."""
+
+    def __init__(self) -> None:
+        self.gen = -1
+        self.loaded_at = 0.0
+        self.counts: dict[int, int] = {}
+        self.blooms: list[tuple[int, int]] = []  # (topic, bloom as int)
+        self.total = 0
+        self.matches: collections.OrderedDict[bytes, list[int]] = collections.OrderedDict()
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        gen = int(conn.execute("SELECT value FROM meta WHERE key = 'topic_gen'").fetchone()[0])
+        # counts only steer the planner, so they may be a little stale; the topic set may not
+        if gen == self.gen and time.monotonic() - self.loaded_at < 5.0:
+            return
+        rows = conn.execute("SELECT topic, n FROM topics WHERE n > 0").fetchall()
+        self.counts = {int(t): int(n) for t, n in rows}
+        self.total = sum(self.counts.values())
+        if gen != self.gen:
+            self.blooms = [(t, int.from_bytes(topic_to_bloom(topic_bytes(t)), "big")) for t in self.counts]
+            self.matches.clear()
+        self.gen = gen
+        self.loaded_at = time.monotonic()
+
+    def matching(self, bloom: bytes) -> list[int]:
+        """Stored topics whose bloom is covered by ``bloom`` (geth BloomFilterMatch)."""
+        cached = self.matches.get(bloom)
+        if cached is not None:
+            self.matches.move_to_end(bloom)
+            return cached
+        f = int.from_bytes(bloom, "big")
+        found = [t for t, b in self.blooms if f | b == f]
+        self.matches[bloom] = found
+        if len(self.matches) > 64:
+            self.matches.popitem(last=False)
+        return found
+
+
+class SqliteArchive(Archive):
+    """The SQLite archive (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        flush_interval_ms: int = 200,
+        flush_max_envelopes: int = 2000,
+        synchronous: str = "normal",
+        retention: RetentionPolicy | None = None,
+        health: HealthModel | None = None,
+        prune_interval_s: float = 60.0,
+        on_durable: DurableCallback | None = None,
+        max_pending_envelopes: int = 0,
+        wal_autocheckpoint_pages: int = 1000,
+    ) -> None:
+        if synchronous.lower() not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        if flush_interval_ms < 0 or flush_max_envelopes < 1:
+            raise ValueError("flush_interval_ms must be ≥ 0 and flush_max_envelopes ≥ 1")
+        self.path = Path(path)
+        self.flush_interval_s = flush_interval_ms / 1000
+        self.flush_max = flush_max_envelopes
+        self.synchronous = synchronous.upper()
+        self.retention = retention or RetentionPolicy()
+        self.health = health
+        self.prune_interval_s = prune_interval_s
+        self.on_durable = on_durable
+        self.max_pending = max_pending_envelopes or max(20_000, 10 * flush_max_envelopes)
+        self.wal_autocheckpoint_pages = wal_autocheckpoint_pages
+        self.health_reason = "ok"
+        #: envelopes actually added (not duplicates) by this instance since open
+        self.inserted_total = 0
+        self.archived_bytes = 0
+
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_envelopes = 0
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._prune_run: _PruneRun | None = None
+        self._prune_asked = False
+        self._stopping = False
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._read_slots: asyncio.Semaphore | None = None
+        self._conditions: dict[str, str] = {}
+        self._write_bytes_at_open: int | None = None
+        self._last_backlog_log = 0.0
+        self._opened = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open_sync)
+        self._readers = concurrent.futures.ThreadPoolExecutor(READER_THREADS,
+                                                              thread_name_prefix="archive-read")
+        self._read_slots = asyncio.Semaphore(MAX_INFLIGHT_READS)
+        self._writer = threading.Thread(target=self._writer_main, name="archive-writer", daemon=True)
+        self._opened = True
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            raise ArchiveError(f"cannot open the archive {self.path}: {exc}") from exc
+        return conn
+
+    def _open_sync(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ArchiveError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self.wal_autocheckpoint_pages}")
+            conn.execute("PRAGMA journal_size_limit = 16777216")
+            conn.execute("PRAGMA cache_size = -16000")
+            migrate(conn, self.path)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise ArchiveError(f"cannot open the archive {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._wconn = conn
+        self._write_bytes_at_open = _proc_write_bytes()
+        log.info("archive open: %s (schema %d, synchronous=%s)", self.path, SCHEMA_VERSION,
+                 self.synchronous.lower())
+
+    async def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._reader_local = threading.local()
+        log.info("archive closed: %s", self.path)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def submit(self, envelopes: Sequence[ArchivedEnvelope]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        for env in envelopes:
+            if len(env.hash) != 32 or len(env.topic) != 4 or not 0 <= env.sent <= SENT_MAX \
+                    or env.expiry < env.sent:
+                raise ValueError(f"not an archivable envelope record: sent={env.sent} "
+                                 f"expiry={env.expiry} hash/topic lengths {len(env.hash)}/{len(env.topic)}")
+        if not envelopes:
+            fut.set_result(None)
+            return fut
+        if not self._opened:
+            fut.set_exception(ArchiveError("the archive is not open"))
+            return fut
+        with self._cond:
+            if self._queued_envelopes + len(envelopes) > self.max_pending:
+                full = True
+            else:
+                full = False
+                self._queue.append(_Pending(envelopes, fut, loop))
+                self._queued_envelopes += len(envelopes)
+                self._cond.notify()
+        if full:
+            now = time.monotonic()
+            if now - self._last_backlog_log > 10:
+                self._last_backlog_log = now
+                log.warning("archive is behind (%d envelopes waiting to be written): dropping new ones "
+                            "until it catches up", self._queued_envelopes)
+            fut.set_exception(ArchiveError("archive write queue is full"))
+        return fut
+
+    def _writer_main(self) -> None:
+        next_prune = time.monotonic() + min(self.prune_interval_s, 1.0)
+        while True:
+            batch, jobs, stop = self._collect(next_prune)
+            if batch:
+                self._write_batch(batch)
+            for job in jobs:
+                self._run_job(job)
+            now = time.monotonic()
+            if self.prune_interval_s > 0 and now >= next_prune:
+                next_prune = now + self.prune_interval_s
+                self._prune_asked = True
+            if self._prune_asked and self._prune_run is None:
+                self._prune_run = _PruneRun()
+            if self._prune_asked or self._prune_run is not None:
+                self._prune_asked = False
+                self._prune_step()
+            if stop:
+                break
+        self._shutdown_writer()
+
+    def _collect(self, next_prune: float) -> tuple[list[_Pending], list[_Job], bool]:
+        """Wait for a group of envelopes (M of them, or N ms after the first) or other work."""
+        batch: list[_Pending] = []
+        count = 0
+        with self._cond:
+            first_at: float | None = None
+            while True:
+                busy = self._prune_run is not None or self._prune_asked
+                while self._queue and count < self.flush_max:
+                    p = self._queue.popleft()
+                    self._queued_envelopes -= len(p.envelopes)
+                    batch.append(p)
+                    count += len(p.envelopes)
+                    if first_at is None:
+                        first_at = time.monotonic()
+                if self._stopping or self._jobs or count >= self.flush_max or busy:
+                    break
+                now = time.monotonic()
+                if first_at is not None:
+                    deadline = first_at + self.flush_interval_s
+                else:
+                    deadline = next_prune if self.prune_interval_s > 0 else now + 3600
+                if now >= deadline:
+                    break
+                self._cond.wait(deadline - now)
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            stop = self._stopping and not self._queue
+        return batch, jobs, stop
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        envelopes = [env for p in batch for env in p.envelopes]
+        error: BaseException | None = None
+        try:
+            self._write_with_recovery(envelopes)
+        except ArchiveError as exc:
+            error = exc
+        for p in batch:
+            _post(p.loop, p.future, None, error)
+        if error is None and self.on_durable is not None:
+            try:
+                self.on_durable(envelopes)
+            except Exception:
+                log.exception("archive durable callback failed")
+
+    def _write_with_recovery(self, envelopes: list[ArchivedEnvelope]) -> None:
+        """Insert durably; on a full disk evict the oldest envelopes and retry; never raise sqlite3."""
+        for attempt in range(DISK_FULL_RETRIES + 1):
+            try:
+                if self._wconn is None:
+                    self._reopen_writer()
+                self._insert(envelopes)
+            except sqlite3.Error as exc:
+                self._rollback()
+                code = _errcode(exc)
+                if code == SQLITE_FULL and attempt < DISK_FULL_RETRIES:
+                    self._raise(HEALTH_DISK_FULL, Severity.DEGRADED,
+                                "archive disk full: evicting the oldest envelopes to make room")
+                    if self._evict_for_space():
+                        continue
+                if code == SQLITE_FULL:
+                    self._raise(HEALTH_DISK_FULL, Severity.FAILING,
+                                "archive disk full and nothing left to evict: not archiving")
+                    raise ArchiveError("archive disk full") from exc
+                if code in (SQLITE_BUSY, SQLITE_LOCKED) and attempt < DISK_FULL_RETRIES:
+                    time.sleep(0.05)
+                    continue
+                self._raise(HEALTH_WRITE, Severity.FAILING, f"archive cannot write: {exc}")
+                log.error("archive write of %d envelopes failed: %s", len(envelopes), exc)
+                if code == SQLITE_IOERR:
+                    self._drop_writer()
+                raise ArchiveError(f"archive write failed: {exc}") from exc
+            else:
+                self._clear(HEALTH_DISK_FULL)
+                self._clear(HEALTH_WRITE)
+                return
+
+    def _insert(self, envelopes: list[ArchivedEnvelope]) -> None:
+        conn = self._conn()
+        unique: dict[bytes, ArchivedEnvelope] = {}
+        for env in envelopes:
+            unique.setdefault(env.hash, env)
+        rows = sorted(
+            (
+                make_key(env.sent, hash_low(env.hash)),
+                topic_int(env.topic),
+                env.expiry - env.sent,
+                (env.arrived - env.sent) if env.arrived else None,
+                env.raw,
+            )
+            for env in unique.values()
+        )
+        conn.execute("BEGIN IMMEDIATE")
+        cur = conn.executemany(INSERT_SQL, rows)
+        if cur.rowcount == len(rows):
+            added = rows
+        else:  # some keys were taken: redo row by row to tell duplicates from hash-prefix collisions
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            added = self._insert_one_by_one(conn, rows)
+        conn.execute("COMMIT")
+        self.inserted_total += len(added)
+        self.archived_bytes += sum(len(r[4]) for r in added)
+
+    def _insert_one_by_one(self, conn: sqlite3.Connection, rows: list[Row]) -> list[Row]:
+        added: list[Row] = []
+        for row in rows:
+            key, topic, ttl, arr, raw = row
+            sent, low = key_sent(key), key & LOW_MASK
+            for k in range(PROBE_WINDOW):
+                probe = make_key(sent, low + k)
+                if conn.execute(INSERT_SQL, (probe, topic, ttl, arr, raw)).rowcount == 1:
+                    added.append(row)
+                    break
+                found = conn.execute("SELECT raw FROM envelopes WHERE id = ?", (probe,)).fetchone()
+                if found is not None and bytes(found[0]) == raw:
+                    break  # already stored
+            else:
+                log.warning("archive: %d envelopes of second %d share a hash prefix; dropping one",
+                            PROBE_WINDOW, sent)
+        return added
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise sqlite3.OperationalError("archive writer connection is closed")
+        return self._wconn
+
+    def _rollback(self) -> None:
+        if self._wconn is not None and self._wconn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.execute("ROLLBACK")
+
+    def _drop_writer(self) -> None:
+        if self._wconn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.close()
+        self._wconn = None
+
+    def _reopen_writer(self) -> None:
+        try:
+            self._open_sync()
+        except ArchiveError as exc:
+            raise sqlite3.OperationalError(str(exc)) from exc
+
+    def _evict_for_space(self) -> bool:
+        """Delete a batch of the oldest envelopes and give the pages back; False if nothing to delete."""
+        conn = self._wconn
+        if conn is None:
+            return False
+        try:
+            total = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
+            if total == 0:
+                return False
+            n = max(PRUNE_BATCH // 4, total // 20)
+            deleted = self._delete_oldest(conn, n, None)
+            self._give_back_pages(conn, keep=0)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error("archive: evicting to make room failed: %s", exc)
+            return False
+        log.warning("archive disk full: evicted the %d oldest envelopes", deleted)
+        return deleted > 0
+
+    def _delete_oldest(self, conn: sqlite3.Connection, n: int, below_key: int | None) -> int:
+        """Delete up to n oldest envelopes (only those with id < below_key when given)."""
+        row = conn.execute("SELECT id FROM envelopes ORDER BY id LIMIT 1 OFFSET ?", (n - 1,)).fetchone()
+        if row is None:
+            row = conn.execute("SELECT max(id) FROM envelopes").fetchone()
+            if row is None or row[0] is None:
+                return 0
+        bound = int(row[0])
+        if below_key is not None:
+            bound = min(bound, below_key - 1)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute("DELETE FROM envelopes WHERE id <= ?", (bound,))
+            conn.execute("DELETE FROM topics WHERE n <= 0")
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return int(cur.rowcount)
+
+    def _give_back_pages(self, conn: sqlite3.Connection, keep: int) -> int:
+        free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        if free <= keep:
+            return 0
+        conn.execute(f"PRAGMA incremental_vacuum({free - keep})").fetchall()
+        return free - keep
+
+    def _shutdown_writer(self) -> None:
+        if self._prune_run is not None:
+            run, self._prune_run = self._prune_run, None
+            for fut, loop in run.waiters:
+                _post(loop, fut, PruneResult(run.deleted, ",".join(run.reasons)))
+        if self._wconn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._drop_writer()
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    def set_retention(self, policy: RetentionPolicy) -> None:
+        self.retention = policy
+        with self._cond:
+            self._prune_asked = True
+            self._cond.notify()
+
+    async def prune(self) -> PruneResult:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[PruneResult] = loop.create_future()
+        if not self._opened:
+            raise ArchiveError("the archive is not open")
+
+        def join() -> None:
+            if self._prune_run is None:
+                self._prune_run = _PruneRun()
+            self._prune_run.waiters.append((fut, loop))
+
+        await self._writer_job(join)
+        return await fut
+
+    def _prune_step(self) -> None:
+        """One bounded retention batch; finishes the run when nothing more is due."""
+        run = self._prune_run
+        if run is None:
+            return
+        conn = self._wconn
+        done = True
+        try:
+            if conn is not None:
+                reason, deleted = self._prune_once(conn)
+                if deleted:
+                    run.deleted += deleted
+                    if reason not in run.reasons:
+                        run.reasons.append(reason)
+                    done = False
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error("archive retention failed: %s", exc)
+        if done:
+            self._prune_run = None
+            if run.deleted:
+                log.info("archive retention: deleted %d envelopes (%s)", run.deleted, ", ".join(run.reasons))
+            for fut, loop in run.waiters:
+                _post(loop, fut, PruneResult(run.deleted, ",".join(run.reasons)))
+
+    def _prune_once(self, conn: sqlite3.Connection) -> tuple[str, int]:
+        p = self.retention
+        if p.max_age_s > 0:
+            cutoff = int(time.time()) - p.max_age_s
+            if cutoff > 0:
+                cutoff_key = make_key(min(cutoff, SENT_MAX), 0)
+                oldest = conn.execute("SELECT min(id) FROM envelopes").fetchone()[0]
+                if oldest is not None and oldest < cutoff_key:
+                    return "max_age", self._delete_oldest(conn, PRUNE_BATCH, cutoff_key)
+        total = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
+        if p.max_count > 0 and total > p.max_count:
+            return "max_count", self._delete_oldest(conn, min(PRUNE_BATCH, total - p.max_count), None)
+        if p.max_bytes > 0 and total > 0:
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            live = (pages - free) * page_size
+            if live > p.max_bytes:
+                per_row = max(1, live // total)
+                n = min(PRUNE_BATCH, max(1, (live - p.max_bytes) // per_row + 1))
+                deleted = self._delete_oldest(conn, n, None)
+                self._give_back_pages(conn, FREELIST_KEEP_PAGES)
+                return "max_bytes", deleted
+        if p.min_free_disk_bytes > 0:
+            free_disk = _free_disk(self.path.parent)
+            if free_disk is not None and free_disk < p.min_free_disk_bytes:
+                if total == 0:
+                    self._raise(HEALTH_DISK_LOW, Severity.DEGRADED,
+                                f"disk almost full ({free_disk // 1_000_000} MB free) and the archive "
+                                "is empty")
+                    return "", 0
+                deleted = self._delete_oldest(conn, PRUNE_BATCH, None)
+                self._give_back_pages(conn, 0)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return "min_free_disk", deleted
+            self._clear(HEALTH_DISK_LOW)
+        self._give_back_pages(conn, FREELIST_KEEP_PAGES)
+        return "", 0
+
+    # -- other writer jobs -------------------------------------------------------------------------
+
+    async def _writer_job(self, fn: Callable[[], T]) -> T:
+        if not self._opened:
+            raise ArchiveError("the archive is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            self._jobs.append(_Job(fn, fut, loop))
+            self._cond.notify()
+        return await fut
+
+    def _run_job(self, job: _Job) -> None:
+        try:
+            result = job.fn()
+        except sqlite3.Error as exc:
+            self._rollback()
+            _post(job.loop, job.future, None, ArchiveError(str(exc)))
+        except BaseException as exc:
+            _post(job.loop, job.future, None, exc)
+        else:
+            _post(job.loop, job.future, result)
+
+    async def vacuum(self) -> int:
+        """Return every free page to the filesystem and truncate the WAL; bytes freed."""
+
+        def work() -> int:
+            conn = self._conn()
+            before = self._file_bytes()
+            self._give_back_pages(conn, 0)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return max(0, before - self._file_bytes())
+
+        return await self._writer_job(work)
+
+    def _file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    # -- health ------------------------------------------------------------------------------------
+
+    def _raise(self, key: str, severity: Severity, message: str) -> None:
+        if self._conditions.get(key) != message:
+            log.warning("%s", message)
+        self._conditions[key] = message
+        self.health_reason = message
+        if self.health is not None:
+            self._health_call(self.health.report, key, severity, message)
+
+    def _clear(self, key: str) -> None:
+        if self._conditions.pop(key, None) is None:
+            return
+        log.info("archive recovered (%s)", key)
+        self.health_reason = next(iter(self._conditions.values()), "ok")
+        if self.health is not None:
+            self._health_call(self.health.clear, key)
+
+    def _health_call(self, fn: Callable[..., None], *args: Any) -> None:
+        # The health model belongs to the event loop: hop onto it when called from the writer.
+        loop = self._loop
+        if loop is not None and threading.current_thread() is not threading.main_thread() \
+                and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn, *args)
+                return
+        fn(*args)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("PRAGMA cache_size = -8000")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            self._reader_local.conn = conn
+            self._reader_local.topics = _TopicCache()
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._opened or self._readers is None or self._read_slots is None:
+            raise ArchiveError("the archive is not open")
+        loop = asyncio.get_running_loop()
+
+        def work() -> T:
+            try:
+                return fn(self._reader())
+            except sqlite3.Error as exc:
+                raise ArchiveError(f"archive read failed: {exc}") from exc
+
+        async with self._read_slots:
+            return await loop.run_in_executor(self._readers, work)
+
+    async def query(self, q: HistoryQuery) -> HistoryPage:
+        if not 1 <= q.limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_QUERY_LIMIT} (got {q.limit})")
+        if q.cursor is not None and q.cursor != b"":
+            decode_cursor(q.cursor)  # malformed ⇒ InvalidCursor before any I/O
+        if q.bloom is not None and q.bloom != b"" and len(q.bloom) != BLOOM_LEN:
+            raise ValueError(f"bloom must be {BLOOM_LEN} bytes (got {len(q.bloom)})")
+        if any(len(t) != 4 for t in q.topics):
+            raise ValueError("topics must be 4 bytes each")
+        return await self._read(lambda conn: self._query_sync(conn, q))
+
+    def _query_sync(self, conn: sqlite3.Connection, q: HistoryQuery) -> HistoryPage:
+        lower, upper = max(0, q.lower), min(SENT_MAX, q.upper)
+        if lower > upper:
+            return HistoryPage([], None)
+        lo_key, hi_key = make_key(lower, 0), make_key(upper, LOW_MASK)  # inclusive bounds
+        conn.execute("BEGIN")  # one snapshot for the cursor lookup and the page
+        try:
+            if q.cursor:
+                sent, h = decode_cursor(q.cursor)
+                ckey = self._find_key(conn, sent, h)
+                if ckey is None:
+                    raise InvalidCursor("cursor does not match any stored envelope")
+                if q.descending:
+                    hi_key = min(hi_key, ckey - 1)
+                else:
+                    lo_key = max(lo_key, ckey + 1)
+            rows: list[Row] = []
+            if lo_key <= hi_key:
+                rows = self._select(conn, q, lo_key, hi_key, q.limit + 1)
+        finally:
+            conn.execute("COMMIT")
+        more = len(rows) > q.limit
+        envs = [_row_to_envelope(r) for r in rows[: q.limit]]
+        return HistoryPage(envs, envs[-1].cursor if more and envs else None)
+
+    def _select(self, conn: sqlite3.Connection, q: HistoryQuery, lo: int, hi: int, n: int
+                ) -> list[Row]:
+        order = "DESC" if q.descending else "ASC"
+        topics: list[int] | None
+        cache: _TopicCache = self._reader_local.topics
+        if q.topics:
+            topics = sorted({topic_int(t) for t in q.topics})
+            cache.refresh(conn)
+        elif q.bloom is None or q.bloom == b"" or is_full(q.bloom):
+            topics = None
+        else:
+            cache.refresh(conn)
+            topics = cache.matching(q.bloom)
+        if topics is None:
+            return conn.execute(
+                f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id BETWEEN ? AND ? ORDER BY id {order} LIMIT ?",
+                (lo, hi, n),
+            ).fetchall()
+        if not topics:
+            return []
+        matching_rows = sum(cache.counts.get(t, 0) for t in topics)
+        if len(topics) > MAX_TOPIC_RANGES or (cache.total and matching_rows >= SCAN_DENSITY * cache.total):
+            # dense: walking the time range finds n matches within ~n/density rows
+            marks = ",".join("?" * len(topics))
+            return conn.execute(
+                f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id BETWEEN ? AND ? AND +topic IN ({marks}) "
+                f"ORDER BY id {order} LIMIT ?",
+                (lo, hi, *topics, n),
+            ).fetchall()
+        # sparse: the first n ids of each topic's range, merged
+        per_topic = [
+            [r[0] for r in conn.execute(
+                f"SELECT id FROM envelopes WHERE topic = ? AND id BETWEEN ? AND ? "
+                f"ORDER BY id {order} LIMIT ?",
+                (t, lo, hi, n),
+            )]
+            for t in topics
+        ]
+        ids = (heapq.nlargest if q.descending else heapq.nsmallest)(n, (i for ids in per_topic for i in ids))
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        found = conn.execute(f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id IN ({marks})", ids).fetchall()
+        found.sort(key=lambda r: int(r[0]), reverse=q.descending)
+        return found
+
+    @staticmethod
+    def _find_key(conn: sqlite3.Connection, sent: int, envelope_hash: bytes) -> int | None:
+        """The id of the stored envelope (sent, hash), verified by keccak; None if absent."""
+        if not 0 <= sent <= SENT_MAX:
+            return None
+        keys = probe_keys(sent, envelope_hash)
+        marks = ",".join("?" * len(keys))
+        sql = f"SELECT id, raw FROM envelopes WHERE id IN ({marks}) ORDER BY id"
+        for key, raw in conn.execute(sql, keys):
+            if keccak256(bytes(raw)) == envelope_hash:
+                return int(key)
+        return None
+
+    async def contains(self, envelope_hash: bytes) -> bool:
+        if len(envelope_hash) != 32:
+            return False
+
+        def work(conn: sqlite3.Connection) -> bool:
+            values = hash_expr_values(envelope_hash)
+            marks = ",".join("?" * len(values))
+            rows = conn.execute(f"SELECT raw FROM envelopes WHERE {HASH_EXPR} IN ({marks})", values)
+            return any(keccak256(bytes(raw)) == envelope_hash for (raw,) in rows)
+
+        return await self._read(work)
+
+    async def stats(self) -> ArchiveStats:
+        def work(conn: sqlite3.Connection) -> ArchiveStats:
+            conn.execute("BEGIN")
+            try:
+                count = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
+                topics = int(conn.execute("SELECT count(*) FROM topics WHERE n > 0").fetchone()[0])
+                lo, hi = conn.execute("SELECT min(id), max(id) FROM envelopes").fetchone()
+                page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            finally:
+                conn.execute("COMMIT")
+            wb = _proc_write_bytes()
+            extra: dict[str, object] = {
+                "path": str(self.path),
+                "schema_version": SCHEMA_VERSION,
+                "synchronous": self.synchronous.lower(),
+                "distinct_topics": topics,
+                "file_bytes": self._file_bytes(),
+                "free_pages": free,
+                "added_since_start": self.inserted_total,
+                "pending_envelopes": self._queued_envelopes,
+                "health": self.health_reason,
+            }
+            if wb is not None and self._write_bytes_at_open is not None:
+                extra["process_disk_write_bytes"] = wb - self._write_bytes_at_open
+            return ArchiveStats(
+                count=count,
+                bytes=(pages - free) * page_size,
+                oldest_sent=None if lo is None else key_sent(int(lo)),
+                newest_sent=None if hi is None else key_sent(int(hi)),
+                free_disk_bytes=_free_disk(self.path.parent),
+                bytes_written_since_start=self.archived_bytes,
+                retention=self.retention,
+                extra=extra,
+            )
+
+        return await self._read(work)
+
+    async def check(self) -> list[str]:
+        """Problems found by ``PRAGMA integrity_check`` and the schema/counter checks ([] = fine)."""
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version != SCHEMA_VERSION:
+                problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
+            rows = int(conn.execute("SELECT count(*) FROM envelopes").fetchone()[0])
+            counted = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
+            if rows != counted:
+                problems.append(f"topic counters say {counted} envelopes but the table holds {rows}")
+            if conn.execute("SELECT count(*) FROM topics WHERE n < 0").fetchone()[0]:
+                problems.append("negative topic counters")
+            return problems
+
+        return await self._read(work)
+
+    def scan_raw(self, conn: sqlite3.Connection, after_key: int | None, n: int
+                 ) -> list[Row]:
+        """Rows in key order after ``after_key`` (used by export; runs in a reader thread)."""
+        lo = -(2**63) if after_key is None else after_key + 1
+        return conn.execute(
+            f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id >= ? ORDER BY id LIMIT ?", (lo, n)
+        ).fetchall()
+
+    async def read_rows_after(self, after_key: int | None, n: int
+                              ) -> list[Row]:
+        return await self._read(lambda conn: self.scan_raw(conn, after_key, n))
+
+
+def rows_to_envelopes(rows: Iterable[Row]) -> list[ArchivedEnvelope]:
+    return [_row_to_envelope(r) for r in rows]
