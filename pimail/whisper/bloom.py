@@ -24,6 +24,21 @@ def topic_to_bloom(topic: bytes) -> bytes:
     return bytes(b)
 
 
+_BLOOM_CACHE: dict[bytes, bytes] = {}
+_BLOOM_CACHE_MAX = 4096  # distinct topics remembered; cleared wholesale when full
+
+
+def cached_topic_bloom(topic: bytes) -> bytes:
+    """``topic_to_bloom`` with a small bounded memo (a node sees few distinct topics)."""
+    bloom = _BLOOM_CACHE.get(topic)
+    if bloom is None:
+        bloom = topic_to_bloom(topic)
+        if len(_BLOOM_CACHE) >= _BLOOM_CACHE_MAX:
+            _BLOOM_CACHE.clear()
+        _BLOOM_CACHE[topic] = bloom
+    return bloom
+
+
 def topics_to_bloom(topics: Iterable[bytes]) -> bytes:
     """OR of the per-topic blooms."""
     acc = 0

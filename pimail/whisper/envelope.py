@@ -7,9 +7,10 @@ from functools import cached_property
 
 import rlp
 
-from pimail.crypto.hashing import keccak256
 from pimail.whisper import pow as powmod
-from pimail.whisper.bloom import TOPIC_LEN, topic_to_bloom
+from pimail.whisper.bloom import TOPIC_LEN, cached_topic_bloom
+from pimail.whisper.keccak import keccak256
+from pimail.whisper.rlpscan import RlpError, list_header, list_items, scan_item, top_level_list
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
@@ -54,11 +55,45 @@ class Envelope:
 
     @classmethod
     def decode(cls, raw: bytes) -> Envelope:
+        """Decode one envelope, strictly (canonical RLP and integers, exactly 5 fields)."""
         try:
-            items = rlp.decode(raw, strict=True)
-        except Exception as exc:  # rlp raises several DecodingError subclasses
+            is_list, start, end = scan_item(raw, 0, len(raw))
+            if end != len(raw):
+                raise RlpError("trailing bytes after the envelope")
+        except RlpError as exc:
             raise EnvelopeError(f"envelope is not valid RLP: {exc}") from exc
-        return cls.from_rlp_items(items, raw)
+        return cls._from_scan(raw, is_list, start, end)
+
+    @classmethod
+    def _from_scan(cls, raw: bytes, is_list: bool, start: int, end: int) -> Envelope:
+        if not is_list:
+            raise EnvelopeError("envelope must be a list of 5 fields (got a string)")
+        bounds: list[int] = []
+        pos = start
+        try:
+            while pos < end:
+                item_is_list, s, e = scan_item(raw, pos, end)
+                if item_is_list:
+                    raise EnvelopeError("envelope fields must be strings, got a list")
+                bounds.append(pos)
+                bounds.append(s)
+                bounds.append(e)
+                pos = e
+        except RlpError as exc:
+            raise EnvelopeError(f"envelope is not valid RLP: {exc}") from exc
+        if len(bounds) != 15:
+            raise EnvelopeError(f"envelope must be a list of 5 fields (got {len(bounds) // 3})")
+        _, s0, e0, _, s1, e1, _, s2, e2, _, s3, e3, npos, s4, e4 = bounds
+        expiry = decode_uint(raw[s0:e0], "expiry", UINT32_MAX)
+        ttl = decode_uint(raw[s1:e1], "ttl", UINT32_MAX)
+        if e2 - s2 != TOPIC_LEN:
+            raise EnvelopeError("topic must be a 4-byte string")
+        nonce = decode_uint(raw[s4:e4], "nonce", UINT64_MAX)
+        env = cls(expiry, ttl, raw[s2:e2], raw[s3:e3], nonce, raw)
+        # The RLP without the nonce is a slice of what we received (canonical, so identical to
+        # re-encoding the four fields); caching it saves an encode per PoW computation.
+        env.__dict__["rlp_without_nonce"] = list_header(npos - start) + raw[start:npos]
+        return env
 
     @classmethod
     def from_rlp_items(cls, items: object, raw: bytes) -> Envelope:
@@ -95,12 +130,16 @@ class Envelope:
 
     @cached_property
     def bloom(self) -> bytes:
-        return topic_to_bloom(self.topic)
+        return cached_topic_bloom(self.topic)
 
     @cached_property
     def rlp_without_nonce(self) -> bytes:
         encoded: bytes = rlp.encode([self.expiry, self.ttl, self.topic, self.data])
         return encoded
+
+    def pows(self, diff: int = 0) -> tuple[float, float]:
+        """(legacy, current) PoW in one go, sharing the encoded nonce."""
+        return powmod.both_pows(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl, diff)
 
     def pow_legacy(self, diff: int = 0) -> float:
         return powmod.legacy_pow(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl, diff)
@@ -120,3 +159,26 @@ class Envelope:
         if formula is F.EITHER:
             return self.pow_legacy(diff) >= requirement or self.pow_current(diff) >= requirement
         return self.pow_legacy(diff) >= requirement and self.pow_current(diff) >= requirement
+
+
+def decode_envelope_list(payload: bytes) -> list[Envelope]:
+    """Decode a Messages (code 1) or list-form P2P (code 127) payload: an RLP list of envelopes.
+
+    Each envelope keeps its exact bytes. Any malformed element fails the whole packet, as in geth.
+    """
+    try:
+        start, end = top_level_list(payload)
+        items = list_items(payload, start, end)
+    except RlpError as exc:
+        raise EnvelopeError(f"envelope list is not valid RLP: {exc}") from exc
+    out = []
+    for is_list, pos, s, e in items:
+        raw = payload[pos:e]
+        out.append(Envelope._from_scan(raw, is_list, s - pos, e - pos))
+    return out
+
+
+def encode_envelope_list(raws: list[bytes]) -> bytes:
+    """RLP list of already-encoded envelopes (no re-encoding, so hashes are preserved)."""
+    body = b"".join(raws)
+    return list_header(len(body)) + body

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 import math
+import struct
 
-from pimail.crypto.hashing import keccak256
+from pimail.whisper.keccak import keccak256
 
 ENVELOPE_HEADER_LEN = 20  # geth EnvelopeHeaderLength
+_ZERO24 = b"\x00" * 24
 
 
 class PowFormula(enum.Enum):
@@ -37,15 +39,32 @@ def leading_zero_bits(h: bytes) -> int:
 
 def legacy_pow(rlp_no_nonce: bytes, nonce: int, data_len: int, ttl: int, diff: int = 0) -> float:
     """go-ethereum 1.8 PoW (formula 1)."""
-    buf = keccak256(rlp_no_nonce) + b"\x00" * 24 + nonce.to_bytes(8, "big")
+    buf = keccak256(rlp_no_nonce) + _ZERO24 + nonce.to_bytes(8, "big")
     bits = trailing_zero_bits(keccak256(buf))
     return _pow(bits, ENVELOPE_HEADER_LEN + data_len, ttl + diff)
 
 
 def current_pow(rlp_no_nonce: bytes, nonce: int, ttl: int, diff: int = 0) -> float:
     """status-go / geth-1.9 PoW (formula 3)."""
-    bits = leading_zero_bits(keccak256(rlp_no_nonce, nonce.to_bytes(8, "big")))
+    bits = leading_zero_bits(keccak256(rlp_no_nonce + nonce.to_bytes(8, "big")))
     return _pow(bits, len(rlp_no_nonce), ttl + diff)
+
+
+def both_pows(
+    rlp_no_nonce: bytes, nonce: int, data_len: int, ttl: int, diff: int = 0
+) -> tuple[float, float]:
+    """(legacy, current) PoW of one envelope."""
+    nb = nonce.to_bytes(8, "big")
+    t = ttl + diff
+    h = int.from_bytes(keccak256(keccak256(rlp_no_nonce) + _ZERO24 + nb), "big")
+    legacy_bits = (h & -h).bit_length() - 1 if h else 0
+    current_bits = 256 - int.from_bytes(keccak256(rlp_no_nonce + nb), "big").bit_length()
+    if t <= 0:
+        return 0.0, 0.0
+    return (
+        math.ldexp(1.0, legacy_bits) / (ENVELOPE_HEADER_LEN + data_len) / t,
+        math.ldexp(1.0, current_bits) / len(rlp_no_nonce) / t,
+    )
 
 
 def _pow(bits: int, size: int, ttl: int) -> float:
@@ -60,3 +79,13 @@ def target_bits(target_pow: float, data_len: int, ttl: int) -> int:
         return 0
     x = math.log2(target_pow * (ENVELOPE_HEADER_LEN + data_len) * ttl)
     return max(1, math.ceil(x))
+
+
+def pow_from_bits(value: int) -> float:
+    """The float64 whose IEEE-754 bit pattern is ``value`` (Status field 1 / code 2)."""
+    return struct.unpack(">d", value.to_bytes(8, "big"))[0]  # type: ignore[no-any-return]
+
+
+def pow_to_bits(value: float) -> int:
+    """IEEE-754 bit pattern of ``value`` as an unsigned integer (sent as a minimal RLP uint)."""
+    return int.from_bytes(struct.pack(">d", value), "big")

@@ -1,0 +1,134 @@
+"""The envelope pool: accepted envelopes cached until they expire (PROTOCOL.md §3.6–3.7).
+
+Deduplicates by hash, is bounded by bytes (evicting the earliest expiry first) and is swept of
+expired envelopes by the service every second. Sans-I/O: the caller passes the time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from pimail.whisper.envelope import Envelope
+
+
+class EnvelopePool:
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError("pool max_bytes must be positive")
+        self.max_bytes = max_bytes
+        self._by_hash: dict[bytes, Envelope] = {}
+        self._heap: list[tuple[int, bytes]] = []  # (expiry, hash); stale entries skipped lazily
+        self.bytes = 0
+        self.evicted = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def __contains__(self, envelope_hash: bytes) -> bool:
+        return envelope_hash in self._by_hash
+
+    def get(self, envelope_hash: bytes) -> Envelope | None:
+        return self._by_hash.get(envelope_hash)
+
+    def __iter__(self) -> Iterator[Envelope]:
+        return iter(list(self._by_hash.values()))
+
+    def add(self, env: Envelope) -> tuple[bool, list[bytes]]:
+        """Insert ``env``. Returns (is_new, hashes evicted to make room)."""
+        h = env.hash
+        if h in self._by_hash:
+            return False, []
+        size = len(env.raw)
+        if size > self.max_bytes:
+            return False, []
+        self._by_hash[h] = env
+        heapq.heappush(self._heap, (env.expiry, h))
+        self.bytes += size
+        evicted: list[bytes] = []
+        while self.bytes > self.max_bytes:
+            victim = self._pop_earliest()
+            if victim is None:
+                break
+            evicted.append(victim)
+            self.evicted += 1
+        return h not in evicted, evicted
+
+    def _pop_earliest(self) -> bytes | None:
+        while self._heap:
+            _, h = heapq.heappop(self._heap)
+            env = self._by_hash.pop(h, None)
+            if env is not None:
+                self.bytes -= len(env.raw)
+                return h
+        return None
+
+    def remove(self, envelope_hash: bytes) -> bool:
+        env = self._by_hash.pop(envelope_hash, None)
+        if env is None:
+            return False
+        self.bytes -= len(env.raw)
+        if len(self._heap) > 2 * len(self._by_hash) + 64:  # keep lazy deletions bounded
+            self._heap = [(e.expiry, h) for h, e in self._by_hash.items()]
+            heapq.heapify(self._heap)
+        return True
+
+    def sweep(self, now: int) -> list[bytes]:
+        """Remove envelopes whose expiry is before ``now``; return their hashes."""
+        gone: list[bytes] = []
+        while self._heap and self._heap[0][0] < now:
+            _, h = heapq.heappop(self._heap)
+            env = self._by_hash.pop(h, None)
+            if env is not None:
+                self.bytes -= len(env.raw)
+                gone.append(h)
+        self.expired += len(gone)
+        return gone
+
+
+class KnownSet:
+    """Hashes a peer is known to have (sent by it or to it); bounded, oldest forgotten first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._items: OrderedDict[bytes, None] = OrderedDict()
+
+    def __contains__(self, h: bytes) -> bool:
+        return h in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, h: bytes) -> None:
+        if h in self._items:
+            return
+        self._items[h] = None
+        if len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+    def discard(self, h: bytes) -> None:
+        self._items.pop(h, None)
+
+
+class PacketRateLimiter:
+    """Per-peer Messages-packet limit: a token bucket refilled at ``rate`` per second holding
+    ``rate + tolerance`` tokens. A packet that finds the bucket empty is a violation (the service
+    disconnects the peer), so a peer may burst ``tolerance`` packets over the sustained rate.
+    """
+
+    def __init__(self, rate: float, tolerance: int, now: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate + tolerance)
+        self.tokens = self.capacity
+        self.last = now
+
+    def allow(self, now: float) -> bool:
+        elapsed = max(0.0, now - self.last)
+        self.last = now
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
