@@ -469,6 +469,8 @@ def _format(key: str, value: Any, depth: int = 0) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float) and math.isfinite(value):
+        if key.startswith("max_") and value == 0:
+            return "no limit"  # the config's convention: a cap of 0 is no cap
         if key.endswith("_bytes") or key.startswith("bytes"):
             return _e(human_bytes(value))
         if key.endswith(_TIME_SUFFIXES) or key in _TIME_KEYS:
@@ -485,6 +487,8 @@ def _format(key: str, value: Any, depth: int = 0) -> str:
     if isinstance(value, bytes | bytearray):
         return f"<code>{_e(value.hex())}</code>"
     if isinstance(value, Mapping):
+        if not value:
+            return "—"
         return _dl(value, depth + 1) if depth < MAX_DEPTH else _e(json.dumps(value, default=str))
     if isinstance(value, list | tuple):
         if value and all(isinstance(v, Mapping) for v in value):

@@ -340,3 +340,8 @@ def test_password_comes_from_the_enode_or_the_mailserver_password(tmp_path: Path
         assert "s3cret" not in sp.render_page(snaps[2])
 
     asyncio.run(main())
+
+
+def test_zero_caps_read_as_no_limit() -> None:
+    html = sp.render_page({"retention": {"max_bytes": 0, "max_count": 0, "max_age_s": 86400}})
+    assert html.count("no limit") == 2 and "1 d 0 h" in html
