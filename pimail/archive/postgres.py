@@ -1,0 +1,801 @@
+"""The fleet backend: several pimail nodes archive into (and serve from) one PostgreSQL database.
+
+Same ``Archive`` contract as the SQLite store, with these PostgreSQL specifics:
+
+* psycopg 3 with an ``AsyncConnectionPool``: every round trip is awaited on the event loop's own
+  socket readiness, so the loop never blocks on the database.
+* Schema in its own PostgreSQL schema (default ``pimail``), versioned by a ``schema_version`` table;
+  migrations run under an advisory lock so nodes starting together do not race; an archive written
+  by a newer pimail refuses to open (``SchemaTooNew``).
+* ``envelopes`` is keyed by ``(sent, hash)`` and inserted with ``ON CONFLICT DO NOTHING``: every node
+  of a fleet archives the same relayed envelope and only the first insert counts.
+* Time partitioning: one range partition per UTC day of ``sent``, created on demand (and a day
+  ahead by the maintenance timer) plus a default partition for times outside the window. Age
+  retention drops whole day partitions; only the boundary day is trimmed row by row.
+* Size accounting is logical: ``bytes`` = stored envelope bytes + ``ROW_OVERHEAD_BYTES`` per row, so
+  ``max_bytes`` is comparable across servers and falls as soon as rows go (PostgreSQL reuses the
+  space; the physical size is reported in ``stats().extra["relation_bytes"]``). ``min_free_disk``
+  does not apply: the disk belongs to the database server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from pimail.appliance.health import HealthModel, Severity
+from pimail.archive.base import (
+    MAX_QUERY_LIMIT,
+    Archive,
+    ArchivedEnvelope,
+    ArchiveError,
+    ArchiveStats,
+    DurableCallback,
+    HistoryPage,
+    HistoryQuery,
+    InvalidCursor,
+    PruneResult,
+    RetentionPolicy,
+    SchemaTooNew,
+    decode_cursor,
+)
+from pimail.config import ArchiveConfig
+from pimail.whisper.bloom import BLOOM_LEN, is_full, topic_to_bloom
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DAY_S = 86400  # one partition per UTC day of sent time
+PARTITION_PAST_DAYS = 400  # older days go to the default partition (a year of history + slack)
+PARTITION_AHEAD_DAYS = 1  # the maintenance timer creates tomorrow's partition today
+ROW_OVERHEAD_BYTES = 100  # heap tuple header, line pointer, key/topic/hash index entries, bloom
+EVICT_BATCH_ROWS = 5000  # rows per DELETE when retention trims inside a partition
+SENT_MAX = 2**32 - 1  # sent is a uint32 on the wire
+DEFAULT_POOL_MAX = 4
+CONNECT_TIMEOUT_S = 10.0
+POOL_WAIT_S = 30.0  # longest a query waits for a free connection before failing
+
+# advisory lock namespaces (the second key is crc32 of the schema name, so schemas do not contend)
+_LOCK_MIGRATE = 0x70696D01
+_LOCK_PARTITION = 0x70696D02
+_LOCK_PRUNE = 0x70696D03
+
+HEALTH_WRITE = "archive.write_failed"
+HEALTH_BACKLOG = "archive.backlog"
+HEALTH_RETENTION = "archive.retention_failed"
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE envelopes (
+            sent bigint NOT NULL,
+            hash bytea NOT NULL,
+            topic bytea NOT NULL,
+            bloom bit(512) NOT NULL,
+            expiry bigint NOT NULL,
+            arrived bigint NOT NULL,
+            size integer NOT NULL,
+            raw bytea NOT NULL,
+            PRIMARY KEY (sent, hash)
+        ) PARTITION BY RANGE (sent)""",
+        "CREATE INDEX envelopes_topic_sent ON envelopes (topic, sent, hash)",
+        "CREATE INDEX envelopes_hash ON envelopes (hash)",
+        "CREATE TABLE envelopes_default PARTITION OF envelopes DEFAULT",
+    ],
+}
+
+_COLUMNS = "sent, hash, topic, expiry, raw, arrived"
+
+_INSERT = """
+INSERT INTO envelopes (sent, hash, topic, bloom, expiry, arrived, size, raw)
+SELECT s, h, t, ('x' || encode(b, 'hex'))::bit(512), e, a, octet_length(r), r
+FROM unnest(%s::bigint[], %s::bytea[], %s::bytea[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bytea[])
+    AS x(s, h, t, b, e, a, r)
+ON CONFLICT DO NOTHING
+RETURNING size
+"""
+
+
+def describe_url(url: str) -> str:
+    """``user@host:port/db`` of a connection URL, never its password (for logs and errors)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "<unparsable PostgreSQL URL>"
+    user = str(params.get("user") or "")
+    host = str(params.get("host") or "localhost")
+    port = str(params.get("port") or "5432")
+    db = str(params.get("dbname") or user)
+    return f"{user + '@' if user else ''}{host}:{port}/{db}"
+
+
+def _day_start(sent: int) -> int:
+    return sent - sent % DAY_S
+
+
+def _partition_name(day_start: int) -> str:
+    return "envelopes_p" + time.strftime("%Y%m%d", time.gmtime(day_start))
+
+
+@dataclass(frozen=True)
+class _Partition:
+    name: str
+    lower: int  # inclusive
+    upper: int  # exclusive
+
+
+class _Pending:
+    """One submit() call waiting for the writer."""
+
+    __slots__ = ("envelopes", "future")
+
+    def __init__(self, envelopes: list[ArchivedEnvelope], future: asyncio.Future[None]) -> None:
+        self.envelopes = envelopes
+        self.future = future
+
+
+class PostgresArchive(Archive):
+    """``Archive`` on a PostgreSQL server shared by several nodes.
+
+    ``url`` is a libpq URL (``postgresql://user:pass@host:5432/db``). ``schema`` is the PostgreSQL
+    schema holding pimail's tables (created if absent), so one database can hold several fleets.
+    Retention is enforced by whichever node's timer fires first (an advisory lock keeps two nodes
+    from pruning at once), so give every node of a fleet the same retention settings.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "pimail",
+        retention: RetentionPolicy | None = None,
+        flush_interval_ms: int = 200,
+        flush_max_envelopes: int = 2000,
+        max_pending_envelopes: int = 0,
+        prune_interval_s: float = 60.0,
+        pool_max: int = DEFAULT_POOL_MAX,
+        health: HealthModel | None = None,
+        on_durable: DurableCallback | None = None,
+        config: ArchiveConfig | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        if config is not None:  # open_archive passes the [archive] section; it wins over the defaults
+            flush_interval_ms = config.flush_interval_ms
+            flush_max_envelopes = config.flush_max_envelopes
+            prune_interval_s = config.prune_interval_s
+        if not (url.startswith("postgresql://") or url.startswith("postgres://")):
+            raise ArchiveError("a PostgreSQL archive URL must start with postgresql://")
+        if not schema or len(schema) > 48:
+            raise ArchiveError("the PostgreSQL schema name must be 1..48 characters")
+        if flush_interval_ms < 0 or flush_max_envelopes < 1 or max_pending_envelopes < 0 or pool_max < 2:
+            raise ValueError("flush_interval_ms must be ≥ 0, flush_max_envelopes ≥ 1, pool_max ≥ 2")
+        self.url = url
+        self.schema = schema
+        self.where = describe_url(url) + f" (schema {schema})"
+        self._retention = retention or RetentionPolicy()
+        self._flush_interval_s = flush_interval_ms / 1000
+        self._flush_max = flush_max_envelopes
+        self._max_pending = max_pending_envelopes or max(20_000, 10 * flush_max_envelopes)
+        self._prune_interval_s = prune_interval_s
+        self._pool_max = pool_max
+        self._connect_timeout_s = connect_timeout_s
+        self._on_durable = on_durable
+        self.health = health
+        self.health_reason = "ok"
+        self._conditions: dict[str, str] = {}
+        self._last_backlog_log = 0.0
+        self._schema_key = zlib.crc32(schema.encode()) & 0x7FFFFFFF
+        self._pool: AsyncConnectionPool | None = None
+        self._pending: list[_Pending] = []
+        self._pending_count = 0
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self._prune_lock = asyncio.Lock()
+        self._partitions: dict[int, str] = {}  # day start -> partition name (known to exist)
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._closed = False
+        self._bytes_written = 0
+        self._inserted = 0
+        self._duplicates = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        if self._retention.min_free_disk_bytes:
+            log.info("archive: min_free_disk does not apply to PostgreSQL (the server owns the disk)")
+        schema_ident = sql.Identifier(self.schema)
+
+        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.set_autocommit(True)
+            await conn.execute(sql.SQL("SET search_path TO {}").format(schema_ident))
+
+        pool = AsyncConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self._pool_max,
+            open=False,
+            configure=configure,
+            timeout=POOL_WAIT_S,
+            kwargs={"connect_timeout": max(1, int(connect_timeout_s := self._connect_timeout_s)),
+                    "application_name": "pimail"},
+            name="pimail-archive",
+        )
+        try:
+            await pool.open(wait=True, timeout=connect_timeout_s)
+        except (PoolTimeout, psycopg.Error, OSError) as exc:
+            await pool.close()
+            raise ArchiveError(f"cannot reach PostgreSQL at {self.where}: {_one_line(exc)}") from None
+        self._pool = pool
+        try:
+            await self._migrate()
+            await self._load_partitions()
+            await self._ensure_partitions_ahead()
+        except SchemaTooNew:
+            await self._shutdown_pool()
+            raise
+        except (psycopg.Error, PoolTimeout) as exc:
+            await self._shutdown_pool()
+            raise ArchiveError(f"PostgreSQL archive at {self.where}: {_one_line(exc)}") from None
+        self._writer = asyncio.create_task(self._write_loop(), name="pimail-pg-writer")
+        if self._prune_interval_s > 0:
+            self._maintenance = asyncio.create_task(self._maintenance_loop(), name="pimail-pg-prune")
+        log.info("archive: PostgreSQL %s open (schema version %d)", self.where, SCHEMA_VERSION)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closing = True
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ArchiveError):
+                await task
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if self._writer is not None:
+            self._wake.set()
+            self._full.set()
+            await self._writer
+        self._closed = True
+        self._fail_pending(ArchiveError("the archive is closed"))
+        await self._shutdown_pool()
+        log.info("archive: PostgreSQL %s closed", self.where)
+
+    async def _shutdown_pool(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _require_pool(self) -> AsyncConnectionPool:
+        if self._pool is None or self._closed:
+            raise ArchiveError("the archive is not open")
+        return self._pool
+
+    # ------------------------------------------------------------------ schema
+
+    async def _migrate(self) -> None:
+        pool = self._require_pool()
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_MIGRATE, self._schema_key))
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version ("
+                " id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
+            )
+            cur = await conn.execute("SELECT version FROM schema_version WHERE id = 1")
+            row = await cur.fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the PostgreSQL archive at {self.where} has schema version {current}, newer than "
+                    f"this pimail understands ({SCHEMA_VERSION}); upgrade pimail"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                log.info("archive: migrating PostgreSQL schema %s to version %d", self.schema, version)
+                for statement in _MIGRATIONS[version]:
+                    await conn.execute(statement)
+            if current != SCHEMA_VERSION:
+                await conn.execute(
+                    "INSERT INTO schema_version (id, version) VALUES (1, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version",
+                    (SCHEMA_VERSION,),
+                )
+
+    async def schema_version(self) -> int:
+        """The schema version stored in the database."""
+        async with self._require_pool().connection() as conn:
+            cur = await conn.execute("SELECT version FROM schema_version WHERE id = 1")
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _list_partitions(self, conn: psycopg.AsyncConnection[Any]) -> list[_Partition]:
+        cur = await conn.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'envelopes'::regclass"
+        )
+        parts = []
+        for name, bound in await cur.fetchall():
+            if not str(name).startswith("envelopes_p") or "FROM" not in str(bound):
+                continue
+            # "FOR VALUES FROM ('1764115200') TO ('1764201600')"
+            nums = [int(tok.strip("()' ")) for tok in str(bound).split("FROM")[1].split("TO")]
+            parts.append(_Partition(str(name), nums[0], nums[1]))
+        parts.sort(key=lambda p: p.lower)
+        return parts
+
+    async def _load_partitions(self) -> None:
+        async with self._require_pool().connection() as conn:
+            parts = await self._list_partitions(conn)
+        self._partitions = {p.lower: p.name for p in parts}
+
+    async def partitions(self) -> list[tuple[str, int, int]]:
+        """Day partitions as (name, lower inclusive, upper exclusive), oldest first."""
+        async with self._require_pool().connection() as conn:
+            return [(p.name, p.lower, p.upper) for p in await self._list_partitions(conn)]
+
+    def _partition_window(self, now: int) -> tuple[int, int]:
+        """Day starts that get their own partition: [first, last]."""
+        today = _day_start(now)
+        first = today - PARTITION_PAST_DAYS * DAY_S
+        if self._retention.max_age_s:
+            first = max(first, _day_start(now - self._retention.max_age_s))
+        return first, today + PARTITION_AHEAD_DAYS * DAY_S
+
+    async def _ensure_partitions_ahead(self) -> None:
+        now = int(time.time())
+        for day in (_day_start(now), _day_start(now) + DAY_S * PARTITION_AHEAD_DAYS):
+            if day not in self._partitions:
+                await self._ensure_partition(day)
+
+    async def _ensure_partition(self, day: int) -> None:
+        """Create the partition for one UTC day, moving any rows of that day out of the default."""
+        name = _partition_name(day)
+        pool = self._require_pool()
+        for attempt in range(3):
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_PARTITION, self._schema_key)
+                    )
+                    cur = await conn.execute(
+                        "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                        " WHERE i.inhparent = 'envelopes'::regclass AND c.relname = %s",
+                        (name,),
+                    )
+                    if await cur.fetchone() is None:
+                        ident = sql.Identifier(name)
+                        # Lock the default first so no row of this day lands there while we attach.
+                        await conn.execute("LOCK TABLE envelopes_default IN ACCESS EXCLUSIVE MODE")
+                        await conn.execute(
+                            sql.SQL("CREATE TABLE {} (LIKE envelopes INCLUDING DEFAULTS)").format(ident)
+                        )
+                        await conn.execute(
+                            sql.SQL(
+                                "WITH moved AS (DELETE FROM envelopes_default WHERE sent >= %s AND sent < %s"
+                                " RETURNING *) INSERT INTO {} SELECT * FROM moved"
+                            ).format(ident),
+                            (day, day + DAY_S),
+                        )
+                        await conn.execute(  # DDL takes no bind parameters: literals
+                            sql.SQL("ALTER TABLE envelopes ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})")
+                            .format(ident, sql.Literal(day), sql.Literal(day + DAY_S))
+                        )
+                        log.debug("archive: created partition %s", name)
+                self._partitions[day] = name
+                return
+            except psycopg.errors.DuplicateTable:
+                self._partitions[day] = name
+                return
+            except (psycopg.errors.CheckViolation, psycopg.errors.LockNotAvailable,
+                    psycopg.errors.DeadlockDetected):
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
+    # ------------------------------------------------------------------ writing
+
+    def submit(self, envelopes: Sequence[ArchivedEnvelope]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        batch = list(envelopes)
+        for env in batch:
+            if len(env.hash) != 32 or len(env.topic) != 4 or not 0 <= env.sent <= SENT_MAX \
+                    or env.expiry < env.sent:
+                raise ValueError(f"not an archivable envelope record: sent={env.sent} "
+                                 f"expiry={env.expiry} hash/topic lengths {len(env.hash)}/{len(env.topic)}")
+        if not batch:
+            future.set_result(None)
+            return future
+        if self._closing or self._closed or self._writer is None:
+            future.set_exception(ArchiveError("the archive is not open"))
+            return future
+        if self._pending_count + len(batch) > self._max_pending:
+            now = time.monotonic()
+            if now - self._last_backlog_log > 10:
+                self._last_backlog_log = now
+                log.warning("archive: PostgreSQL is behind (%d envelopes waiting to be written): dropping "
+                            "new ones until it catches up", self._pending_count)
+            future.set_exception(ArchiveError("archive write queue is full"))
+            return future
+        self._pending.append(_Pending(batch, future))
+        self._pending_count += len(batch)
+        self._wake.set()
+        if self._pending_count >= self._flush_max:
+            self._full.set()
+        return future
+
+    def _take_batch(self) -> list[_Pending]:
+        taken: list[_Pending] = []
+        n = 0
+        while self._pending and (not taken or n + len(self._pending[0].envelopes) <= self._flush_max):
+            item = self._pending.pop(0)
+            taken.append(item)
+            n += len(item.envelopes)
+        self._pending_count -= n
+        if self._pending_count < self._flush_max:
+            self._full.clear()
+        if not self._pending:
+            self._wake.clear()
+        return taken
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                continue
+            if not self._closing and self._pending_count < self._flush_max and self._flush_interval_s > 0:
+                # group commit: gather for one flush interval unless a full batch is already waiting
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._flush_interval_s)
+            taken = self._take_batch()
+            envs = [e for p in taken for e in p.envelopes]
+            try:
+                await self._write(envs)
+            except Exception as exc:  # any failure fails exactly this batch's futures
+                reason = f"archive cannot write to PostgreSQL {self.where}: {_one_line(exc)}"
+                self._raise(HEALTH_WRITE, Severity.FAILING, reason)
+                for p in taken:
+                    if not p.future.done():
+                        p.future.set_exception(ArchiveError(reason))
+                continue
+            self._clear(HEALTH_WRITE)
+            for p in taken:
+                if not p.future.done():
+                    p.future.set_result(None)
+            if self._on_durable is not None:
+                try:
+                    self._on_durable(envs)
+                except Exception:
+                    log.exception("archive: durable callback failed")
+
+    async def _write(self, envs: list[ArchivedEnvelope]) -> None:
+        first, last = self._partition_window(int(time.time()))
+        for day in sorted({_day_start(e.sent) for e in envs}):
+            if first <= day <= last and day not in self._partitions:
+                await self._ensure_partition(day)
+        cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        for e in envs:
+            for col, value in zip(
+                cols, (e.sent, e.hash, e.topic, topic_to_bloom(e.topic), e.expiry, e.arrived, e.raw),
+                strict=True,
+            ):
+                col.append(value)
+        async with self._require_pool().connection() as conn, conn.transaction():
+            cur = await conn.execute(_INSERT, cols)
+            sizes = await cur.fetchall()
+        added = sum(int(r[0]) for r in sizes)
+        self._bytes_written += added
+        self._inserted += len(sizes)
+        self._duplicates += len(envs) - len(sizes)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for p in self._pending:
+            if not p.future.done():
+                p.future.set_exception(exc)
+        self._pending.clear()
+        self._pending_count = 0
+
+    # ------------------------------------------------------------------ reading
+
+    async def query(self, q: HistoryQuery) -> HistoryPage:
+        if not 1 <= q.limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_QUERY_LIMIT} (got {q.limit})")
+        cursor_item = decode_cursor(q.cursor) if q.cursor else None  # malformed ⇒ InvalidCursor
+        if q.bloom is not None and q.bloom != b"" and len(q.bloom) != BLOOM_LEN:
+            raise ValueError(f"bloom must be {BLOOM_LEN} bytes (got {len(q.bloom)})")
+        if any(len(t) != 4 for t in q.topics):
+            raise ValueError("topics must be 4 bytes each")
+        pool = self._require_pool()
+        lower, upper = max(0, q.lower), min(SENT_MAX, q.upper)
+        if lower > upper:
+            return HistoryPage([], None)
+        where = [sql.SQL("sent >= %(lo)s AND sent <= %(hi)s")]
+        params: dict[str, Any] = {"lo": lower, "hi": upper, "n": q.limit + 1}
+        if q.topics:
+            where.append(sql.SQL("topic = ANY(%(topics)s::bytea[])"))
+            params["topics"] = sorted(set(q.topics))
+        elif q.bloom and not is_full(q.bloom):
+            # geth BloomFilterMatch: every bit of the envelope's bloom is set in the request's
+            where.append(sql.SQL("(bloom & ('x' || encode(%(bloom)s::bytea, 'hex'))::bit(512)) = bloom"))
+            params["bloom"] = q.bloom
+        if cursor_item is not None:
+            params["cs"], params["ch"] = cursor_item
+            where.append(sql.SQL("(sent, hash) < (%(cs)s, %(ch)s)" if q.descending
+                                 else "(sent, hash) > (%(cs)s, %(ch)s)"))
+            # one statement = one snapshot for the cursor lookup and the page
+            found = sql.SQL("EXISTS (SELECT 1 FROM envelopes WHERE sent = %(cs)s AND hash = %(ch)s)")
+        else:
+            found = sql.SQL("true")
+        order = sql.SQL("ORDER BY sent DESC, hash DESC" if q.descending else "ORDER BY sent, hash")
+        stmt = sql.SQL(
+            "SELECT c.ok, p.* FROM (SELECT {found} AS ok) c LEFT JOIN LATERAL ("
+            "SELECT {cols} FROM envelopes WHERE c.ok AND {where} {order} LIMIT %(n)s) p ON true"
+        ).format(found=found, cols=sql.SQL(_COLUMNS), where=sql.SQL(" AND ").join(where), order=order)
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(stmt, params)
+                rows = await cur.fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise ArchiveError(f"PostgreSQL query failed: {_one_line(exc)}") from None
+        if not rows or not rows[0][0]:
+            raise InvalidCursor("cursor does not match any stored envelope")
+        if rows[0][1] is None:  # the LEFT JOIN's empty page
+            return HistoryPage([], None)
+        envs = [_row_to_envelope(r[1:]) for r in rows[: q.limit]]
+        return HistoryPage(envs, envs[-1].cursor if len(rows) > q.limit else None)
+
+    async def contains(self, envelope_hash: bytes) -> bool:
+        if len(envelope_hash) != 32:
+            return False
+        try:
+            async with self._require_pool().connection() as conn:
+                cur = await conn.execute("SELECT 1 FROM envelopes WHERE hash = %s LIMIT 1", (envelope_hash,))
+                return await cur.fetchone() is not None
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise ArchiveError(f"PostgreSQL query failed: {_one_line(exc)}") from None
+
+    async def get(self, sent: int, envelope_hash: bytes) -> ArchivedEnvelope | None:
+        """One stored envelope by its key, or None."""
+        async with self._require_pool().connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM envelopes WHERE sent = %s AND hash = %s", (sent, envelope_hash)
+            )
+            row = await cur.fetchone()
+        return None if row is None else _row_to_envelope(row)
+
+    async def stats(self) -> ArchiveStats:
+        try:
+            async with self._require_pool().connection() as conn:
+                cur = await conn.execute(
+                    "SELECT count(*), coalesce(sum(size), 0), min(sent), max(sent) FROM envelopes"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                count, raw_bytes, oldest, newest = (int(row[0]), int(row[1]), row[2], row[3])
+                cur = await conn.execute(
+                    "SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0), count(*)"
+                    " FROM pg_inherits i WHERE i.inhparent = 'envelopes'::regclass"
+                )
+                rel = await cur.fetchone()
+                assert rel is not None
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise ArchiveError(f"PostgreSQL query failed: {_one_line(exc)}") from None
+        return ArchiveStats(
+            count=count,
+            bytes=raw_bytes + count * ROW_OVERHEAD_BYTES,
+            oldest_sent=None if oldest is None else int(oldest),
+            newest_sent=None if newest is None else int(newest),
+            free_disk_bytes=None,
+            bytes_written_since_start=self._bytes_written,
+            retention=self._retention,
+            extra={
+                "backend": "postgresql",
+                "server": self.where,
+                "relation_bytes": int(rel[0]),
+                "partitions": int(rel[1]),
+                "envelope_bytes": raw_bytes,
+                "inserted_since_start": self._inserted,
+                "duplicates_since_start": self._duplicates,
+                "pending": self._pending_count,
+            },
+        )
+
+    # ------------------------------------------------------------------ retention
+
+    def set_retention(self, policy: RetentionPolicy) -> None:
+        self._retention = policy
+        if self._pool is None or self._closing:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: the timer applies it later
+            task = asyncio.get_running_loop().create_task(self._prune_quietly())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _prune_quietly(self) -> None:
+        try:
+            await self.prune()
+        except ArchiveError as exc:
+            log.warning("archive: retention after reload failed: %s", exc)
+
+    # ------------------------------------------------------------------ health
+
+    def _raise(self, key: str, severity: Severity, message: str) -> None:
+        if self._conditions.get(key) != message:
+            log.warning("%s", message)
+        self._conditions[key] = message
+        self.health_reason = message
+        if self.health is not None:
+            self.health.report(key, severity, message)
+
+    def _clear(self, key: str) -> None:
+        if self._conditions.pop(key, None) is None:
+            return
+        log.info("archive: PostgreSQL recovered (%s)", key)
+        self.health_reason = next(iter(self._conditions.values()), "ok")
+        if self.health is not None:
+            self.health.clear(key)
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._prune_interval_s)
+            try:
+                await self._ensure_partitions_ahead()
+                result = await self.prune()
+                if result.deleted:
+                    log.info("archive: retention deleted %d envelopes (%s)", result.deleted, result.reason)
+            except Exception as exc:
+                self._raise(HEALTH_RETENTION, Severity.DEGRADED,
+                            f"archive retention on PostgreSQL failed: {_one_line(exc)}")
+            else:
+                self._clear(HEALTH_RETENTION)
+
+    async def prune(self) -> PruneResult:
+        pool = self._require_pool()
+        policy = self._retention
+        async with self._prune_lock:
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_PRUNE, self._schema_key)
+                    )
+                    row = await cur.fetchone()
+                    if not (row and row[0]):
+                        log.debug("archive: another node is pruning the shared archive; skipping")
+                        return PruneResult(0, "")
+                    try:
+                        return await self._prune_locked(conn, policy)
+                    finally:
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock(%s, %s)", (_LOCK_PRUNE, self._schema_key)
+                        )
+            except (psycopg.Error, PoolTimeout) as exc:
+                raise ArchiveError(f"PostgreSQL retention failed: {_one_line(exc)}") from None
+
+    async def _prune_locked(self, conn: psycopg.AsyncConnection[Any], policy: RetentionPolicy) -> PruneResult:
+        deleted: dict[str, int] = {}
+        if policy.max_age_s:
+            n = await self._prune_age(conn, int(time.time()) - policy.max_age_s)
+            if n:
+                deleted["max_age"] = n
+        if policy.max_count:
+            cur = await conn.execute("SELECT count(*) FROM envelopes")
+            row = await cur.fetchone()
+            excess = int(row[0]) - policy.max_count if row else 0
+            if excess > 0:
+                deleted["max_count"] = await self._evict_oldest(conn, excess, by_bytes=False)
+        if policy.max_bytes:
+            cur = await conn.execute(
+                "SELECT coalesce(sum(size), 0) + count(*) * %s FROM envelopes", (ROW_OVERHEAD_BYTES,)
+            )
+            row = await cur.fetchone()
+            excess = int(row[0]) - policy.max_bytes if row else 0
+            if excess > 0:
+                deleted["max_bytes"] = await self._evict_oldest(conn, excess, by_bytes=True)
+        deleted = {k: v for k, v in deleted.items() if v}
+        return PruneResult(sum(deleted.values()), ",".join(deleted))
+
+    async def _drop_partition(self, conn: psycopg.AsyncConnection[Any], part: _Partition) -> int:
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(part.name)))
+        row = await cur.fetchone()
+        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(part.name)))
+        self._partitions.pop(part.lower, None)
+        log.debug("archive: dropped partition %s", part.name)
+        return int(row[0]) if row else 0
+
+    async def _prune_age(self, conn: psycopg.AsyncConnection[Any], cutoff: int) -> int:
+        """Delete everything sent before ``cutoff``: whole day partitions, then the boundary rows."""
+        deleted = 0
+        for part in await self._list_partitions(conn):
+            if part.upper <= cutoff:
+                deleted += await self._drop_partition(conn, part)
+        while True:
+            cur = await conn.execute(
+                "DELETE FROM envelopes WHERE (sent, hash) IN (SELECT sent, hash FROM envelopes"
+                " WHERE sent < %s ORDER BY sent, hash LIMIT %s)",
+                (cutoff, EVICT_BATCH_ROWS),
+            )
+            deleted += cur.rowcount
+            if cur.rowcount < EVICT_BATCH_ROWS:
+                return deleted
+
+    async def _evict_oldest(self, conn: psycopg.AsyncConnection[Any], excess: int, *, by_bytes: bool) -> int:
+        """Delete the oldest envelopes until ``excess`` rows (or logical bytes) are gone.
+
+        A whole day partition that holds the oldest rows and fits inside the excess is dropped;
+        the rest goes in bounded DELETE batches.
+        """
+        deleted = 0
+        measure = sql.SQL(
+            f"coalesce(sum(size), 0) + count(*) * {ROW_OVERHEAD_BYTES}" if by_bytes else "count(*)"
+        )
+        while excess > 0:
+            cur = await conn.execute("SELECT min(sent) FROM envelopes")
+            row = await cur.fetchone()
+            if row is None or row[0] is None:
+                return deleted
+            oldest_day = _day_start(int(row[0]))
+            name = self._partitions.get(oldest_day)
+            if name is not None:
+                part = _Partition(name, oldest_day, oldest_day + DAY_S)
+                cur = await conn.execute(
+                    sql.SQL("SELECT count(*), {} FROM {}").format(measure, sql.Identifier(name))
+                )
+                prow = await cur.fetchone()
+                if prow is not None and 0 < int(prow[1]) <= excess:
+                    deleted += await self._drop_partition(conn, part)
+                    excess -= int(prow[1])
+                    continue
+            if by_bytes:
+                cur = await conn.execute(
+                    "DELETE FROM envelopes WHERE (sent, hash) IN ("
+                    " SELECT sent, hash FROM ("
+                    "  SELECT sent, hash, sum(size + %s) OVER (ORDER BY sent, hash) - (size + %s) AS before"
+                    "  FROM (SELECT sent, hash, size FROM envelopes ORDER BY sent, hash LIMIT %s) oldest"
+                    " ) w WHERE before < %s) RETURNING size",
+                    (ROW_OVERHEAD_BYTES, ROW_OVERHEAD_BYTES, EVICT_BATCH_ROWS, excess),
+                )
+                sizes = await cur.fetchall()
+                if not sizes:
+                    return deleted
+                deleted += len(sizes)
+                excess -= sum(int(s[0]) + ROW_OVERHEAD_BYTES for s in sizes)
+            else:
+                cur = await conn.execute(
+                    "DELETE FROM envelopes WHERE (sent, hash) IN (SELECT sent, hash FROM envelopes"
+                    " ORDER BY sent, hash LIMIT %s)",
+                    (min(excess, EVICT_BATCH_ROWS),),
+                )
+                if cur.rowcount <= 0:
+                    return deleted
+                deleted += cur.rowcount
+                excess -= cur.rowcount
+        return deleted
+
+
+def _row_to_envelope(row: Sequence[Any]) -> ArchivedEnvelope:
+    sent, h, topic, expiry, raw, arrived = row
+    return ArchivedEnvelope(int(sent), bytes(h), bytes(topic), int(expiry), bytes(raw), int(arrived))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
