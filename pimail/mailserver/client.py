@@ -262,10 +262,8 @@ async def connect_trusted(node: object, whisper: object, mailserver: Enode) -> P
 
 
 async def wait_whisper_ready(whisper: object, peer: PeerLike, timeout_s: float = 10.0) -> None:
-    """Wait for the shh Status exchange with ``peer`` (if the service exposes it)."""
-    ready = getattr(whisper, "wait_ready", None)
-    if ready is not None:
-        await asyncio.wait_for(ready(peer), timeout_s)
+    """Wait for the peer's shh Status, so our first request does not precede the handshake."""
+    await whisper.wait_status(peer, timeout_s)  # type: ignore[attr-defined]
 
 
 def open_with_password(env: Envelope, sym_key: bytes) -> tuple[bytes, bytes | None] | None:
