@@ -347,6 +347,9 @@ class SqliteArchive(Archive):
         self.on_durable = on_durable
         self.max_pending = max_pending_envelopes or max(20_000, 10 * flush_max_envelopes)
         self.wal_autocheckpoint_pages = wal_autocheckpoint_pages
+        #: query planner thresholds (see _select); tests force one path or the other
+        self.scan_density = SCAN_DENSITY
+        self.max_topic_ranges = MAX_TOPIC_RANGES
         self.health_reason = "ok"
         #: envelopes actually added (not duplicates) by this instance since open
         self.inserted_total = 0
@@ -936,7 +939,7 @@ class SqliteArchive(Archive):
         if not topics:
             return []
         matching_rows = sum(cache.counts.get(t, 0) for t in topics)
-        if len(topics) > MAX_TOPIC_RANGES or (cache.total and matching_rows >= SCAN_DENSITY * cache.total):
+        if len(topics) > self.max_topic_ranges or matching_rows >= self.scan_density * cache.total:
             # dense: walking the time range finds n matches within ~n/density rows
             marks = ",".join("?" * len(topics))
             return conn.execute(
