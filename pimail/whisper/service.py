@@ -149,11 +149,16 @@ class WhisperService(Capability):
 
     async def wait_status(self, peer: PeerLike, timeout: float) -> PeerState:
         """Wait for the peer's Status (client tools). Raises TimeoutError."""
-        state = self.peers.get(peer)
-        if state is None:
-            raise ConnectionError("peer is not connected over shh")
-        await asyncio.wait_for(state.status_event.wait(), timeout)
-        return state
+        async def wait() -> PeerState:
+            # connect() returns after the Hellos; peer_started may not have run yet.
+            while (state := self.peers.get(peer)) is None:
+                if peer.closed:
+                    raise ConnectionError("peer disconnected before the shh handshake")
+                await asyncio.sleep(0.01)
+            await state.status_event.wait()
+            return state
+
+        return await asyncio.wait_for(wait(), timeout)
 
     async def send_p2p_envelopes(self, peer: PeerLike, raw_envelopes: list[bytes], batch: bool) -> None:
         """Code 127: one packet with a list (status-go, ``batch``) or one packet per envelope (geth)."""

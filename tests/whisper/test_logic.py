@@ -1,0 +1,217 @@
+"""Validation outcomes, the pool, payload round trips, sealing and the packet rate limiter."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pimail.crypto.keys import NodeKey
+from pimail.whisper import payload as pl
+from pimail.whisper.envelope import Envelope
+from pimail.whisper.pool import EnvelopePool, KnownSet, PacketRateLimiter
+from pimail.whisper.pow import PowFormula
+from pimail.whisper.seal import seal, seal_async
+from pimail.whisper.service import peer_formula
+from pimail.whisper.status import ENVELOPE_OTHER_ERROR, ENVELOPE_TIME_NOT_SYNCED
+from pimail.whisper.validation import Outcome, Rules, judge
+
+NOW = 1_800_000_000
+
+
+def env_at(sent: int, ttl: int = 50, data: bytes = b"x" * 100, nonce: int = 0) -> Envelope:
+    return Envelope.build(sent + ttl, ttl, b"abcd", data, nonce)
+
+
+def test_accepts_current_envelope() -> None:
+    assert judge(env_at(NOW - 5), Rules(min_pow=0), NOW).outcome is Outcome.ACCEPT
+
+
+def test_future_within_allowance_recomputes_pow_with_diff() -> None:
+    env = env_at(NOW + 5)
+    assert judge(env, Rules(min_pow=0), NOW).outcome is Outcome.ACCEPT
+    legacy_now, _ = env.pows()
+    legacy_diff, _ = env.pows(6)
+    assert legacy_diff < legacy_now  # diff lengthens the effective TTL
+
+
+def test_future_beyond_ten_seconds_is_time_error() -> None:
+    v = judge(env_at(NOW + 11), Rules(min_pow=0), NOW)
+    assert v.outcome is Outcome.TIME_ERROR and "future" in v.reason and v.code == ENVELOPE_TIME_NOT_SYNCED
+
+
+def test_expired_recently_dropped_silently_and_very_old_is_time_error() -> None:
+    assert judge(env_at(NOW - 60), Rules(min_pow=0), NOW).outcome is Outcome.DROP  # expired 10 s ago
+    v = judge(env_at(NOW - 100), Rules(min_pow=0), NOW)
+    assert v.outcome is Outcome.TIME_ERROR and "very old" in v.reason
+
+
+def test_untrusted_clock_skips_time_rules() -> None:
+    assert judge(env_at(NOW - 10_000), Rules(min_pow=0), None).outcome is Outcome.ACCEPT
+    assert judge(env_at(NOW + 10_000), Rules(min_pow=0), None).outcome is Outcome.ACCEPT
+
+
+def test_oversized_is_error() -> None:
+    v = judge(env_at(NOW, data=b"x" * 2000), Rules(min_pow=0, max_size=1000), NOW)
+    assert v.outcome is Outcome.ERROR and "oversized" in v.reason and v.code == ENVELOPE_OTHER_ERROR
+
+
+def _low_pow_envelope(target: float) -> Envelope:
+    for nonce in range(1000):
+        env = env_at(NOW, nonce=nonce)
+        legacy, current = env.pows()
+        if legacy < target and current < target:
+            return env
+    raise AssertionError("no low-PoW nonce found")
+
+
+def test_low_pow_under_both_formulas_is_error() -> None:
+    env = _low_pow_envelope(0.01)
+    for formula in PowFormula:
+        v = judge(env, Rules(min_pow=0.01, formula=formula), NOW)
+        assert v.outcome is Outcome.ERROR and "low PoW" in v.reason
+
+
+def test_either_formula_and_tolerance() -> None:
+    sealed = seal(NOW + 50, 50, b"abcd", b"x" * 100, 0.002, 5).envelope
+    legacy, current = sealed.pows()
+    assert legacy >= 0.002 and current >= 0.002
+    # One that only the legacy formula likes: accepted under EITHER/LEGACY, refused under CURRENT.
+    for nonce in range(100_000):
+        e = env_at(NOW, nonce=nonce)
+        lg, cu = e.pows()
+        if lg >= 0.002 > cu:
+            break
+    assert judge(e, Rules(0.002, PowFormula.EITHER), NOW).outcome is Outcome.ACCEPT
+    assert judge(e, Rules(0.002, PowFormula.LEGACY), NOW).outcome is Outcome.ACCEPT
+    assert judge(e, Rules(0.002, PowFormula.CURRENT), NOW).outcome is Outcome.ERROR
+    assert judge(e, Rules(0.002, PowFormula.BOTH), NOW).outcome is Outcome.ERROR
+    assert judge(e, Rules(0.5, PowFormula.CURRENT, pow_tolerance=0.0001), NOW).outcome is Outcome.ACCEPT
+
+
+def test_bloom_rule() -> None:
+    env = env_at(NOW)
+    other = bytes(64)
+    assert judge(env, Rules(0, bloom=other), NOW).outcome is Outcome.ERROR
+    assert judge(env, Rules(0, bloom=other, bloom_tolerance=env.bloom), NOW).outcome is Outcome.ACCEPT
+
+
+def test_pool_dedup_expiry_and_byte_bound() -> None:
+    a, b, c = env_at(NOW, ttl=10), env_at(NOW, ttl=20), env_at(NOW, ttl=30)
+    pool = EnvelopePool(max_bytes=len(a.raw) * 2 + 1)
+    assert pool.add(a) == (True, [])
+    assert pool.add(a) == (False, [])
+    assert pool.add(b)[0]
+    is_new, evicted = pool.add(c)  # over the cap: the earliest expiry (a) goes
+    assert is_new and evicted == [a.hash]
+    assert a.hash not in pool and len(pool) == 2 and pool.bytes == len(b.raw) + len(c.raw)
+    assert pool.sweep(NOW + 25) == [b.hash]
+    assert pool.sweep(NOW + 25) == []
+    assert pool.remove(c.hash) and pool.bytes == 0 and len(pool) == 0
+
+
+def test_pool_rejects_envelope_larger_than_cap() -> None:
+    pool = EnvelopePool(max_bytes=10)
+    assert pool.add(env_at(NOW)) == (False, [])
+
+
+def test_known_set_is_bounded() -> None:
+    known = KnownSet(3)
+    for i in range(5):
+        known.add(bytes([i]))
+    assert len(known) == 3 and bytes([0]) not in known and bytes([4]) in known
+
+
+def test_rate_limiter_tolerance() -> None:
+    lim = PacketRateLimiter(rate=10, tolerance=5, now=0.0)
+    assert all(lim.allow(0.0) for _ in range(15))
+    assert not lim.allow(0.0)
+    assert lim.allow(0.2)  # refilled 2 tokens
+    assert lim.allow(0.2) and not lim.allow(0.2)
+
+
+def test_peer_formula() -> None:
+    assert peer_formula("Geth/wnode/v1.8.27-stable/linux-amd64/go1.11", 4) is PowFormula.LEGACY
+    assert peer_formula("StatusIM/v0.78.0/linux-amd64/go1.13", 6) is PowFormula.CURRENT
+    assert peer_formula("Geth/v1.9/linux", 5) is PowFormula.CURRENT
+    assert peer_formula("something", 3) is PowFormula.BOTH
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 255, 256, 300, 70_000])
+@pytest.mark.parametrize("signed", [False, True])
+def test_symmetric_roundtrip_and_padding(size: int, signed: bool) -> None:
+    key = pl.key_from_password("pw")
+    signer = NodeKey.generate()
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    plain = pl.build_plaintext(body, signer.private if signed else None)
+    assert len(plain) % 256 == 0
+    data = pl.seal_symmetric(key, body, signer.private if signed else None)
+    opened = pl.open_symmetric(key, data)
+    assert opened.payload == body
+    assert len(opened.padding) >= 1
+    assert opened.signer == (signer.public if signed else None)
+
+
+def test_asymmetric_roundtrip() -> None:
+    recipient, signer = NodeKey.generate(), NodeKey.generate()
+    data = pl.seal_asymmetric(b"\x04" + recipient.public, b"hi there", signer.private)
+    opened = pl.open_asymmetric(recipient.private, data)
+    assert opened.payload == b"hi there" and opened.signer == signer.public
+    with pytest.raises(pl.PayloadError):
+        pl.seal_asymmetric(b"\x01" * 64, b"x")
+
+
+def test_signature_v_27_28_accepted() -> None:
+    signer = NodeKey.generate()
+    plain = bytearray(pl.build_plaintext(b"hello", signer.private))
+    plain[-1] += 27
+    assert pl.parse_plaintext(bytes(plain)).signer == signer.public
+
+
+def test_bad_plaintexts() -> None:
+    with pytest.raises(pl.PayloadError):
+        pl.parse_plaintext(b"")
+    with pytest.raises(pl.PayloadError, match="exceeds"):
+        pl.parse_plaintext(bytes([1, 200]) + b"short")
+    with pytest.raises(pl.PayloadError, match="signature"):
+        pl.parse_plaintext(bytes([0x05]) + b"x" * 10)
+    bad_sig = pl.build_plaintext(b"x", NodeKey.generate().private)[:-65] + b"\x00" * 64 + b"\x09"
+    with pytest.raises(pl.PayloadError, match="signature"):
+        pl.parse_plaintext(bad_sig)
+    with pytest.raises(pl.PayloadError):
+        pl.decrypt_symmetric(b"\x00" * 32, b"short")
+
+
+def test_seal_meets_both_formulas() -> None:
+    r = seal(NOW + 15, 15, b"abcd", b"y" * 256, 0.002, 10)
+    assert r.met and r.pow_legacy >= 0.002 and r.pow_current >= 0.002
+    assert r.envelope.pows() == (r.pow_legacy, r.pow_current)
+
+
+def test_seal_bounded_time_keeps_best() -> None:
+    start = time.monotonic()
+    r = seal(NOW + 15, 15, b"abcd", b"y" * 256, 1e6, 0.2)  # unreachable target
+    assert time.monotonic() - start < 2.0
+    assert not r.met and r.tried > 1
+    assert r.envelope.pows() == (r.pow_legacy, r.pow_current)
+    assert min(r.pow_legacy, r.pow_current) > 0
+
+
+def test_seal_async_runs_off_the_loop() -> None:
+    async def main() -> tuple[int, bool]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        t = asyncio.create_task(ticker())
+        r = await seal_async(NOW + 15, 15, b"abcd", b"y" * 256, 1e6, 0.3)
+        t.cancel()
+        return ticks, r.met
+
+    ticks, met = asyncio.run(main())
+    assert not met and ticks >= 10  # the loop kept ticking while sealing ran
