@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -185,6 +186,9 @@ async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        # a client tool: node chatter only with -v; our own result goes to stdout
+        logging.getLogger("pimail").setLevel(logging.WARNING)
     summary = asyncio.run(fetch_and_print(args))
     end = "complete" if summary.completed else "ended after a quiet period (no request-complete)"
     if args.json:

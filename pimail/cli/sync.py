@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,9 @@ async def sync_from(args: argparse.Namespace) -> tuple[SyncResult, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "verbose", False):
+        # a client tool: node chatter only with -v; our own result goes to stdout
+        logging.getLogger("pimail").setLevel(logging.WARNING)
     result, lower, upper = asyncio.run(sync_from(args))
     print(f"synced {lower}..{upper}: {result.new} new envelopes stored, "
           f"{result.received - result.new} already here, {result.rounds} requests")
