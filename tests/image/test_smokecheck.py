@@ -1,0 +1,235 @@
+"""The host side of the QEMU boot test (image/test/smokecheck.py): SMOKE-line parsing, the
+verdicts on a boot, and the guest-release channel over a real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pimail.crypto.keys import NodeKey
+from tests.image.conftest import IMAGE, load_module
+
+sc: Any = load_module("pimail_image_smokecheck", IMAGE / "test/smokecheck.py")
+
+PUB = NodeKey.generate().public.hex()
+BOOT1 = {
+    "system": "running",
+    "boot": "1",
+    "boot_id": "1111-aaaa",
+    "failed": "",
+    "startup": "10.3s (kernel) + 29.8s (userspace) = 40.1s",
+    "pimail.active": "active",
+    "pimail.type": "notify",
+    "pimail.status": "healthy: 0 peers",
+    "pimail.watchdog": "30s",
+    "pimail.user": "pimail",
+    "pimail.active_after": "active",
+    "pimail.restarts_after": "0",
+    "pimail.journal_errors": "0",
+    "ssh.active": "active",
+    "avahi-daemon.active": "active",
+    "systemd-timesyncd.active": "active",
+    "pimail-import-settings.active": "active",
+    "pimail-show-qr.active": "active",
+    "firstboot.condition": "yes",
+    "firstboot.result": "success",
+    "firstboot.boot_id": "1111-aaaa",
+    "firstboot.journal": "1",
+    "hostkeys": "3",
+    "machine_id": "0123abcd",
+    "root_password": "L",
+    "sshd_password_auth": "no",
+    "hostname": "pimail",
+    "settings.authorized_keys": "1",
+    "settings.config_from_boot": "yes",
+    "settings.log": "pimail.toml: imported",
+    "data.medium": "sd",
+    "data.source": "/dev/vda3",
+    "data.label": "PIMAILSD",
+    "data.size_mb": "2700",
+    "data.grown": "2026-11-26T18:00:00Z",
+    "data.owner": "pimail",
+    "nodekey.sha256": "deadbeefdeadbeef",
+    "config.valid": "yes",
+    "watchdog.runtime": "15s",
+    "watchdog.device": "/dev/watchdog0",
+    "listen": "0.0.0.0:22,0.0.0.0:30303",
+    "enode": f"enode://{PUB}@10.0.2.15:30303",
+    "end": "1",
+}
+RLPX_OK = (True, "handshake ok")
+
+
+def boot2() -> dict[str, str]:
+    values = dict(BOOT1)
+    values.update(
+        {
+            "boot": "2",
+            "end": "2",
+            "boot_id": "2222-bbbb",
+            "firstboot.condition": "no",
+            "firstboot.result": "success",
+            "firstboot.journal": "0",
+        }
+    )
+    return values
+
+
+def failing(checks: list[Any]) -> list[str]:
+    return [c.name for c in checks if c.required and not c.ok]
+
+
+def test_parse_line_finds_smoke_in_console_noise() -> None:
+    assert sc.parse_line("SMOKE: pimail.active=active") == ("pimail.active", "active")
+    assert sc.parse_line("[   41.2] systemd[1]: x\r\x1b[0mSMOKE: failed=\r") == ("failed", "")
+    assert sc.parse_line("SMOKE: enode=enode://ab@1.2.3.4:30303") == ("enode", "enode://ab@1.2.3.4:30303")
+    assert sc.parse_line("SMOKE-LOG: started") is None
+    assert sc.parse_line("nothing here") is None
+
+
+def test_parse_lines_later_value_wins() -> None:
+    assert sc.parse_lines(["SMOKE: a=1", "noise", "SMOKE: a=2", "SMOKE: b=x y"]) == {"a": "2", "b": "x y"}
+
+
+def test_parse_enode_accepts_password_form_and_rejects_junk() -> None:
+    key, host, port = sc.parse_enode(f"enode://{PUB}:status-offline-inbox@192.168.1.5:30303")
+    assert key == bytes.fromhex(PUB) and host == "192.168.1.5" and port == 30303
+    for bad in ("", "enode://abc@1.2.3.4:1", "http://x", f"enode://{PUB}@host"):
+        try:
+            sc.parse_enode(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
+
+
+def test_a_good_first_boot_passes() -> None:
+    checks = sc.evaluate(BOOT1, 1, RLPX_OK, settings_expected=True)
+    assert failing(checks) == []
+    assert sc.passed(checks)
+    text = sc.format_checks(checks, 1)
+    assert "[PASS] real RLPx handshake from the host: handshake ok" in text
+
+
+def test_each_important_fault_fails_the_boot() -> None:
+    faults = {
+        "pimail.service READY (Type=notify, active)": {"pimail.active": "activating"},
+        "no failed units": {"failed": "pimail.service"},
+        "boot finished": {"system": "degraded"},
+        "first boot ran (once, this boot)": {"firstboot.journal": "2"},
+        "data partition grown to fill the card": {"data.size_mb": "60"},
+        "archive on the SD data partition": {"data.owner": "root"},
+        "no passwords: root locked, sshd keys only": {"sshd_password_auth": "yes"},
+        "system watchdog RuntimeWatchdogSec=15": {"watchdog.runtime": "0"},
+        "pimail still up after the handshake": {"pimail.restarts_after": "1"},
+        "boot-partition settings imported": {"settings.config_from_boot": "no"},
+        "guest reported back": {"end": ""},
+    }
+    for name, change in faults.items():
+        values = dict(BOOT1)
+        values.update(change)
+        assert name in failing(sc.evaluate(values, 1, RLPX_OK, settings_expected=True)), name
+
+
+def test_failed_handshake_fails_and_missing_watchdog_device_only_warns() -> None:
+    values = dict(BOOT1)
+    values["watchdog.device"] = "none"
+    checks = sc.evaluate(values, 1, (False, "ConnectionRefusedError"))
+    assert failing(checks) == ["real RLPx handshake from the host"]
+    assert "[warn] watchdog device present" in sc.format_checks(checks, 1)
+
+
+def test_second_boot_must_not_rerun_first_boot_and_keeps_identity() -> None:
+    assert failing(sc.evaluate(boot2(), 2, RLPX_OK, previous=BOOT1)) == []
+    rerun = boot2()
+    rerun.update({"firstboot.condition": "yes", "firstboot.boot_id": "2222-bbbb", "firstboot.journal": "1"})
+    assert failing(sc.evaluate(rerun, 2, RLPX_OK, previous=BOOT1)) == ["first boot did not run again"]
+    new_key = boot2()
+    new_key["nodekey.sha256"] = "0000000000000000"
+    assert "identity kept across reboot (node key, machine-id, enode)" in failing(
+        sc.evaluate(new_key, 2, RLPX_OK, previous=BOOT1)
+    )
+
+
+def test_probe_refuses_a_bad_or_wrong_port_enode_without_dialing() -> None:
+    ok, detail = sc.probe({"enode": "garbage"}, 1, timeout_s=1)
+    assert not ok and "not an enode" in detail
+    ok, detail = sc.probe({"enode": f"enode://{PUB}@10.0.2.15:30304"}, 1, timeout_s=1)
+    assert not ok and "30304" in detail
+
+
+def test_wait_for_follows_a_growing_log_and_gives_up_when_qemu_is_gone(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    log.write_text("booting\n")
+
+    def later() -> None:
+        time.sleep(0.5)
+        with log.open("a") as f:
+            f.write("SMOKE: awaiting_host=30399\n")
+
+    threading.Thread(target=later).start()
+    values = sc.wait_for(log, "awaiting_host", time.monotonic() + 10, None)
+    assert values == {"awaiting_host": "30399"}
+    # A process that does not exist stands for a QEMU that died: no waiting out the deadline.
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    started = time.monotonic()
+    assert sc.wait_for(log, "end", time.monotonic() + 30, dead) is None
+    assert time.monotonic() - started < 5
+
+
+def test_release_guest_sends_one_line_over_tcp() -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(10)
+    port = srv.getsockname()[1]
+    got: list[bytes] = []
+
+    def accept() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            got.append(conn.recv(100))
+
+    t = threading.Thread(target=accept)
+    t.start()
+    assert sc.release_guest(port, "done rlpx=ok")
+    t.join(10)
+    srv.close()
+    assert got == [b"done rlpx=ok\n"]
+
+
+def test_main_reports_a_silent_guest_and_exits_1(tmp_path: Path, capsys: Any) -> None:
+    log = tmp_path / "serial.log"
+    log.write_text("kernel panic\n")
+    rc = sc.main(
+        ["--log", str(log), "--boot", "1", "--node-port", "1", "--control-port", "1",
+         "--state", str(tmp_path / "s.json"), "--timeout", "1"]
+    )
+    assert rc == 1
+    assert "never reported back" in capsys.readouterr().out
+
+
+def test_main_judges_a_recorded_second_boot(tmp_path: Path, capsys: Any) -> None:
+    """A complete serial log of boot 2 whose handshake cannot succeed (nothing listens): the
+    verdict must name exactly that failure and nothing else."""
+    state = tmp_path / "boot1.json"
+    state.write_text(json.dumps(BOOT1))
+    log = tmp_path / "serial.log"
+    log.write_text("".join(f"SMOKE: {k}={v}\n" for k, v in boot2().items()) + "SMOKE: awaiting_host=1\n")
+    dead = socket.create_server(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    rc = sc.main(
+        ["--log", str(log), "--boot", "2", "--node-port", str(port), "--control-port", str(port),
+         "--state", str(state), "--timeout", "5", "--release-attempts", "1"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "[FAIL] real RLPx handshake from the host" in out
+    assert "[PASS] first boot did not run again" in out
+    assert out.count("[FAIL]") == 1
