@@ -9,8 +9,10 @@ environment variable ``PIMAIL_TEST_PG_URL`` (and gives each test its own schema)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,13 +33,58 @@ def sqlite_backend(tmp: Path, **options: Any) -> Archive:
     return SqliteArchive(tmp / "archive.sqlite", **options)
 
 
-BACKENDS: dict[str, BackendFactory] = {"sqlite": sqlite_backend}
+def pg_url_or_skip() -> str:
+    """The test server's URL. Missing: fail under CI (never pass silently), else skip with the reason."""
+    url = os.environ.get(PG_URL_ENV, "").strip()
+    if url:
+        return url
+    why = (f"{PG_URL_ENV} is not set, so the PostgreSQL tests cannot run: start a server with "
+           f'`eval "$(scripts/start-test-postgres)"; export {PG_URL_ENV}` (make test does this)')
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(why, pytrace=False)
+    pytest.skip(why)
+
+
+_PG_RUN = uuid.uuid4().hex[:8]  # schemas of concurrent test runs on one server never meet
+_pg_schemas: set[str] = set()
+
+
+def pg_schema_for(tmp: Path) -> str:
+    """One PostgreSQL schema per temporary directory: reopening ``tmp`` reopens the same archive."""
+    name = f"pimail_t_{_PG_RUN}_{hashlib.sha256(str(tmp).encode()).hexdigest()[:12]}"
+    _pg_schemas.add(name)
+    return name
+
+
+def drop_pg_schemas(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in sorted(_pg_schemas):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    _pg_schemas.clear()
+
+
+def postgres_backend(tmp: Path, **options: Any) -> Archive:
+    from pimail.archive.postgres import PostgresArchive
+
+    options.setdefault("flush_interval_ms", 2)
+    return PostgresArchive(pg_url_or_skip(), schema=pg_schema_for(tmp), **options)
+
+
+BACKENDS: dict[str, BackendFactory] = {"sqlite": sqlite_backend, "postgres": postgres_backend}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest) -> BackendFactory:
+def backend(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
     """The factory of one backend; tests call it with ``tmp_path`` and options."""
-    return BACKENDS[request.param]
+    if request.param != "postgres":
+        yield BACKENDS[request.param]
+        return
+    url = pg_url_or_skip()
+    yield BACKENDS[request.param]
+    drop_pg_schemas(url)
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
