@@ -179,7 +179,7 @@ async def test_p2p_127_only_from_trusted_and_never_relayed(tmp_path: Path) -> No
     b.whisper.listeners.append(Listener())
     try:
         await c.server.connect(b.server.enode)
-        server, raw, peer = await raw_peer(tmp_path / "r", b)
+        server, _raw, peer = await raw_peer(tmp_path / "r", b)
         peer.send("shh", 0, status_payload())
         env = fresh()
         peer.send("shh", 127, env.raw)
@@ -209,7 +209,8 @@ async def test_p2p_127_only_from_trusted_and_never_relayed(tmp_path: Path) -> No
 async def test_forwarding_respects_peer_formula_and_requirement(tmp_path: Path) -> None:
     b = await start_node(tmp_path / "b")
     try:
-        server, geth, peer = await raw_peer(tmp_path / "g", b, client_id="Geth/wnode/v1.8.27-stable/linux-amd64/go1.11")
+        geth_id = "Geth/wnode/v1.8.27-stable/linux-amd64/go1.11"
+        server, geth, peer = await raw_peer(tmp_path / "g", b, client_id=geth_id)
         peer.send("shh", 0, status_payload(0.01, fields=4))  # geth 1.8: 4 fields, legacy formula
         await until(lambda: all(s.status for s in b.whisper.peers.values()), what="status")
         state = next(iter(b.whisper.peers.values()))
@@ -252,7 +253,7 @@ async def test_forwarding_respects_peer_formula_and_requirement(tmp_path: Path) 
 
 
 async def _expect_disconnect(tmp_path: Path, node: Node, *messages: tuple[int, bytes], why: str) -> None:
-    server, raw, peer = await raw_peer(tmp_path, node)
+    server, _raw, peer = await raw_peer(tmp_path, node)
     try:
         for code, payload in messages:
             peer.send("shh", code, payload)
@@ -296,7 +297,7 @@ async def test_flooding_peer_is_disconnected(tmp_path: Path) -> None:
     cfg = WhisperConfig(min_pow=0.0, rate_limit_packets_per_s=5, rate_limit_tolerance=5)
     b = await start_node(tmp_path / "b", cfg)
     try:
-        server, raw, peer = await raw_peer(tmp_path / "r", b)
+        server, _raw, peer = await raw_peer(tmp_path / "r", b)
         peer.send("shh", 0, status_payload())
         for _ in range(40):
             peer.send("shh", 1, b"\xc0")
