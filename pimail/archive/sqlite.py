@@ -179,8 +179,8 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables:
             raise ArchiveError(f"{path} is an SQLite file but not a pimail archive (no schema version)")
-        # must precede the first table: free pages can then be returned without a full VACUUM
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+            raise ArchiveError(f"{path}: could not enable incremental auto-vacuum on a new archive")
     db = sqlite_utils.Database(conn)
     for v in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
@@ -404,6 +404,10 @@ class SqliteArchive(Archive):
             raise ArchiveError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
         conn = self._connect()
         try:
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 0:
+                # must precede the first write (WAL mode writes the header): free pages can then
+                # go back to the filesystem without a full VACUUM
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise ArchiveError(f"{self.path}: cannot switch to WAL mode (got {mode})")
@@ -506,7 +510,6 @@ class SqliteArchive(Archive):
                 busy = self._prune_run is not None or self._prune_asked
                 while self._queue and count < self.flush_max:
                     p = self._queue.popleft()
-                    self._queued_envelopes -= len(p.envelopes)
                     batch.append(p)
                     count += len(p.envelopes)
                     if first_at is None:
@@ -533,6 +536,8 @@ class SqliteArchive(Archive):
             self._write_with_recovery(envelopes)
         except ArchiveError as exc:
             error = exc
+        with self._cond:
+            self._queued_envelopes -= len(envelopes)
         for p in batch:
             _post(p.loop, p.future, None, error)
         if error is None and self.on_durable is not None:
@@ -684,7 +689,8 @@ class SqliteArchive(Archive):
         free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
         if free <= keep:
             return 0
-        conn.execute(f"PRAGMA incremental_vacuum({free - keep})").fetchall()
+        # executescript steps the pragma to completion (execute() would free a single page)
+        conn.executescript(f"PRAGMA incremental_vacuum({free - keep});")
         return free - keep
 
     def _shutdown_writer(self) -> None:

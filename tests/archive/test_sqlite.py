@@ -1,0 +1,272 @@
+"""What is particular to the SQLite backend: file format, schema versions, key packing, planner."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pimail.archive import open_archive
+from pimail.archive.base import ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
+from pimail.archive.retention import parse_duration, parse_size, policy_from_config
+from pimail.archive.sqlite import SCHEMA_VERSION, SqliteArchive
+from pimail.config import ArchiveConfig
+from pimail.errors import UserError
+from pimail.whisper.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
+from tests.archive.conftest import make_envelope, run, topic_n
+
+ALL = (0, 2**32 - 1)
+BASE = 1_700_000_000
+
+
+def test_file_is_wal_incremental_and_versioned(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", synchronous="full")
+        await a.open()
+        await a.submit([make_envelope(1)])
+        await a.close()
+
+    run(main())
+    conn = sqlite3.connect(tmp_path / "a.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM envelopes").fetchone()[0] == 1
+
+
+def test_newer_schema_refuses_to_open(tmp_path: Path) -> None:
+    run(_open_close(tmp_path / "a.sqlite"))
+    conn = sqlite3.connect(tmp_path / "a.sqlite")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match=r"newer pimail"):
+        run(_open_close(tmp_path / "a.sqlite"))
+
+
+def test_foreign_files_refuse_to_open(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t(x)")
+    with pytest.raises(ArchiveError, match="not a pimail archive"):
+        run(_open_close(other))
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database at all" * 200)
+    with pytest.raises(ArchiveError):
+        run(_open_close(junk))
+
+
+async def _open_close(path: Path) -> None:
+    a = SqliteArchive(path)
+    await a.open()
+    await a.close()
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError):
+        SqliteArchive("x.sqlite", synchronous="sometimes")
+    with pytest.raises(ValueError):
+        SqliteArchive("x.sqlite", flush_max_envelopes=0)
+
+
+def test_hash_prefix_collision_is_kept_apart(tmp_path: Path) -> None:
+    """Two envelopes of one second whose hashes share their first four bytes (found by search)."""
+    one, two = make_envelope(17877, BASE), make_envelope(90723, BASE)
+    assert one.hash[:4] == two.hash[:4] and one.hash != two.hash
+
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1)
+        await a.open()
+        await a.submit([one])
+        await a.submit([two])
+        await a.submit([two, one])  # both still recognised as duplicates
+        assert a.inserted_total == 2
+        assert await a.contains(one.hash) and await a.contains(two.hash)
+        for descending in (False, True):
+            page = await a.query(HistoryQuery(*ALL, limit=1, descending=descending))
+            nxt = await a.query(HistoryQuery(*ALL, limit=1, cursor=page.next_cursor, descending=descending))
+            assert {page.envelopes[0].hash, nxt.envelopes[0].hash} == {one.hash, two.hash}
+            assert nxt.next_cursor is None
+        await a.close()
+        b = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1)  # a second colliding batch
+        await b.open()
+        await b.submit([two, one, make_envelope(3, BASE)])
+        assert b.inserted_total == 1 and (await b.stats()).count == 3
+        await b.close()
+
+    run(main())
+
+
+def test_submit_rejects_bad_records(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite")
+        await a.open()
+        good = make_envelope(1)
+        for bad in (
+            good.__class__(good.sent, good.hash[:31], good.topic, good.expiry, good.raw),
+            good.__class__(-1, good.hash, good.topic, good.expiry, good.raw),
+            good.__class__(good.sent, good.hash, b"abc", good.expiry, good.raw),
+            good.__class__(good.sent, good.hash, good.topic, good.sent - 1, good.raw),
+        ):
+            with pytest.raises(ValueError):
+                a.submit([bad])
+        assert await a.submit([]) is None
+        await a.close()
+
+    run(main())
+
+
+def test_full_write_queue_fails_fast(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=10_000, flush_max_envelopes=100,
+                          max_pending_envelopes=50)
+        await a.open()
+        first = a.submit([make_envelope(i) for i in range(40)])
+        second = a.submit([make_envelope(100 + i) for i in range(20)])  # would exceed 50 pending
+        with pytest.raises(ArchiveError, match="queue is full"):
+            await second
+        await a.close()
+        assert first.done() and first.exception() is None
+
+    run(main())
+
+
+def test_bad_limits_and_filters(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite")
+        await a.open()
+        with pytest.raises(ValueError):
+            await a.query(HistoryQuery(*ALL, bloom=b"\xff" * 63))
+        with pytest.raises(ValueError):
+            await a.query(HistoryQuery(*ALL, topics=(b"abc",)))
+        await a.close()
+        with pytest.raises(ArchiveError):
+            await a.query(HistoryQuery(*ALL))
+
+    run(main())
+
+
+def test_pruning_gives_pages_back_without_full_vacuum(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+
+    async def main() -> None:
+        a = SqliteArchive(path, flush_interval_ms=1)
+        await a.open()
+        await a.submit([make_envelope(i, BASE + i, size=2000) for i in range(2000)])
+        await a.vacuum()
+        full_size = path.stat().st_size
+        a.set_retention(RetentionPolicy(max_count=200))
+        assert (await a.prune()).deleted == 1800
+        freed = await a.vacuum()
+        assert freed > 0
+        assert path.stat().st_size < full_size / 4
+        assert await a.check() == []
+        await a.close()
+
+    run(main())
+
+
+def test_check_reports_counter_damage(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite"
+
+    async def main() -> list[str]:
+        a = SqliteArchive(path)
+        await a.open()
+        await a.submit([make_envelope(i) for i in range(3)])
+        await a.close()
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE topics SET n = n + 5")
+        conn.commit()
+        conn.close()
+        a = SqliteArchive(path)
+        await a.open()
+        problems = await a.check()
+        await a.close()
+        return problems
+
+    problems = run(main())
+    assert problems and "topic counters" in problems[0]
+
+
+@pytest.mark.parametrize("mode", ["scan", "ranges", "many-topics"])
+@settings(max_examples=25, deadline=None)
+@given(
+    specs=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), max_size=80),
+    page=st.integers(1, 9),
+    descending=st.booleans(),
+    wanted=st.lists(st.integers(0, 30), min_size=1, max_size=4),
+    by_bloom=st.booleans(),
+)
+def test_both_query_plans_page_correctly(mode: str, specs: list[tuple[int, int]], page: int,
+                                         descending: bool, wanted: list[int], by_bloom: bool) -> None:
+    """The planner walks the time range or merges per-topic ranges; both must page the same way."""
+    envs = [make_envelope(i, BASE + s, topic_n(t)) for i, (s, t) in enumerate(specs)]
+    topics = tuple(topic_n(t) for t in wanted)
+    bloom = topics_to_bloom(topics) if by_bloom else None
+
+    def matches(e: object) -> bool:
+        topic = e.topic  # type: ignore[attr-defined]
+        return bloom_matches(bloom, topic_to_bloom(topic)) if bloom else topic in topics
+
+    async def main(tmp: Path) -> None:
+        a = SqliteArchive(tmp / "a.sqlite", flush_interval_ms=1)
+        if mode == "scan":
+            a.scan_density = 0.0
+        elif mode == "ranges":
+            a.scan_density = 2.0
+        else:
+            a.scan_density, a.max_topic_ranges = 2.0, 0
+        await a.open()
+        await a.submit(envs)
+        q = HistoryQuery(BASE + 1, BASE + 4, () if bloom else topics, bloom, page, None, descending)
+        got = [e async for e in a.iterate(q, page_size=page)]
+        expect = sorted((e for e in envs if BASE + 1 <= e.sent <= BASE + 4 and matches(e)),
+                        key=lambda e: e.cursor, reverse=descending)
+        assert [e.hash for e in got] == [e.hash for e in expect]
+        await a.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run(main(Path(tmp)))
+
+
+def test_open_archive_picks_the_backend(tmp_path: Path) -> None:
+    a = open_archive(ArchiveConfig(max_age="7d", max_bytes="1GB"), tmp_path, None)
+    assert isinstance(a, SqliteArchive)
+    assert a.path == tmp_path / "archive.sqlite"
+    assert a.retention == RetentionPolicy(max_age_s=7 * 86400, max_count=0, max_bytes=10**9,
+                                          min_free_disk_bytes=256 * 10**6)
+    for bad in (ArchiveConfig(url="mysql://x"), ArchiveConfig(max_age="forever"),
+                ArchiveConfig(synchronous="off"), ArchiveConfig(min_free_disk="-3MB")):
+        with pytest.raises(UserError):
+            open_archive(bad, tmp_path, None)
+
+
+def test_retention_parsing() -> None:
+    assert parse_size("8GB") == 8 * 10**9
+    assert parse_size("256MB") == 256 * 10**6
+    assert parse_size("1GiB") == 2**30
+    assert parse_size(0) == 0
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("12h") == 43200
+    for bad in ("8 parsecs", "", "-1GB", "GB"):
+        with pytest.raises(UserError, match="size"):
+            parse_size(bad)
+    with pytest.raises(UserError, match=r"archive\.max_age"):
+        parse_duration("soon", "archive.max_age")
+    with pytest.raises(UserError, match="max_count"):
+        policy_from_config(ArchiveConfig(max_count=-1))
+
+
+def test_health_reason_starts_ok(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite")
+        await a.open()
+        assert a.health_reason == "ok"
+        s = await a.stats()
+        assert s.extra["health"] == "ok" and s.extra["schema_version"] == SCHEMA_VERSION
+        await a.close()
+
+    asyncio.run(main())
