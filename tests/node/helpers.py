@@ -68,7 +68,7 @@ def fast_config(data_dir: Path, **kw: Any) -> NodeConfig:
 
 
 @dataclass
-class TestNode:
+class NodeUnderTest:
     key: NodeKey
     server: NodeServer
     echo: EchoCapability
@@ -80,13 +80,13 @@ class TestNode:
 
 @contextlib.asynccontextmanager
 async def running_node(tmp: Path, *, caps: list[Capability] | None = None, key: NodeKey | None = None,
-                       **cfg: Any) -> AsyncIterator[TestNode]:
+                       **cfg: Any) -> AsyncIterator[NodeUnderTest]:
     key = key or NodeKey.generate()
     echo = EchoCapability()
     server = NodeServer(key, fast_config(tmp, **cfg), caps if caps is not None else [echo])
     await server.start()
     try:
-        yield TestNode(key, server, echo)
+        yield NodeUnderTest(key, server, echo)
     finally:
         await server.stop()
 
