@@ -31,14 +31,19 @@ for f in "$(dirname "$unit")"/*; do
     [ "$f" = "$unit" ] && continue
     case $f in
         *.service | *.socket | *.timer | *.path) install -m 0644 "$f" "$root/usr/lib/systemd/system/" ;;
-        *sysusers*) install -m 0644 "$f" "$root/usr/lib/sysusers.d/pimail.conf" ;;
+        # systemd/pimail.conf is the sysusers file (user pimail, group gpio)
+        */pimail.conf | *sysusers*) install -D -m 0644 "$f" "$root/usr/lib/sysusers.d/pimail.conf" ;;
         *tmpfiles*) install -m 0644 "$f" "$root/usr/lib/tmpfiles.d/pimail.conf" ;;
     esac
 done
 
 log "app: service account (sysusers)"
+[ -f "$root/usr/lib/sysusers.d/pimail.conf" ] || die "no sysusers file for the pimail user (systemd/pimail.conf)"
 in_chroot "$root" systemd-sysusers
-chown root:pimail "$root/etc/pimail/pimail.toml"
+# The unit's ConfigurationDirectory=pimail (mode 0750) leaves the owner alone: group pimail lets the
+# service (and first boot, as the service user) read the config.
+chown root:pimail "$root/etc/pimail" "$root/etc/pimail/pimail.toml"
+chmod 0750 "$root/etc/pimail"
 chmod 0640 "$root/etc/pimail/pimail.toml"
 
 log "app: venv /opt/pimail/venv from the wheelhouse (offline, under emulation)"

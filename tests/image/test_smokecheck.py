@@ -233,3 +233,33 @@ def test_main_judges_a_recorded_second_boot(tmp_path: Path, capsys: Any) -> None
     assert "[FAIL] real RLPx handshake from the host" in out
     assert "[PASS] first boot did not run again" in out
     assert out.count("[FAIL]") == 1
+
+
+def test_rlpx_handshake_against_a_real_pimail_node() -> None:
+    """The probe the boot test runs, against a pimail node on 127.0.0.1 (not QEMU)."""
+    import asyncio
+
+    from pimail.config import NodeConfig, WhisperConfig
+    from pimail.node.server import NodeServer
+    from pimail.whisper.service import WhisperService
+
+    async def scenario() -> tuple[str, str]:
+        key = NodeKey.generate()
+        whisper = WhisperService(WhisperConfig(), archive=None, clock_trusted=lambda: False)
+        node = NodeServer(key, NodeConfig(listen="127.0.0.1:0"), [whisper])
+        await node.start()
+        try:
+            ok = await sc.rlpx_handshake("127.0.0.1", node.listen_port, key.public, 10)
+            other = NodeKey.generate().public
+            try:
+                await sc.rlpx_handshake("127.0.0.1", node.listen_port, other, 3)
+                wrong = "handshake with the wrong key succeeded"
+            except Exception as exc:
+                wrong = f"{type(exc).__name__}: {exc}"
+            return ok, wrong
+        finally:
+            await node.stop()
+
+    ok, wrong = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert "ok" in ok and "session open" in ok and "pimail" in ok
+    assert "succeeded" not in wrong
