@@ -64,6 +64,7 @@ EVICT_BATCH_ROWS = 5000  # rows per DELETE when retention trims inside a partiti
 SENT_MAX = 2**32 - 1  # sent is a uint32 on the wire
 DEFAULT_POOL_MAX = 4
 CONNECT_TIMEOUT_S = 10.0
+PRUNE_LOCK_WAIT_S = 30.0  # how long one node waits for another's retention run
 POOL_WAIT_S = 30.0  # longest a query waits for a free connection before failing
 
 # advisory lock namespaces (the second key is crc32 of the schema name, so schemas do not contend)
@@ -202,9 +203,9 @@ class PostgresArchive(Archive):
         self._full = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        self._prune_lock = asyncio.Lock()
+        self._prune_task: asyncio.Task[PruneResult] | None = None
+        self._prune_again = False
         self._partitions: dict[int, str] = {}  # day start -> partition name (known to exist)
-        self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closed = False
         self._bytes_written = 0
@@ -253,17 +254,17 @@ class PostgresArchive(Archive):
             raise ArchiveError(f"PostgreSQL archive at {self.where}: {_one_line(exc)}") from None
         self._writer = asyncio.create_task(self._write_loop(), name="pimail-pg-writer")
         if self._prune_interval_s > 0:
-            self._maintenance = asyncio.create_task(self._maintenance_loop(), name="pimail-pg-prune")
+            self._maintenance = asyncio.create_task(self._maintenance_loop(), name="pimail-pg-maintenance")
         log.info("archive: PostgreSQL %s open (schema version %d)", self.where, SCHEMA_VERSION)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closing = True
-        for task in list(self._background):
-            task.cancel()
+        if self._prune_task is not None and not self._prune_task.done():
+            self._prune_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ArchiveError):
-                await task
+                await self._prune_task
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -450,17 +451,15 @@ class PostgresArchive(Archive):
         self._pending_count -= n
         if self._pending_count < self._flush_max:
             self._full.clear()
-        if not self._pending:
-            self._wake.clear()
         return taken
 
     async def _write_loop(self) -> None:
         while True:
-            await self._wake.wait()
             if not self._pending:
                 if self._closing:
                     return
                 self._wake.clear()
+                await self._wake.wait()
                 continue
             if not self._closing and self._pending_count < self._flush_max and self._flush_interval_s > 0:
                 # group commit: gather for one flush interval unless a full batch is already waiting
@@ -623,18 +622,18 @@ class PostgresArchive(Archive):
 
     def set_retention(self, policy: RetentionPolicy) -> None:
         self._retention = policy
+        self._prune_again = True  # a run in progress goes round once more with the new policy
         if self._pool is None or self._closing:
             return
         with contextlib.suppress(RuntimeError):  # no running loop: the timer applies it later
-            task = asyncio.get_running_loop().create_task(self._prune_quietly())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._start_prune_run()
 
-    async def _prune_quietly(self) -> None:
-        try:
-            await self.prune()
-        except ArchiveError as exc:
-            log.warning("archive: retention after reload failed: %s", exc)
+    def _start_prune_run(self) -> asyncio.Task[PruneResult]:
+        if self._prune_task is None or self._prune_task.done():
+            loop = asyncio.get_running_loop()
+            self._prune_task = loop.create_task(self._prune_run(), name="pimail-pg-prune")
+            self._prune_task.add_done_callback(_log_prune_failure)
+        return self._prune_task
 
     # ------------------------------------------------------------------ health
 
@@ -659,9 +658,7 @@ class PostgresArchive(Archive):
             await asyncio.sleep(self._prune_interval_s)
             try:
                 await self._ensure_partitions_ahead()
-                result = await self.prune()
-                if result.deleted:
-                    log.info("archive: retention deleted %d envelopes (%s)", result.deleted, result.reason)
+                await self.prune()
             except Exception as exc:
                 self._raise(HEALTH_RETENTION, Severity.DEGRADED,
                             f"archive retention on PostgreSQL failed: {_one_line(exc)}")
@@ -669,26 +666,51 @@ class PostgresArchive(Archive):
                 self._clear(HEALTH_RETENTION)
 
     async def prune(self) -> PruneResult:
+        """Apply the retention policy now; joins a run already in progress (like SQLite's)."""
+        self._require_pool()
+        return await asyncio.shield(self._start_prune_run())
+
+    async def _prune_run(self) -> PruneResult:
+        deleted = 0
+        reasons: list[str] = []
+        while True:
+            self._prune_again = False
+            result = await self._prune_once()
+            deleted += result.deleted
+            reasons += [r for r in result.reason.split(",") if r and r not in reasons]
+            if not self._prune_again or self._closing:
+                if deleted:
+                    log.info("archive retention: deleted %d envelopes (%s)", deleted, ", ".join(reasons))
+                return PruneResult(deleted, ",".join(reasons))
+
+    async def _prune_once(self) -> PruneResult:
         pool = self._require_pool()
         policy = self._retention
-        async with self._prune_lock:
-            try:
-                async with pool.connection() as conn:
+        try:
+            async with pool.connection() as conn:
+                # one node of the fleet prunes at a time; the others wait for it, then find less due
+                deadline = time.monotonic() + PRUNE_LOCK_WAIT_S
+                while True:
                     cur = await conn.execute(
                         "SELECT pg_try_advisory_lock(%s, %s)", (_LOCK_PRUNE, self._schema_key)
                     )
                     row = await cur.fetchone()
-                    if not (row and row[0]):
-                        log.debug("archive: another node is pruning the shared archive; skipping")
+                    if row and row[0]:
+                        break
+                    if time.monotonic() > deadline:
+                        log.info("archive: another node has been pruning for %.0f s; skipping this round",
+                                 PRUNE_LOCK_WAIT_S)
                         return PruneResult(0, "")
-                    try:
-                        return await self._prune_locked(conn, policy)
-                    finally:
-                        await conn.execute(
-                            "SELECT pg_advisory_unlock(%s, %s)", (_LOCK_PRUNE, self._schema_key)
-                        )
-            except (psycopg.Error, PoolTimeout) as exc:
-                raise ArchiveError(f"PostgreSQL retention failed: {_one_line(exc)}") from None
+                    await asyncio.sleep(0.1)
+                try:
+                    result = await self._prune_locked(conn, policy)
+                except BaseException:
+                    await conn.close()  # ends the session: PostgreSQL drops its advisory lock
+                    raise
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_LOCK_PRUNE, self._schema_key))
+                return result
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise ArchiveError(f"PostgreSQL retention failed: {_one_line(exc)}") from None
 
     async def _prune_locked(self, conn: psycopg.AsyncConnection[Any], policy: RetentionPolicy) -> PruneResult:
         deleted: dict[str, int] = {}
@@ -789,6 +811,11 @@ class PostgresArchive(Archive):
                 deleted += cur.rowcount
                 excess -= cur.rowcount
         return deleted
+
+
+def _log_prune_failure(task: asyncio.Task[PruneResult]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("archive: retention run failed: %s", task.exception())  # its callers report it
 
 
 def _row_to_envelope(row: Sequence[Any]) -> ArchivedEnvelope:
