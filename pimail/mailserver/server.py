@@ -97,6 +97,7 @@ class MailServer:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         capability: str = CAPABILITY,
+        newest_first: bool = False,
     ) -> None:
         self.archive = archive
         self.config = config
@@ -109,6 +110,8 @@ class MailServer:
         self.clock = clock
         self.monotonic = monotonic
         self.capability = capability
+        #: page newest-first like status-go's PostgreSQL backend (default: oldest first, LevelDB)
+        self.newest_first = newest_first
         self.limits = RequestLimits(
             config.min_request_interval_s, config.bucket_rate_per_s, config.bucket_burst
         )
@@ -292,7 +295,7 @@ class MailServer:
         async def fetch(cursor: bytes | None, want: int | None) -> HistoryPage:
             n = self.page_size if want is None else min(self.page_size, want)
             return await self.archive.query(
-                HistoryQuery(req.lower, req.upper, req.topics, req.bloom, n, cursor, False)
+                HistoryQuery(req.lower, req.upper, req.topics, req.bloom, n, cursor, self.newest_first)
             )
 
         cursor = req.cursor

@@ -355,3 +355,105 @@ def test_sync_between_two_pimail_nodes_fills_a_gap(tmp_path: Path) -> None:
                     assert not await b.archive.contains(e.hash)
 
     _run(main())
+
+
+def test_concurrent_requests_per_peer_are_bounded(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = open_mailserver_config(max_concurrent_per_peer=1)
+        async with mail_node(tmp_path / "ms", cfg) as ms, client_node(tmp_path / "c") as client:
+            await ms.fill([make_envelope(i, NOW - 3000 + i, size=4000) for i in range(1500)])
+            peer = await client.connect(ms.enode)
+            legacy = LegacyRequestPayload(NOW - 4000, NOW, FULL_BLOOM).encode()
+            env = seal_request_envelope(legacy, PASSWORD_KEY, client.key.private, int(time.time()), MIN_POW)
+            await peer.send_wait("shh", 126, env.raw)
+            await peer.send_wait("shh", 126, MessagesRequest(b"2" * 32, NOW - 4000, NOW, 0, b"",
+                                                             FULL_BLOOM).encode())
+            resps = await client.recorder.wait_responses(2, timeout=30)
+            assert isinstance(resps[0], RequestFailed) and resps[0].request_id == b"2" * 32
+            assert resps[0].message == "too many concurrent requests"
+            assert isinstance(resps[1], RequestComplete) and resps[1].request_id == env.hash
+            assert sum(len(p) for p in client.recorder.packets) == 1500
+
+    _run(main())
+
+
+class _GethLike:
+    """Makes a MailServer answer like go-ethereum's WMailServer: no request-complete (125) at all."""
+
+    def __init__(self, ms: object) -> None:
+        real_send = ms._send  # type: ignore[attr-defined]
+
+        async def send(peer: object, code: int, payload: bytes) -> None:
+            if code != 125:
+                await real_send(peer, code, payload)
+
+        ms._send = send  # type: ignore[attr-defined]
+
+
+def test_client_against_a_server_that_never_sends_125(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with mail_node(tmp_path / "ms") as ms, client_node(tmp_path / "c") as client:
+            _GethLike(ms.mailserver)
+            envs = _history_envs(30, NOW - 300)
+            await ms.fill(envs)
+            t0 = time.monotonic()
+            got, summary = await client.history(ms.enode, form="legacy", lower=NOW - 400, upper=NOW,
+                                                request_pow=MIN_POW, quiet_s=0.5, response_timeout_s=5)
+            assert {e.hash for e in got} == {e.hash for e in envs}
+            assert not summary.completed and summary.pages == 1
+            assert time.monotonic() - t0 < 5
+
+    _run(main())
+
+
+def test_client_against_a_newest_first_server(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with mail_node(tmp_path / "ms") as ms, client_node(tmp_path / "c") as client:
+            ms.mailserver.newest_first = True
+            envs = _history_envs(45, NOW - 300)
+            await ms.fill(envs)
+            peer = await client.connect(ms.enode)
+            await peer.send_wait("shh", 126, MessagesRequest(b"n" * 32, NOW - 400, NOW, 10, b"",
+                                                             FULL_BLOOM).encode())
+            await client.recorder.wait_responses(1)
+            sent = [_env(e).sent for p in client.recorder.packets for e in p]
+            assert sent == sorted(sent, reverse=True) and sent[0] == NOW - 300 + 44
+            got, summary = await client.history(ms.enode, lower=NOW - 400, upper=NOW, limit=10)
+            assert sorted(e.hash for e in got) == sorted(e.hash for e in envs)
+            assert summary.completed and summary.duplicates == 0
+
+    _run(main())
+
+
+def test_sync_requests_bad_input(tmp_path: Path) -> None:
+    async def main() -> None:
+        from pimail.mailserver.syncwire import SyncMailRequest, SyncResponse
+
+        trusted: set[bytes] = set()
+        async with mail_node(tmp_path / "a", sync_allowed=lambda p: p.pubkey in trusted) as a, \
+                client_node(tmp_path / "b") as b:
+            got: list[SyncResponse] = []
+
+            class Sink:
+                async def handle(self, peer: object, code: int, payload: bytes) -> None:
+                    if code == 124:
+                        got.append(SyncResponse.decode(payload))
+
+            b.whisper.request_handler = Sink()
+            peer = await b.connect(a.enode)
+            await peer.send_wait("shh", 123, SyncMailRequest(1, NOW, FULL_BLOOM, 10).encode())
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert got and got[0].final and "trusted" in got[0].error  # untrusted: refused, kept
+            assert not peer.closed
+            trusted.add(b.key.public)
+            await peer.send_wait("shh", 123, SyncMailRequest(1, NOW, FULL_BLOOM, 5000).encode())
+            for _ in range(100):
+                if peer.closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert peer.closed  # invalid sync request from a trusted peer: disconnect (status-go)
+
+    _run(main())
