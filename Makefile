@@ -29,10 +29,11 @@ run: $(BIN)/pimail
 	$(BIN)/pimail run --data-dir $(DATA_DIR) --listen $(LISTEN)
 
 ## make test: ruff, mypy --strict on pimail/, then the whole pytest suite
+## (with a throwaway PostgreSQL from scripts/start-test-postgres for the fleet-backend tests)
 test: venv-test
 	$(BIN)/ruff check pimail tests bench
 	$(BIN)/mypy --strict pimail
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	eval "$$(scripts/start-test-postgres)"; export PIMAIL_TEST_PG_URL; $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: venv-test
 	$(BIN)/ruff check pimail tests bench
