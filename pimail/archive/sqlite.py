@@ -82,7 +82,9 @@ READER_THREADS = 2
 MAX_INFLIGHT_READS = 32  # further readers wait on the loop (never on a thread)
 SCAN_DENSITY = 0.05  # walk the time range when ≥ 5 % of the rows match; else per-topic ranges
 MAX_TOPIC_RANGES = 256  # above this many matching topics, walk the time range with a filter
-BUSY_TIMEOUT_MS = 5000  # another process (the CLI) holding the write lock
+BUSY_TIMEOUT_MS = 5000
+WAL_MIN_PAGES = 64
+RESERVE_BYTES = 1024 * 1024  # <archive>.reserve: given up on a full disk so eviction has room to run
 
 SQLITE_FULL = 13
 SQLITE_IOERR = 10
@@ -374,6 +376,7 @@ class SqliteArchive(Archive):
         self._last_backlog_log = 0.0
         self._opened = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._need_reserve = True
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -413,7 +416,10 @@ class SqliteArchive(Archive):
                 raise ArchiveError(f"{self.path}: cannot switch to WAL mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {self.wal_autocheckpoint_pages}")
+            # Debian builds SQLite with SECURE_DELETE: zero-filling every freed page doubles the
+            # writes of retention and needs disk space exactly when the disk is full
+            conn.execute("PRAGMA secure_delete = FAST")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint_pages(conn)}")
             conn.execute("PRAGMA journal_size_limit = 16777216")
             conn.execute("PRAGMA cache_size = -16000")
             migrate(conn, self.path)
@@ -424,9 +430,21 @@ class SqliteArchive(Archive):
             conn.close()
             raise
         self._wconn = conn
+        self._make_reserve()
         self._write_bytes_at_open = _proc_write_bytes()
         log.info("archive open: %s (schema %d, synchronous=%s)", self.path, SCHEMA_VERSION,
                  self.synchronous.lower())
+
+    def _autocheckpoint_pages(self, conn: sqlite3.Connection) -> int:
+        """The configured WAL size, but at most 1/16 of the filesystem (a WAL of several MB would
+        crowd out the archive itself on a tiny filesystem)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return self.wal_autocheckpoint_pages
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        cap = st.f_blocks * st.f_frsize // 16 // page_size
+        return max(WAL_MIN_PAGES, min(self.wal_autocheckpoint_pages, cap))
 
     async def close(self) -> None:
         if not self._opened:
@@ -563,7 +581,7 @@ class SqliteArchive(Archive):
                         continue
                 if code == SQLITE_FULL:
                     self._raise(HEALTH_DISK_FULL, Severity.FAILING,
-                                "archive disk full and nothing left to evict: not archiving")
+                                "archive disk full and eviction cannot make room: not archiving")
                     raise ArchiveError("archive disk full") from exc
                 if code in (SQLITE_BUSY, SQLITE_LOCKED) and attempt < DISK_FULL_RETRIES:
                     time.sleep(0.05)
@@ -574,6 +592,8 @@ class SqliteArchive(Archive):
                     self._drop_writer()
                 raise ArchiveError(f"archive write failed: {exc}") from exc
             else:
+                if self._need_reserve:
+                    self._make_reserve()
                 self._clear(HEALTH_DISK_FULL)
                 self._clear(HEALTH_WRITE)
                 return
@@ -646,24 +666,63 @@ class SqliteArchive(Archive):
             raise sqlite3.OperationalError(str(exc)) from exc
 
     def _evict_for_space(self) -> bool:
-        """Delete a batch of the oldest envelopes and give the pages back; False if nothing to delete."""
+        """Make room after SQLITE_FULL; False if there was nothing to delete or even that failed.
+
+        Deleting needs a little space itself (WAL frames), so the reserve file goes first; then
+        the WAL restarts in place, the oldest envelopes go (their pages are reused by the next
+        inserts) and the WAL is truncated. The reserve is re-created once writes succeed again.
+        """
         conn = self._wconn
         if conn is None:
             return False
+        self._drop_reserve()
+        with contextlib.suppress(sqlite3.Error):  # copy committed frames home; the WAL restarts in place
+            conn.execute("PRAGMA wal_checkpoint(RESTART)")
         try:
             total = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
             if total == 0:
                 return False
-            n = max(PRUNE_BATCH // 4, total // 20)
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            per_row = max(1, pages * page_size // total)
+            n = max(PRUNE_BATCH // 4, total // 20, 2 * RESERVE_BYTES // per_row)
             deleted = self._delete_oldest(conn, n, None)
-            self._give_back_pages(conn, keep=0)
+            # the freed pages stay in the file for the next inserts to reuse: handing them back
+            # now (incremental_vacuum) would need WAL space in proportion to what was freed
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             self._rollback()
             log.error("archive: evicting to make room failed: %s", exc)
             return False
         log.warning("archive disk full: evicted the %d oldest envelopes", deleted)
+        self._need_reserve = True
         return deleted > 0
+
+    @property
+    def _reserve_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".reserve")
+
+    def _make_reserve(self) -> None:
+        """Keep RESERVE_BYTES of disk allocated so eviction can run on a full disk."""
+        path = self._reserve_path
+        try:
+            if path.exists() and path.stat().st_size >= RESERVE_BYTES:
+                self._need_reserve = False
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            self._need_reserve = False
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            log.debug("archive reserve file not (yet) possible: %s", exc)
+
+    def _drop_reserve(self) -> None:
+        with contextlib.suppress(OSError):
+            self._reserve_path.unlink()
 
     def _delete_oldest(self, conn: sqlite3.Connection, n: int, below_key: int | None) -> int:
         """Delete up to n oldest envelopes (only those with id < below_key when given)."""
