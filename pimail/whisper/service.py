@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -65,11 +66,29 @@ class PeerState:
         return {PowFormula.LEGACY: "geth-1.8", PowFormula.CURRENT: "status-go"}.get(self.formula, "unknown")
 
 
+_STATUS_GO_VERSION = re.compile(r"^Status(?:IM)?/v0\.(\d+)", re.IGNORECASE)
+_GETH_VERSION = re.compile(r"^Geth/(?:[^/]*/)?v1\.(\d+)", re.IGNORECASE)
+FIRST_STATUS_GO_MINOR_WITH_CURRENT_POW = 35  # status-im/whisper v1.5.0 shipped in status-go v0.35.0
+FIRST_GETH_MINOR_WITH_CURRENT_POW = 9  # PR #19753, exact upstream release unconfirmed (PROTOCOL.md §8)
+
+
 def peer_formula(client_id: str, status_fields: int) -> PowFormula:
-    """Which PoW formula a peer judges by (PROTOCOL.md §9): geth 1.8 sends a 4-field Status."""
-    if client_id.startswith("Geth/") and status_fields <= 4:
+    """Which PoW formula a peer judges by (PROTOCOL.md §3.2, §3.4, §9).
+
+    go-ethereum ≤ 1.8 (geth, wnode — whatever its client name) sends at most 4 Status fields and uses
+    the legacy formula. status-go ≥ 0.42 sends 6 fields and uses the current one. 5 fields is
+    status-im/whisper without rate limits: v1.4 (legacy) or v1.5+ (current); only a status-go
+    client id with its version tells which, otherwise the peer must get envelopes meeting both.
+    """
+    if status_fields <= 4:
+        m = _GETH_VERSION.match(client_id)
+        if m and int(m.group(1)) >= FIRST_GETH_MINOR_WITH_CURRENT_POW:
+            return PowFormula.BOTH
         return PowFormula.LEGACY
-    if status_fields >= 5:
+    if status_fields >= 6:
+        return PowFormula.CURRENT
+    m = _STATUS_GO_VERSION.match(client_id)
+    if m and int(m.group(1)) >= FIRST_STATUS_GO_MINOR_WITH_CURRENT_POW:
         return PowFormula.CURRENT
     return PowFormula.BOTH
 

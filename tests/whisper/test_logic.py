@@ -133,9 +133,14 @@ def test_rate_limiter_tolerance() -> None:
 
 def test_peer_formula() -> None:
     assert peer_formula("Geth/wnode/v1.8.27-stable/linux-amd64/go1.11", 4) is PowFormula.LEGACY
+    # cmd/wnode names itself this way, but it is go-ethereum 1.8 whisper with a 4-field Status
+    assert peer_formula("wnode/v6.0/linux/go1.19.8", 4) is PowFormula.LEGACY
+    assert peer_formula("Geth/v1.9.25-stable/linux-amd64/go1.15", 4) is PowFormula.BOTH
+    assert peer_formula("something", 3) is PowFormula.LEGACY
     assert peer_formula("StatusIM/v0.78.0/linux-amd64/go1.13", 6) is PowFormula.CURRENT
-    assert peer_formula("Geth/v1.9/linux", 5) is PowFormula.CURRENT
-    assert peer_formula("something", 3) is PowFormula.BOTH
+    assert peer_formula("StatusIM/v0.36.0/linux-amd64/go1.12", 5) is PowFormula.CURRENT
+    assert peer_formula("StatusIM/v0.30.0-beta.0/linux-amd64/go1.11", 5) is PowFormula.BOTH
+    assert peer_formula("something", 5) is PowFormula.BOTH
 
 
 @pytest.mark.parametrize("size", [0, 1, 200, 255, 256, 300, 70_000])
