@@ -12,7 +12,6 @@ from hmac import compare_digest
 
 from Crypto.Cipher import AES
 from Crypto.Hash import keccak as _keccak
-from Crypto.Util.strxor import strxor
 
 from pimail.rlpx.handshake import Secrets
 
@@ -21,6 +20,7 @@ HEADER_LEN = 16
 MAC_LEN = 16
 _HEADER_DATA = b"\xc2\x80\x80"  # rlp([capability-id 0, context-id 0]) as geth sends it
 _ZERO16 = bytes(16)
+_HEADER_TAIL = _HEADER_DATA + bytes(10)  # header = size(3) || c2 80 80 || zero padding to 16
 
 
 class FrameError(Exception):
@@ -53,46 +53,62 @@ class FrameCodec:
             raise ValueError(f"max_frame_size must be in 1..{MAX_FRAME_SIZE}")
         self.max_frame_size = max_frame_size
         # One continuous CTR keystream per direction, zero IV, 128-bit big-endian counter (Go's NewCTR).
-        self._enc = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0)
-        self._dec = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0)
+        self._enc = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).encrypt
+        self._dec = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).decrypt
         self._mac_block = AES.new(secrets.mac_secret, AES.MODE_ECB).encrypt
         self._egress: _keccak.Keccak_Hash = secrets.egress_mac
         self._ingress: _keccak.Keccak_Hash = secrets.ingress_mac
+        # Hot-path trick: every MAC update starts from digest() of the current sponge state, which is
+        # the digest we computed at the end of the previous update. Keeping it saves a keccak call.
+        self._egress_digest = self._egress.digest()
+        self._ingress_digest = self._ingress.digest()
         self._buf = bytearray()
         self._pending_size = -1  # frame-size of a verified header whose body is not complete yet
         self._broken = False
         self.frames_in = 0
         self.frames_out = 0
 
-    def _update_mac(self, mac: _keccak.Keccak_Hash, seed: bytes) -> bytes:
-        mac.update(strxor(self._mac_block(mac.digest()[:16]), seed))
-        return mac.digest()[:16]
+    def _mac_step(self, mac: _keccak.Keccak_Hash, state_digest: bytes, seed: bytes) -> bytes:
+        """updateMAC: absorb AES(mac-secret, digest[:16]) ^ seed; return the new full digest."""
+        t = int.from_bytes(self._mac_block(state_digest[:16]), "big") ^ int.from_bytes(seed, "big")
+        mac.update(t.to_bytes(16, "big"))
+        return mac.digest()
 
     def encode(self, frame_data: bytes) -> bytes:
         """Wire bytes for one frame: header-ct, header-mac, body-ct (padded to 16), body-mac."""
         size = len(frame_data)
         if size > MAX_FRAME_SIZE:
             raise ValueError(f"frame of {size} bytes exceeds the 24-bit frame-size field")
-        enc = self._enc.encrypt
         egress = self._egress
-        header_ct = enc(size.to_bytes(3, "big") + _HEADER_DATA + _ZERO16[:10])
-        header_mac = self._update_mac(egress, header_ct)
         pad = -size % 16
-        body_ct = enc(frame_data + _ZERO16[:pad]) if pad else enc(frame_data)
+        # CTR keystream does not depend on the data: header and body in one call
+        header = size.to_bytes(3, "big") + _HEADER_TAIL
+        ct = self._enc(b"".join((header, frame_data, _ZERO16[:pad])))
+        header_ct = ct[:HEADER_LEN]
+        body_ct = ct[HEADER_LEN:]
+        header_digest = self._mac_step(egress, self._egress_digest, header_ct)
         egress.update(body_ct)
-        body_mac = self._update_mac(egress, egress.digest()[:16])
+        seed = egress.digest()
+        body_digest = self._mac_step(egress, seed, seed[:16])
+        self._egress_digest = body_digest
         self.frames_out += 1
-        return b"".join((header_ct, header_mac, body_ct, body_mac))
+        return b"".join((header_ct, header_digest[:MAC_LEN], body_ct, body_digest[:MAC_LEN]))
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the frame-data of every frame completed by them."""
         if self._broken:
             raise FrameError("frame codec used after a failure")
-        buf = self._buf
-        buf += data
+        # Work on the received bytes directly when nothing is buffered (the common case), so each
+        # slice is one copy; only an incomplete tail is kept in the bytearray.
+        src: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            src = self._buf
+        else:
+            src = data
         out: list[bytes] = []
         pos = 0
-        end = len(buf)
+        end = len(src)
         ingress = self._ingress
         try:
             while True:
@@ -100,12 +116,13 @@ class FrameCodec:
                 if size < 0:
                     if end - pos < HEADER_LEN + MAC_LEN:
                         break
-                    header_ct = bytes(buf[pos : pos + HEADER_LEN])
-                    want = self._update_mac(ingress, header_ct)
-                    if not compare_digest(want, bytes(buf[pos + HEADER_LEN : pos + HEADER_LEN + MAC_LEN])):
+                    header_ct = bytes(src[pos : pos + HEADER_LEN])
+                    digest = self._mac_step(ingress, self._ingress_digest, header_ct)
+                    self._ingress_digest = digest
+                    if not compare_digest(digest[:MAC_LEN], bytes(src[pos + HEADER_LEN : pos + 2 * MAC_LEN])):
                         raise BadHeaderMac("frame header MAC mismatch")
-                    header = self._dec.decrypt(header_ct)
-                    size = int.from_bytes(header[:3], "big")
+                    header = self._dec(header_ct)
+                    size = (header[0] << 16) | (header[1] << 8) | header[2]
                     pos += HEADER_LEN + MAC_LEN
                     if size > self.max_frame_size:
                         raise FrameTooLarge(f"frame of {size} bytes exceeds the cap of {self.max_frame_size}")
@@ -113,22 +130,26 @@ class FrameCodec:
                 padded = size + (-size % 16)
                 if end - pos < padded + MAC_LEN:
                     break
-                body_ct = bytes(buf[pos : pos + padded])
+                body_ct = bytes(src[pos : pos + padded])
                 ingress.update(body_ct)
-                want = self._update_mac(ingress, ingress.digest()[:16])
-                if not compare_digest(want, bytes(buf[pos + padded : pos + padded + MAC_LEN])):
+                seed = ingress.digest()
+                digest = self._mac_step(ingress, seed, seed[:16])
+                self._ingress_digest = digest
+                if not compare_digest(digest[:MAC_LEN], bytes(src[pos + padded : pos + padded + MAC_LEN])):
                     raise BadFrameMac("frame MAC mismatch")
-                body = self._dec.decrypt(body_ct)
+                body = self._dec(body_ct)
                 out.append(body[:size] if padded != size else body)
                 pos += padded + MAC_LEN
                 self._pending_size = -1
         except FrameError:
             self._broken = True
-            buf.clear()
+            self._buf = bytearray()
             raise
-        finally:
+        if src is self._buf:
             if pos:
-                del buf[:pos]
+                del self._buf[:pos]
+        elif pos < end:
+            self._buf = bytearray(src[pos:])
         self.frames_in += len(out)
         return out
 

@@ -1,0 +1,105 @@
+"""Transport benchmark: RLPx handshakes/s and frames/s, MB/s through encode+decode.
+
+Run: ``.venv/bin/python -m bench.transport`` (``--quick`` for a short run). Single-threaded, in
+process, no sockets: it measures the CPU cost of our code on one core, as operations per CPU-second
+of this process (``time.process_time``), so other load on the machine distorts it less than wall
+time would. "encode+decode" is one frame encrypted by one codec and decrypted by its peer.
+Payloads are random bytes (Whisper envelopes are encrypted, so snappy finds little to squeeze):
+the snappy rows measure its overhead, not a compression win.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from bench.common import Result, print_table
+from pimail.crypto.keys import NodeKey
+from pimail.devp2p.capabilities import CapabilitySpec
+from pimail.devp2p.messages import Hello
+from pimail.devp2p.session import P2PSession
+from pimail.rlpx.frame import FrameCodec
+from pimail.rlpx.handshake import Initiator, Recipient, Secrets
+
+AREA = "transport"
+SIZES = (("100 B", 100, 40_000.0), ("1 KiB", 1024, None), ("64 KiB", 64 * 1024, None))
+MB = 1e6
+TARGET_HANDSHAKES = 300.0
+TARGET_MB_64K = 150.0
+
+
+def cpu_rate(fn: Callable[[], object], *, min_seconds: float, batch: int = 1) -> float:
+    """Operations per CPU-second of this process (the machine is shared: wall time would lie)."""
+    n = 0
+    start = time.process_time()
+    while True:
+        fn()
+        n += batch
+        used = time.process_time() - start
+        if used >= min_seconds:
+            return n / used
+
+
+def handshake(a: NodeKey, b: NodeKey, eip8: bool) -> tuple[Secrets, Secrets]:
+    i, r = Initiator(a, b.public, eip8=eip8), Recipient(b)
+    ack = r.receive(i.auth_packet())
+    assert ack is not None and r.secrets is not None
+    si = i.receive(ack)
+    assert si is not None
+    return si, r.secrets
+
+
+def session_pair(a: NodeKey, b: NodeKey, snappy: bool) -> tuple[P2PSession, P2PSession]:
+    si, sr = handshake(a, b, True)
+    caps = [CapabilitySpec("shh", 6, 128)]
+    version = 5 if snappy else 4
+    sa = P2PSession(FrameCodec(si), Hello(version, "a", (("shh", 6),), 0, a.public), caps, b.public)
+    sb = P2PSession(FrameCodec(sr), Hello(version, "b", (("shh", 6),), 0, b.public), caps, a.public)
+    sb.receive_data(sa.data_to_send())
+    sa.receive_data(sb.data_to_send())
+    return sa, sb
+
+
+def run(quick: bool) -> list[Result]:
+    secs = 0.3 if quick else 1.5
+    a, b = NodeKey.generate(), NodeKey.generate()
+    results: list[Result] = []
+    for eip8 in (True, False):
+        hs = cpu_rate(lambda eip8=eip8: handshake(a, b, eip8), min_seconds=secs)  # type: ignore[misc]
+        results.append(Result(AREA, f"handshakes, both sides ({'EIP-8' if eip8 else 'legacy'})", hs, "hs/s",
+                              TARGET_HANDSHAKES))
+    for label, size, frame_target in SIZES:
+        payload = os.urandom(size)
+        # frame codec alone: encode + decode of one frame
+        si, sr = handshake(a, b, True)
+        enc, dec = FrameCodec(si), FrameCodec(sr)
+        batch = max(1, 256 * 1024 // size)
+        frames = [b"\x10" + payload] * batch
+
+        def codec_round(enc: FrameCodec = enc, dec: FrameCodec = dec, frames: list[bytes] = frames) -> None:
+            dec.feed(b"".join([enc.encode(f) for f in frames]))
+
+        fps = cpu_rate(codec_round, min_seconds=secs, batch=batch)
+        results.append(Result(AREA, f"frames encode+decode {label}", fps, "frames/s", frame_target))
+        results.append(Result(AREA, f"frames encode+decode {label}", fps * size / MB, "MB/s",
+                              TARGET_MB_64K if size == 64 * 1024 else None))
+        for snappy in (False, True):
+            sa, sb = session_pair(a, b, snappy)
+
+            def session_round(sa: P2PSession = sa, sb: P2PSession = sb, batch: int = batch,
+                              payload: bytes = payload) -> None:
+                for _ in range(batch):
+                    sa.send_message("shh", 1, payload)
+                sb.receive_data(sa.data_to_send())
+
+            mps = cpu_rate(session_round, min_seconds=secs, batch=batch)
+            tag = "with snappy" if snappy else "no snappy"
+            results.append(Result(AREA, f"p2p messages send+receive {label} {tag}", mps, "msgs/s"))
+            results.append(Result(AREA, f"p2p messages send+receive {label} {tag}", mps * size / MB, "MB/s"))
+    return results
+
+
+if __name__ == "__main__":
+    print_table(run("--quick" in sys.argv))
