@@ -66,6 +66,15 @@ class Envelope:
 
     @classmethod
     def _from_scan(cls, raw: bytes, is_list: bool, start: int, end: int) -> Envelope:
+        if is_list:
+            env = _fast_fields(raw, start, end)
+            if env is not None:
+                return env
+        return cls._from_scan_checked(raw, is_list, start, end)
+
+    @classmethod
+    def _from_scan_checked(cls, raw: bytes, is_list: bool, start: int, end: int) -> Envelope:
+        """The general path: every field scanned strictly, with a precise error for each defect."""
         if not is_list:
             raise EnvelopeError("envelope must be a list of 5 fields (got a string)")
         bounds: list[int] = []
@@ -159,6 +168,63 @@ class Envelope:
         if formula is F.EITHER:
             return self.pow_legacy(diff) >= requirement or self.pow_current(diff) >= requirement
         return self.pow_legacy(diff) >= requirement and self.pow_current(diff) >= requirement
+
+
+def _uint_at(raw: bytes, pos: int, max_len: int) -> tuple[int, int] | None:
+    """A canonical small RLP uint at ``pos``: (value, next position), or None if unusual."""
+    b = raw[pos]
+    if 0 < b < 0x80:
+        return b, pos + 1
+    n = b - 0x80
+    if n == 0:
+        return 0, pos + 1
+    if 0 < n <= max_len:
+        first = raw[pos + 1]
+        if first == 0 or (n == 1 and first < 0x80):
+            return None
+        stop = pos + 1 + n
+        return int.from_bytes(raw[pos + 1 : stop], "big"), stop
+    return None
+
+
+def _fast_fields(raw: bytes, start: int, end: int) -> Envelope | None:
+    """Decode the common, canonical envelope shape quickly; None means "use the checked path"
+    (which then either succeeds identically or reports exactly what is wrong)."""
+    try:
+        r = _uint_at(raw, start, 4)
+        if r is None:
+            return None
+        expiry, pos = r
+        r = _uint_at(raw, pos, 4)
+        if r is None:
+            return None
+        ttl, pos = r
+        if raw[pos] != 0x84:
+            return None
+        topic = raw[pos + 1 : pos + 5]
+        is_list, ds, de = scan_item(raw, pos + 5, end)
+        if is_list:
+            return None
+        npos = de
+        r = _uint_at(raw, npos, 8)
+        if r is None:
+            return None
+        nonce, pos = r
+    except (IndexError, RlpError):
+        return None
+    if pos != end or len(topic) != TOPIC_LEN:
+        return None
+    env = object.__new__(Envelope)
+    env.__dict__.update(
+        expiry=expiry,
+        ttl=ttl,
+        topic=topic,
+        data=raw[ds:de],
+        nonce=nonce,
+        raw=raw,
+        rlp_without_nonce=list_header(npos - start) + raw[start:npos],
+    )
+    return env
 
 
 def decode_envelope_list(payload: bytes) -> list[Envelope]:

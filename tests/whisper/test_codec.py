@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 
 import pytest
 import rlp
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from pimail.whisper import status as st
 from pimail.whisper.bloom import FULL_BLOOM
 from pimail.whisper.envelope import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
 from pimail.whisper.pow import pow_to_bits
+from pimail.whisper.rlpscan import RlpError, scan_item
 
 GOOD = Envelope.build(1_700_000_050, 50, b"abcd", b"hello" * 10, 12345)
 
@@ -161,3 +165,52 @@ def test_message_response_and_batch_ack() -> None:
         st.decode_batch_ack(rlp.encode(b"short"))
     with pytest.raises(st.StatusError):
         st.MessageResponse.decode(rlp.encode([2, [h, []]]))
+
+
+EDGE_U32 = [0, 1, 127, 128, 255, 256, 65535, 2**24, 2**32 - 1]
+EDGE_U64 = [*EDGE_U32, 2**32, 2**56, 2**64 - 1]
+EDGE_LEN = [0, 1, 55, 56, 255, 256, 70_000]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    expiry=hs.sampled_from(EDGE_U32) | hs.integers(0, 2**32 - 1),
+    ttl=hs.sampled_from(EDGE_U32) | hs.integers(0, 2**32 - 1),
+    topic=hs.binary(min_size=4, max_size=4),
+    data=hs.sampled_from(EDGE_LEN).map(lambda n: b"\x80" * n) | hs.binary(max_size=300),
+    nonce=hs.sampled_from(EDGE_U64) | hs.integers(0, 2**64 - 1),
+)
+def test_fast_decode_equals_rlp_package(expiry: int, ttl: int, topic: bytes, data: bytes, nonce: int) -> None:
+    raw = rlp.encode([expiry, ttl, topic, data, nonce])
+    env = Envelope.decode(raw)
+    got = (env.expiry, env.ttl, env.topic, env.data, env.nonce, env.raw)
+    assert got == (expiry, ttl, topic, data, nonce, raw)
+    assert env.rlp_without_nonce == rlp.encode([expiry, ttl, topic, data])
+
+
+@settings(max_examples=500, deadline=None)
+@given(pos=hs.integers(0, 10_000), value=hs.integers(0, 255), cut=hs.integers(0, 3))
+def test_mutated_envelopes_fast_and_checked_paths_agree(pos: int, value: int, cut: int) -> None:
+    base = bytearray(Envelope.build(1_700_000_000, 300, b"abcd", b"payload" * 3, 99999).raw)
+    base[pos % len(base)] = value
+    raw = bytes(base[: len(base) - cut])
+
+    def outcome(fn: Callable[[], Envelope]) -> object:
+        try:
+            e = fn()
+        except EnvelopeError:
+            return "error"
+        return (e.expiry, e.ttl, e.topic, e.data, e.nonce, e.rlp_without_nonce)
+
+    try:
+        is_list, s, e = scan_item(raw, 0, len(raw))
+        ok = e == len(raw)
+    except RlpError:
+        ok = False
+    fast = outcome(lambda: Envelope.decode(raw))
+    if not ok:
+        assert fast == "error"
+        return
+    assert fast == outcome(lambda: Envelope._from_scan_checked(raw, is_list, s, e))
+    if fast != "error":
+        assert rlp.encode(rlp.decode(raw, strict=True)) == raw  # only canonical encodings pass
