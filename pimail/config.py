@@ -35,7 +35,9 @@ class NodeConfig:
 class WhisperConfig:
     """[whisper] — shh/6."""
 
-    min_pow: float = 0.002  # what we require of relayed envelopes
+    # What we require of received envelopes. status-go forces its nodes to 0.000002 and Status phones
+    # seal big payloads at 0.000002; a home mailserver must not drop (or disconnect) its own phones.
+    min_pow: float = 0.000002
     pow_formula: str = "either"  # either | legacy | current
     max_message_size: int = 1024 * 1024  # geth DefaultMaxMessageSize
     pool_max_bytes: int = 64 * 1024 * 1024
