@@ -457,3 +457,36 @@ def test_sync_requests_bad_input(tmp_path: Path) -> None:
             assert peer.closed  # invalid sync request from a trusted peer: disconnect (status-go)
 
     _run(main())
+
+
+def test_big_request_to_a_stalled_client_reads_only_a_bounded_part_of_the_archive(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with mail_node(tmp_path / "ms", stall_timeout_s=2.0) as ms, client_node(tmp_path / "c") as c:
+            blob = os.urandom(4000)
+            envs = [Envelope.build(NOW - 9000 + i + 60, 60, TOPIC_A, blob + i.to_bytes(4, "big"), 0)
+                    for i in range(10_000)]  # ~40 MB in 20 pages of 500
+            await ms.fill(envs)
+            pages = 0
+            real_query = ms.archive.query
+
+            async def counting_query(q: object) -> object:
+                nonlocal pages
+                pages += 1
+                return await real_query(q)  # type: ignore[arg-type]
+
+            ms.archive.query = counting_query  # type: ignore[method-assign]
+            peer = await c.connect(ms.enode)
+            peer._transport.pause_reading()  # type: ignore[attr-defined]
+            legacy = LegacyRequestPayload(NOW - 10_000, NOW, FULL_BLOOM).encode()
+            env = seal_request_envelope(legacy, PASSWORD_KEY, c.key.private, int(time.time()), MIN_POW)
+            await peer.send_wait("shh", 126, env.raw)
+            for _ in range(100):
+                if ms.mailserver.stats.aborted:
+                    break
+                await asyncio.sleep(0.1)
+            assert ms.mailserver.stats.aborted == 1
+            # write buffer + socket buffers hold a few MB; the server stopped reading the archive there
+            assert 1 <= pages <= 12, pages
+            assert ms.mailserver.stats.envelopes_sent < 5000
+
+    _run(main())
