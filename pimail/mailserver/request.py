@@ -314,14 +314,17 @@ class RequestOpener:
             raise RequestRejected(rid, "failed to decrypt p2p request") from exc
         if opened.signer is None:
             raise RequestRejected(rid, "check message signature failed: wrong signature of p2p request")
+        try:
+            payload = MessagesRequestPayload.decode(opened.payload)
+        except ValueError:
+            # go-ethereum's binary form (b): wnode signs with a key of its own that is not its node
+            # key, and geth's WMailServer never compared the two (PROTOCOL.md §4.1), so a valid
+            # signature is all this form can require; access control still uses the RLPx identity.
+            return self._from_legacy(rid, opened.payload, opened.signer, now)
         if self.require_signer_is_peer and opened.signer != peer_pubkey:
             raise RequestRejected(
                 rid, "check message signature failed: request signer is not the requesting peer"
             )
-        try:
-            payload = MessagesRequestPayload.decode(opened.payload)
-        except ValueError:
-            return self._from_legacy(rid, opened.payload, opened.signer, now)
         return self._from_payload(rid, payload, opened.signer, now)
 
     # -- forms -----------------------------------------------------------------------------

@@ -79,12 +79,21 @@ def test_geth_rlp6_request_vector() -> None:
     assert req.bloom == BLOOM and req.cursor is None
 
 
-def test_vector_signer_must_be_peer() -> None:
-    case = _cases()["sym_signed_binary_request"]
+def test_vector_rlp_request_signer_must_be_peer() -> None:
+    case = _cases()["sym_signed_rlp6_request"]
     parsed = parse_p2p_request(bytes.fromhex(case["envelope_rlp"]))
     with pytest.raises(RequestRejected, match="signer is not the requesting peer") as ei:
         _opener().open(parsed, NodeKey.generate().public, NOW)
     assert ei.value.request_id == parsed.request_id
+
+
+def test_vector_binary_request_signer_need_not_be_peer() -> None:
+    # wnode signs its binary request with a key that is not its node key (geth never compared them)
+    case = _cases()["sym_signed_binary_request"]
+    parsed = parse_p2p_request(bytes.fromhex(case["envelope_rlp"]))
+    req = _opener().open(parsed, NodeKey.generate().public, NOW)
+    assert req.form is RequestForm.LEGACY
+    assert req.signer == bytes.fromhex(case["signer_pubkey"])[1:]
 
 
 def test_vector_wrong_password() -> None:
