@@ -225,6 +225,16 @@ class PostgresArchive(Archive):
             await conn.set_autocommit(True)
             await conn.execute(sql.SQL("SET search_path TO {}").format(schema_ident))
 
+        try:  # one direct attempt first: a refused connection fails now, with the server's reason
+            connect_s = max(1, int(self._connect_timeout_s))
+            probe = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.url, connect_timeout=connect_s), connect_s + 1
+            )
+            await probe.close()
+        except TimeoutError:
+            raise ArchiveError(f"cannot reach PostgreSQL at {self.where}: timed out") from None
+        except (psycopg.Error, OSError) as exc:
+            raise ArchiveError(f"cannot reach PostgreSQL at {self.where}: {_one_line(exc)}") from None
         pool = AsyncConnectionPool(
             self.url,
             min_size=1,
