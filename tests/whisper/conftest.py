@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-ASYNC_TEST_TIMEOUT_S = 30.0
+ASYNC_TEST_TIMEOUT_S = 60.0
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -32,7 +32,7 @@ async def test_post_then_watch_sees_it_and_the_node_confirms(tmp_path: Path) -> 
     try:
         watch = asyncio.create_task(
             pimail("watch", "--peer", enode, "--topic", TOPIC, "--sym-password", "secret",
-                   "--seconds", "7", "--json"))
+                   "--seconds", "12", "--json"))
         await until(lambda: len(node.whisper.peers) == 1, timeout=10, what="watcher connected")
         rc, out, err = await pimail("post", "--peer", enode, "--topic", TOPIC, "--sym-password", "secret",
                                     "--count", "2", "hello from post")

@@ -302,7 +302,10 @@ async def test_flooding_peer_is_disconnected(tmp_path: Path) -> None:
         for _ in range(40):
             peer.send("shh", 1, b"\xc0")
         await until(lambda: peer.closed, what="flood disconnect")
-        assert peer.close_reason == "peer disconnected: subprotocol error"
+        # We may still be writing when pimail hangs up, so the Disconnect can be lost to a reset;
+        # the counter says why pimail dropped us.
+        reason = peer.close_reason
+        assert reason == "peer disconnected: subprotocol error" or "reset" in reason, reason
         assert b.whisper.counters["rate_limited_peers"] == 1
         await server.stop()
     finally:
