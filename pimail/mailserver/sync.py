@@ -63,12 +63,17 @@ class SyncClient:
         if peer.node_id in self.mailserver.sync_sinks:
             raise SyncError("a sync with this peer is already running")
         queue: asyncio.Queue[SyncResponse] = asyncio.Queue(SYNC_QUEUE_MAX)
+        overflow = SyncResponse([], b"", True, "the sibling sent more bundles than were asked for")
 
         def sink(p: PeerLike, resp: SyncResponse) -> None:
             try:
                 queue.put_nowait(resp)
             except asyncio.QueueFull:
+                # never drop a bundle silently: end the session with an error instead
                 log.warning("sync from %s: too many unprocessed bundles", p.pubkey.hex()[:8])
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(overflow)
 
         self.mailserver.sync_sinks[peer.node_id] = sink
         result = SyncResult()
