@@ -350,12 +350,14 @@ class RequestOpener:
         if self.legacy_max_range_s and p.upper - p.lower > self.legacy_max_range_s:
             raise RequestRejected(rid, "query range too big for peer")
         bloom = FULL_BLOOM if p.bloom is None else p.bloom
+        # status-go checks the range first and applies its defaults afterwards (upper 0 ⇒ now + 60)
+        upper = p.upper or now + UPPER_DEFAULT_MARGIN_S
         if p.limit is None:
             # geth's WMailServer has no limit and wnode never pages: deliver everything in range.
-            return HistoryRequest(rid, RequestForm.LEGACY, p.lower, p.upper, _bloom_or_none(bloom),
+            return HistoryRequest(rid, RequestForm.LEGACY, p.lower, upper, _bloom_or_none(bloom),
                                   (), UNLIMITED, None, False, signer)
-        return _validated(rid, RequestForm.LEGACY, p.lower, p.upper or now + UPPER_DEFAULT_MARGIN_S,
-                          bloom, (), p.limit, p.cursor or b"", False, signer)
+        return _validated(rid, RequestForm.LEGACY, p.lower, upper, bloom, (), p.limit, p.cursor or b"",
+                          False, signer)
 
     def _from_direct(self, r: MessagesRequest, now: int) -> HistoryRequest:
         upper = r.upper or now + UPPER_DEFAULT_MARGIN_S

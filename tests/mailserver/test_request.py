@@ -187,6 +187,16 @@ def test_legacy_forms() -> None:
         assert (req.bloom, req.limit, req.cursor) == want
 
 
+def test_legacy_upper_zero() -> None:
+    key = NodeKey.generate()
+    env = _request_envelope(LegacyRequestPayload(0, 0).encode(), key)
+    req = _opener().open(parse_p2p_request(env.raw), key.public, NOW)
+    assert (req.lower, req.upper) == (0, NOW + 60)
+    env = _request_envelope(LegacyRequestPayload(5, 0).encode(), key)
+    with pytest.raises(RequestRejected, match=r"from > to \(5 > 0\)"):
+        _opener().open(parse_p2p_request(env.raw), key.public, NOW)
+
+
 def test_direct_whisper_and_waku_requests() -> None:
     rid = b"ab" * 16
     whisper = MessagesRequest(rid, 5, 0, 0, b"", BLOOM)
