@@ -34,6 +34,7 @@ from pimail.devp2p.messages import (
 from pimail.rlpx.frame import FrameCodec, FrameError
 
 MAX_MESSAGE_SIZE = (1 << 24) - 1  # uncompressed payload cap (geth)
+PRE_HELLO_FRAME_SLACK = 16  # message id and RLP list header around a maximal Hello
 
 
 class SessionState(enum.Enum):
@@ -110,6 +111,10 @@ class P2PSession:
         self.messages_in = 0
         self.messages_out = 0
         self._out.append(codec.encode(encode_msg_id(HELLO) + local_hello.encode()))
+        # Until the peer's Hello arrives only a Hello (≤ 2 KiB) or a Disconnect is legal: refuse big
+        # frames before buffering them, so unidentified connections cannot make us hold megabytes.
+        self._frame_cap = codec.max_frame_size
+        codec.max_frame_size = min(self._frame_cap, MAX_HELLO_BYTES + PRE_HELLO_FRAME_SLACK)
 
     # -- outgoing -------------------------------------------------------------------------------
     def data_to_send(self) -> bytes:
@@ -246,5 +251,6 @@ class P2PSession:
         self.shared = tuple(shared)
         self._by_name = {s.spec.name: s for s in shared}
         self.snappy = hello.version >= BASE_PROTOCOL_VERSION
+        self.codec.max_frame_size = self._frame_cap
         self.state = SessionState.ACTIVE
         return HelloReceived(hello, self.shared)

@@ -39,6 +39,7 @@ from pimail.rlpx.handshake import HandshakeError, Initiator, Recipient, Secrets
 log = logging.getLogger(__name__)
 
 INBOUND_QUEUE_MESSAGES = 256  # messages queued for the handlers before we stop reading the socket
+INBOUND_QUEUE_BYTES = 8 * 1024 * 1024  # … or this many payload bytes, whichever comes first
 DISCONNECT_GRACE_S = 2.0  # devp2p: give the peer ~2 s to read our Disconnect before we cut the link
 
 
@@ -110,7 +111,9 @@ class Peer(asyncio.Protocol):
         self._last_rx = time.monotonic()
         self._queue: collections.deque[tuple[str, int, bytes]] = collections.deque()
         self._queue_event = asyncio.Event()
+        self._queued_bytes = 0
         self._reading_paused = False
+        self._write_blocked_since: float | None = None
         self._write_ok = asyncio.Event()
         self._write_ok.set()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -197,6 +200,11 @@ class Peer(asyncio.Protocol):
         return [(s.spec.name, s.spec.version) for s in self.session.shared]
 
     @property
+    def dispatcher(self) -> asyncio.Task[None] | None:
+        """The task running this peer's capability handlers (None before the Hello exchange)."""
+        return self._dispatcher
+
+    @property
     def connected_at(self) -> float:
         return self.traffic.connected_at
 
@@ -278,9 +286,11 @@ class Peer(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_ok.clear()
+        self._write_blocked_since = time.monotonic()
 
     def resume_writing(self) -> None:
         self._write_ok.set()
+        self._write_blocked_since = None
 
     # -- internals --------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -375,8 +385,10 @@ class Peer(asyncio.Protocol):
         if isinstance(event, MessageReceived):
             self.traffic.messages_in += 1
             self._queue.append((event.capability, event.code, event.payload))
+            self._queued_bytes += len(event.payload)
             self._queue_event.set()
-            if len(self._queue) >= INBOUND_QUEUE_MESSAGES and not self._reading_paused and self._transport:
+            full = len(self._queue) >= INBOUND_QUEUE_MESSAGES or self._queued_bytes >= INBOUND_QUEUE_BYTES
+            if full and not self._reading_paused and self._transport:
                 self._reading_paused = True
                 self._transport.pause_reading()
         elif isinstance(event, HelloReceived):
@@ -408,7 +420,14 @@ class Peer(asyncio.Protocol):
         self._timer = None
         if self._closed or self.session is None:
             return
-        silent = time.monotonic() - self._last_rx
+        now = time.monotonic()
+        blocked = self._write_blocked_since
+        if blocked is not None and now - blocked >= self._config.idle_timeout_s:
+            # geth's frameWriteTimeout: a peer that stops reading must not pin our buffers forever
+            self._host.count("write_timeout")
+            self._fail(f"not reading our data for {now - blocked:.0f} s", "write_timeout")
+            return
+        silent = now - self._last_rx
         if silent >= self._config.idle_timeout_s:
             self._host.count("read_timeout")
             self._fail(f"silent for {silent:.0f} s", "read_timeout", DisconnectReason.READ_TIMEOUT)
@@ -434,7 +453,9 @@ class Peer(asyncio.Protocol):
                     await self._queue_event.wait()
                     continue
                 name, code, payload = queue.popleft()
-                if self._reading_paused and len(queue) < INBOUND_QUEUE_MESSAGES // 2 and self._transport:
+                self._queued_bytes -= len(payload)
+                if (self._reading_paused and self._transport and len(queue) < INBOUND_QUEUE_MESSAGES // 2
+                        and self._queued_bytes < INBOUND_QUEUE_BYTES // 2):
                     self._reading_paused = False
                     self._transport.resume_reading()
                 await self._host.capability(name).handle_message(self, code, payload)

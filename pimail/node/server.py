@@ -34,7 +34,7 @@ COUNTER_NAMES = (
     "bad_header_mac", "bad_frame_mac", "frame_too_large", "snappy_rejected", "protocol_breach",
     "unknown_message_id", "invalid_identity", "identity_mismatch", "useless_peer", "too_many_peers",
     "already_connected", "connected_to_self", "read_timeout", "subprotocol_error", "handler_error",
-    "disconnects_received", "internal_error",
+    "disconnects_received", "internal_error", "write_timeout",
 )
 
 
@@ -137,6 +137,12 @@ class NodeServer:
             _done, not_done = await asyncio.wait(waits, timeout=STOP_GRACE_S)
             for w in not_done:
                 w.cancel()
+            # handlers still busy (e.g. awaiting storage) are cancelled so peer_stopped always runs
+            busy = [t for t in (p.dispatcher for p in everyone) if t is not None and not t.done()]
+            for t in busy:
+                t.cancel()
+            if busy:
+                await asyncio.wait(busy, timeout=1.0)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

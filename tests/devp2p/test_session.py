@@ -206,3 +206,21 @@ def test_frame_over_the_cap() -> None:
     a.send_message("shh", 1, b"\xb9\x14\x00" + os.urandom(5120))  # incompressible 5 KiB
     header_only = a.data_to_send()[:32]
     expect_error(b, header_only, DisconnectReason.PROTOCOL_BREACH, "frame_too_large")
+
+
+def test_big_frame_before_hello_is_refused_unbuffered() -> None:
+    codec, b = raw_sender()
+    big = codec.encode(b"\x80" + b"\xb9\x27\x10" + bytes(10_000))
+    expect_error(b, big[:32], DisconnectReason.PROTOCOL_BREACH, "frame_too_large")  # header alone suffices
+    assert b.codec.buffered == 0
+
+
+def test_frame_cap_restored_after_hello() -> None:
+    a, b = pair()
+    cap = b.codec.max_frame_size
+    assert cap < 4096
+    exchange_hellos(a, b)
+    assert b.codec.max_frame_size > cap
+    payload = b"\xb9\x27\x10" + os.urandom(10_000)
+    a.send_message("shh", 1, payload)
+    assert b.receive_data(a.data_to_send()) == [MessageReceived("shh", 1, payload)]

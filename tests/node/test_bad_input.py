@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rlp
 
 from pimail.crypto.keys import NodeKey
 from pimail.devp2p.messages import DisconnectReason, decode_msg_id
-from pimail.node.peer import Peer, PeerDisconnected
+from pimail.node.capability import PeerLike
+from pimail.node.peer import INBOUND_QUEUE_MESSAGES, Peer, PeerDisconnected
 from pimail.rlpx.handshake import Initiator
-from tests.node.helpers import ECHO_REQUEST, FAIL, NodeUnderTest, running_node, wait_until
+from tests.node.helpers import ECHO_REQUEST, FAIL, EchoCapability, NodeUnderTest, running_node, wait_until
 from tests.node.rawpeer import RawPeer
 
 
@@ -251,3 +253,51 @@ async def test_write_backpressure(tmp_path: Path) -> None:
         await raw.read_frames(sent + 1, timeout=10)  # drain: the waiter gets through
         await asyncio.wait_for(waiter, 5)
         await s.assert_good_peer_fine()
+
+
+async def test_peer_that_stops_reading_is_dropped(tmp_path: Path) -> None:
+    async with scene(tmp_path, write_buffer_bytes=64 * 1024, ping_interval_s=0.1, idle_timeout_s=0.6) as s:
+        raw = await RawPeer.open(s.victim.server.listen_port)
+        await hello_done(raw, s.victim)
+        await wait_until(lambda: len(s.victim.server.peers) == 2)
+        peer = next(p for p in s.victim.server.peers if p.pubkey == raw.key.public)
+        chunk = b"\xb9\x40\x00" + os.urandom(16384)
+        while peer.send("echo", ECHO_REQUEST, chunk):  # fill kernel buffers and ours
+            await asyncio.sleep(0)
+        for _ in range(30):  # keep talking (so it is not a read timeout) but never read
+            if peer.closed:
+                break
+            raw.send_message(2, b"\xc0")  # ping
+            await asyncio.sleep(0.1)
+        assert peer.closed
+        assert s.victim.server.counters["write_timeout"] == 1
+        assert s.victim.server.counters["read_timeout"] == 0
+        await s.assert_good_peer_fine()
+
+
+async def test_flooding_peer_is_throttled_not_buffered(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    seen: list[bytes] = []
+
+    class Slow(EchoCapability):
+        async def handle_message(self, peer: PeerLike, code: int, payload: bytes) -> None:
+            await gate.wait()
+            seen.append(payload)
+
+    async with running_node(tmp_path / "v", caps=[Slow()], idle_timeout_s=60.0) as victim:
+        raw = await RawPeer.open(victim.server.listen_port)
+        await hello_done(raw, victim)
+        total = 20_000
+        filler = os.urandom(100)
+        for i in range(total):  # ~3 MB: more than one socket read and the loopback buffers
+            raw.send_message(16, rlp.encode([i, filler]))
+        await wait_until(lambda: len(victim.server.peers) == 1)
+        peer = victim.server.peers[0]
+        await wait_until(lambda: peer._reading_paused)
+        await asyncio.sleep(0.3)
+        # bounded by the limit plus what one socket read (≤ 256 KiB) can hold, far below the flood
+        assert len(peer._queue) < INBOUND_QUEUE_MESSAGES + 256 * 1024 // 100 < total
+        gate.set()
+        await wait_until(lambda: len(seen) == total, timeout=25)
+        assert seen == [rlp.encode([i, filler]) for i in range(total)]  # in order, none lost
+        assert not peer._reading_paused
