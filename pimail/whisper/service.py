@@ -125,6 +125,7 @@ class WhisperService(Capability):
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._last_peer_seen = time.monotonic()
+        self.no_peers_grace_s = NO_PEERS_GRACE_S
         self.counters: dict[str, int] = collections.defaultdict(int)
 
     # -- public API --------------------------------------------------------------------------------
@@ -380,7 +381,11 @@ class WhisperService(Capability):
 
     def _archive(self, envs: list[ArchivedEnvelope]) -> asyncio.Future[None]:
         assert self.archive is not None
-        fut = self.archive.submit(envs)
+        try:
+            fut = self.archive.submit(envs)
+        except Exception as exc:  # a backend that refuses synchronously (closed, disk gone)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
         self.counters["archived_submitted"] += len(envs)
 
         def done(f: asyncio.Future[None]) -> None:
@@ -469,7 +474,8 @@ class WhisperService(Capability):
             if state.status is None and now_m - state.started > STATUS_TIMEOUT_S:
                 log.warning("peer %s sent no shh Status within %g s", _short(state.peer), STATUS_TIMEOUT_S)
                 state.peer.disconnect(DisconnectReason.SUBPROTOCOL_ERROR)
-        if self.health is not None and not self.peers and now_m - self._last_peer_seen > NO_PEERS_GRACE_S:
+        lonely = not self.peers and now_m - self._last_peer_seen > self.no_peers_grace_s
+        if self.health is not None and lonely:
             self.health.report("whisper.no_peers", Severity.DEGRADED, "no Whisper peers connected")
 
     # -- tasks -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pimail.appliance.health import HealthModel
 from pimail.archive.base import Archive
 from pimail.config import NodeConfig, WhisperConfig
 from pimail.crypto.keys import NodeKey
@@ -53,9 +54,10 @@ async def start_node(
     archive: Archive | None = None,
     clock_trusted: Callable[[], bool] = lambda: True,
     client_id: str | None = None,
+    health: HealthModel | None = None,
 ) -> Node:
     whisper = WhisperService(config or WhisperConfig(min_pow=0.000002), archive=archive,
-                             clock_trusted=clock_trusted, health=None, trusted=set())
+                             clock_trusted=clock_trusted, health=health, trusted=set())
     tmp.mkdir(parents=True, exist_ok=True)
     server = NodeServer(NodeKey.generate(), NodeConfig(listen="127.0.0.1:0", data_dir=tmp), [whisper],
                         client_id=client_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import rlp
 
+from pimail.appliance.health import HealthModel
 from pimail.archive.base import ArchivedEnvelope
 from pimail.archive.sqlite import SqliteArchive
 from pimail.config import WhisperConfig
@@ -322,6 +323,48 @@ async def test_polite_peer_within_rate_is_kept(tmp_path: Path) -> None:
             peer.send("shh", 1, b"\xc0")
             await asyncio.sleep(0.06)
         await until(lambda: raw.codes().count(11) == 10, what="10 acks")
+        assert not peer.closed
+        await server.stop()
+    finally:
+        await b.stop()
+
+
+async def test_archive_failure_withholds_confirmations_and_reports_health(tmp_path: Path) -> None:
+    archive = SqliteArchive(tmp_path / "b.sqlite")
+    await archive.open()
+    await archive.close()  # every submit now fails
+    health = HealthModel()
+    b = await start_node(tmp_path / "b", archive=archive, health=health)
+    try:
+        server, raw, peer = await raw_peer(tmp_path / "r", b)
+        peer.send("shh", 0, status_payload())
+        env = fresh()
+        peer.send("shh", 1, encode_envelope_list([env.raw]))
+        await until(lambda: "whisper.archive" in {c.key for c in health.conditions}, what="health report")
+        await asyncio.sleep(0.3)
+        assert env.hash in b.whisper.pool  # still relayed
+        assert 11 not in raw.codes() and 12 not in raw.codes()  # but never confirmed
+        assert not peer.closed
+        await server.stop()
+    finally:
+        await b.stop()
+
+
+async def test_no_peers_health_condition_and_ignored_codes(tmp_path: Path) -> None:
+    health = HealthModel()
+    b = await start_node(tmp_path / "b", health=health)
+    b.whisper.no_peers_grace_s = 0.0
+    b.whisper.post(fresh())  # starts the timers
+    try:
+        await until(lambda: "whisper.no_peers" in {c.key for c in health.conditions}, what="no peers")
+        server, raw, peer = await raw_peer(tmp_path / "r", b)
+        assert "whisper.no_peers" not in {c.key for c in health.conditions}
+        peer.send("shh", 0, status_payload())
+        # No mailserver attached: 123/124/126 are ignored; unknown codes and 20 too.
+        for code in (126, 123, 124, 20, 50):
+            peer.send("shh", code, b"\xc3\x01\x02\x03")
+        peer.send("shh", 1, b"\xc0")
+        await until(lambda: 11 in raw.codes(), what="ack after ignored codes")
         assert not peer.closed
         await server.stop()
     finally:
