@@ -1,0 +1,162 @@
+"""Two real pimail nodes (``pimail run --archive-url``) on one PostgreSQL database.
+
+Phones post and ask for history with the ``pimail post`` / ``pimail history`` commands, each in its
+own process, over RLPx on 127.0.0.1. An envelope posted to either node is served by both; a node
+killed with SIGKILL right after confirming an envelope loses nothing, and a node that was down
+serves what its sibling archived meanwhile when it comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.archive.conftest import pg_url_or_skip
+
+TOPIC = "aabbccdd"
+PASSWORD = "fleet-test"
+READY = re.compile(r"ready: enode://([0-9a-f]{128})@[^:\s]+:(\d+)")
+START_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def fleet_db() -> Iterator[str]:
+    """A database of its own (nodes use the default ``pimail`` schema, as in production)."""
+    base = pg_url_or_skip()
+    name = f"pimail_fleet_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield base.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM",
+                                                             "CONFIGURATION_DIRECTORY", "WATCHDOG_USEC")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Node:
+    """``pimail run`` in a subprocess; its enode is read from the "ready" log line."""
+
+    def __init__(self, data_dir: Path, url: str) -> None:
+        self.data_dir = data_dir
+        self.url = url
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+        self.enode = ""
+
+    def start(self) -> Node:
+        self.log = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pimail", "run", "--data-dir", str(self.data_dir),
+             "--listen", "127.0.0.1:0", "--archive-url", self.url,
+             "--no-metrics", "--no-page", "--no-leds", "--clock-trust", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
+            cwd=self.data_dir.parent,
+        )
+        found = threading.Event()
+
+        def reader() -> None:
+            assert self.proc is not None and self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.log.append(line.rstrip())
+                m = READY.search(line)
+                if m and not found.is_set():
+                    self.enode = f"enode://{m.group(1)}@127.0.0.1:{m.group(2)}"
+                    found.set()
+            found.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        if not found.wait(START_TIMEOUT_S) or not self.enode:
+            self.stop()
+            raise AssertionError("node did not become ready:\n" + "\n".join(self.log[-20:]))
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def pimail(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pimail", *args], capture_output=True, text=True,
+                          timeout=90, env=_env(), cwd=cwd)
+
+
+def post(node: Node, text: str, cwd: Path) -> str:
+    r = pimail("post", "--peer", node.enode, "--topic", TOPIC, "--sym-password", PASSWORD, text, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    h, status = r.stdout.split()[:2]
+    assert status == "confirmed"  # the node confirms only once the archive (PostgreSQL) has it
+    return h
+
+
+def history(node: Node, phone: Path) -> dict[str, str]:
+    """hash → text of everything a fresh phone gets from ``node`` (a new phone key each time)."""
+    r = pimail("history", "--mailserver", node.enode, "--data-dir", str(phone), "--topic", TOPIC,
+               "--sym-password", PASSWORD, "--from", str(int(time.time()) - 3600), "--json", cwd=phone.parent)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    return {str(rec["hash"]): str(rec.get("text")) for rec in records if "hash" in rec}
+
+
+@pytest.mark.slow
+def test_two_nodes_one_database_serve_each_others_envelopes_and_survive_a_kill(
+    tmp_path: Path, fleet_db: str
+) -> None:
+    a = Node(tmp_path / "node-a", fleet_db)
+    b = Node(tmp_path / "node-b", fleet_db)
+    phones = iter(tmp_path / f"phone-{i}" for i in range(100))
+    try:
+        a.start()
+        b.start()
+        assert a.enode != b.enode
+        h1 = post(a, "to node a", tmp_path)
+        h2 = post(b, "to node b", tmp_path)
+        # the nodes are not peered: only the shared database can make each serve the other's envelope
+        for node in (a, b):
+            got = history(node, next(phones))
+            assert got.get(h1) == "to node a" and got.get(h2) == "to node b", (node.enode, got)
+
+        # node a confirms an envelope and dies at once (SIGKILL: no flush, no goodbye)
+        h3 = post(a, "last words of node a", tmp_path)
+        a.kill9()
+        assert history(b, next(phones)).get(h3) == "last words of node a"
+
+        # while a is down, b keeps archiving; a comes back and serves it
+        h4 = post(b, "while a was down", tmp_path)
+        a.start()
+        got = history(a, next(phones))
+        assert {h1, h2, h3, h4} <= set(got)
+        assert got[h4] == "while a was down"
+    finally:
+        codes = (a.stop(), b.stop())
+    assert codes[1] == 0, "\n".join(b.log[-20:])
