@@ -108,7 +108,7 @@ class WhisperService(Capability):
         trusted: Iterable[bytes] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        self._config = config
         self.archive = archive
         self.clock_trusted = clock_trusted
         self.health = health
@@ -129,6 +129,20 @@ class WhisperService(Capability):
         self.counters: dict[str, int] = collections.defaultdict(int)
 
     # -- public API --------------------------------------------------------------------------------
+    @property
+    def config(self) -> WhisperConfig:
+        return self._config
+
+    @config.setter
+    def config(self, new: WhisperConfig) -> None:
+        """Apply a reloaded [whisper] section (SIGHUP): PoW (announced to peers), formula, pool cap."""
+        old, self._config = self._config, new
+        if new.min_pow != old.min_pow:
+            self.set_min_pow(new.min_pow)
+        self.formula = PowFormula(new.pow_formula)
+        self.pool.max_bytes = new.pool_max_bytes
+        log.info("whisper settings reloaded (min PoW %g, %s formula)", self.min_pow, self.formula.value)
+
     def mark_trusted(self, node_id: bytes) -> None:
         """Accept 125/127 from this node (keccak of its public key)."""
         self.trusted.add(node_id)

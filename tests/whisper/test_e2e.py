@@ -369,3 +369,21 @@ async def test_no_peers_health_condition_and_ignored_codes(tmp_path: Path) -> No
         await server.stop()
     finally:
         await b.stop()
+
+
+async def test_reload_announces_new_pow_and_honours_old_one_briefly(tmp_path: Path) -> None:
+    b = await start_node(tmp_path / "b", WhisperConfig(min_pow=0.001))
+    try:
+        server, raw, peer = await raw_peer(tmp_path / "r", b)
+        peer.send("shh", 0, status_payload())
+        await until(lambda: all(s.status for s in b.whisper.peers.values()), what="status")
+        b.whisper.config = WhisperConfig(min_pow=1000.0)
+        await until(lambda: 2 in raw.codes(), what="code 2")
+        assert st.decode_pow_requirement(raw.payloads(2)[0]) == 1000.0
+        env = fresh(target=0.001)  # meets the old requirement only: inside the 10 s tolerance
+        peer.send("shh", 1, encode_envelope_list([env.raw]))
+        await until(lambda: 11 in raw.codes(), what="ack")
+        assert env.hash in b.whisper.pool and not peer.closed
+        await server.stop()
+    finally:
+        await b.stop()
