@@ -50,7 +50,10 @@ CODE_REQUEST_COMPLETE = 125
 CODE_P2P_REQUEST = 126
 CODE_P2P_MESSAGE = 127
 
-STREAM_PAGE_SIZE = 500  # envelopes fetched per archive query while streaming (≤ 2 pages in memory)
+STREAM_PAGE_SIZE = 500  # most envelopes fetched per archive query while streaming (≤ 2 pages in memory)
+FIRST_PAGE_SIZE = 100  # a small first page: the first envelope goes out sooner
+PAGE_BYTES_BUDGET = 4 * 1024 * 1024  # later pages are sized so that one holds about this many bytes
+MIN_PAGE_SIZE = 8
 STALL_TIMEOUT_S = 60.0  # status-go processRequestTimeout: give up on a client that stops reading
 MAX_ACTIVE_DELIVERIES = 256  # over all peers; beyond this new requests get "mailserver is busy"
 LIMITER_PURGE_INTERVAL_S = 1.0  # status-go purges its limiter every second
@@ -292,8 +295,10 @@ class MailServer:
         bundle: list[bytes] = []
         bundle_size = 0
 
+        page_n = min(FIRST_PAGE_SIZE, self.page_size)
+
         async def fetch(cursor: bytes | None, want: int | None) -> HistoryPage:
-            n = self.page_size if want is None else min(self.page_size, want)
+            n = page_n if want is None else min(page_n, want)
             return await self.archive.query(
                 HistoryQuery(req.lower, req.upper, req.topics, req.bloom, n, cursor, self.newest_first)
             )
@@ -309,6 +314,9 @@ class MailServer:
                     envs = envs[:remaining]
                     remaining -= len(envs)
                 more = page.next_cursor is not None and (remaining is None or remaining > 0)
+                if envs:  # size pages by bytes, so big envelopes cannot make a page huge
+                    avg = max(1, sum(len(e.raw) for e in envs) // len(envs))
+                    page_n = max(MIN_PAGE_SIZE, min(self.page_size, PAGE_BYTES_BUDGET // avg))
                 if more:  # prefetch the next page while this one goes out
                     pending = asyncio.ensure_future(fetch(page.next_cursor, remaining))
                 for env in envs:
@@ -328,6 +336,10 @@ class MailServer:
                 if remaining == 0 and page.next_cursor is not None and envs:
                     # status-go: the limit-th envelope is sent and its key becomes the cursor
                     next_cursor = envs[-1].cursor
+                if bundle and pending is not None:
+                    # send what this page produced while the next one is read
+                    await self._flush(peer, bundle, bundle_size)
+                    bundle, bundle_size = [], 0
             if bundle:
                 await self._flush(peer, bundle, bundle_size)
         finally:
