@@ -182,12 +182,11 @@ class HistoryClient:
                 resp: Response | None = None
                 got_any = False
                 while True:
-                    try:
-                        kind, item = await asyncio.wait_for(
-                            collector.queue.get(), opts.quiet_s if got_any else opts.response_timeout_s
-                        )
-                    except TimeoutError:
+                    got = await _next_item(collector, peer,
+                                           opts.quiet_s if got_any else opts.response_timeout_s)
+                    if got is None:
                         break  # silence: go-ethereum is done (it never sends 125)
+                    kind, item = got
                     got_any = True
                     if kind == "envelopes":
                         assert isinstance(item, list)
@@ -251,6 +250,28 @@ class HistoryClient:
             target, REQUEST_TTL_S, formula,
         )
         return env.hash, env.raw
+
+
+CLOSED_POLL_S = 0.25  # how often a waiting client notices that the mailserver hung up
+
+
+async def _next_item(collector: _Collector, peer: PeerLike, timeout: float) -> tuple[str, object] | None:
+    """The next packet from the mailserver, None after ``timeout`` of silence.
+
+    Raises HistoryError if the mailserver disconnects (e.g. it did not understand the request form).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if collector.queue.empty() and peer.closed:
+            raise HistoryError("the mailserver closed the connection (does it understand this request "
+                               "form? go-ethereum needs --form legacy)")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(collector.queue.get(), min(left, CLOSED_POLL_S))
+        except TimeoutError:
+            continue
 
 
 async def connect_trusted(node: object, whisper: object, mailserver: Enode) -> PeerLike:

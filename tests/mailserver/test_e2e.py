@@ -490,3 +490,28 @@ def test_big_request_to_a_stalled_client_reads_only_a_bounded_part_of_the_archiv
             assert ms.mailserver.stats.envelopes_sent < 5000
 
     _run(main())
+
+
+def test_client_reports_a_server_that_hangs_up_on_its_request_form(tmp_path: Path) -> None:
+    async def main() -> None:
+        from pimail.node.capability import ProtocolError
+        from pimail.whisper.envelope import EnvelopeError
+
+        class GethDecoder:
+            """go-ethereum: a 126 payload must be one envelope, else the peer is dropped."""
+
+            async def handle(self, peer: object, code: int, payload: bytes) -> None:
+                try:
+                    Envelope.decode(payload)
+                except EnvelopeError as exc:
+                    raise ProtocolError(f"invalid p2p request: {exc}") from exc
+
+        async with mail_node(tmp_path / "ms") as ms, client_node(tmp_path / "c") as client:
+            ms.whisper.request_handler = GethDecoder()
+            t0 = time.monotonic()
+            with pytest.raises(HistoryError, match="closed the connection"):
+                await client.history(ms.enode, form="direct", lower=NOW - 100, upper=NOW,
+                                     response_timeout_s=20)
+            assert time.monotonic() - t0 < 5
+
+    _run(main())
