@@ -67,7 +67,12 @@ ln -sf /opt/pimail/venv/bin/pimail "$root/usr/local/bin/pimail"
 log "app: enabling units"
 in_chroot "$root" systemctl enable pimail.service pimail-data.service pimail-import-settings.service \
     pimail-firstboot.service pimail-show-qr.service systemd-networkd.service systemd-resolved.service \
-    systemd-timesyncd.service avahi-daemon.service ssh.service wpa_supplicant@wlan0.service
+    systemd-timesyncd.service avahi-daemon.service ssh.service
+# Wi-Fi starts when wlan0 appears (and only with imported settings: see the unit's drop-in), so a
+# board or VM without wlan0 does not wait for it.
+mkdir -p "$root/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants"
+ln -sf /lib/systemd/system/wpa_supplicant@.service \
+    "$root/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/wpa_supplicant@wlan0.service"
 # systemd-analyze verify of our units inside the target (warnings only; the build goes on).
 in_chroot "$root" systemd-analyze verify --man=no pimail.service pimail-data.service pimail-firstboot.service \
     pimail-import-settings.service pimail-show-qr.service pimail-smoketest.service >&2 || log "app: systemd-analyze verify reported problems (above)"

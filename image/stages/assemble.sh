@@ -22,7 +22,7 @@ START_MIB=4
 work=$(mktemp -d "${img%/*}/.assemble.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-used_mib=$(du -sm --exclude=./boot/firmware "$rootfs" | cut -f1)
+used_mib=$(du -sm --exclude="$rootfs/boot/firmware" "$rootfs" | cut -f1)
 ROOT_MIB=$(( (used_mib * 13 / 10 + 128 + 3) / 4 * 4 ))
 log "assemble: root ${used_mib} MiB used -> ${ROOT_MIB} MiB partition"
 
