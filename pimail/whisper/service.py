@@ -352,8 +352,9 @@ class WhisperService(Capability):
                 errors.append(st.EnvelopeErrorReport(h, verdict.code, verdict.reason))
                 if verdict.outcome is Outcome.ERROR and trouble is None:
                     trouble = verdict.reason
-                else:
-                    log.info("envelope %s from %s: %s", h.hex()[:12], _short(peer), verdict.reason)
+                else:  # time errors: usually a peer with a wrong clock; counted, not shouted
+                    self.counters["time_errors"] += 1
+                    log.debug("envelope %s from %s: %s", h.hex()[:12], _short(peer), verdict.reason)
         if trouble is not None:
             raise ProtocolError(f"invalid envelope: {trouble}")
         if self.config.confirmations:

@@ -387,3 +387,24 @@ async def test_reload_announces_new_pow_and_honours_old_one_briefly(tmp_path: Pa
         await server.stop()
     finally:
         await b.stop()
+
+
+async def test_very_old_and_recently_expired_keep_the_peer(tmp_path: Path) -> None:
+    b = await start_node(tmp_path / "b")
+    try:
+        server, raw, peer = await raw_peer(tmp_path / "r", b)
+        peer.send("shh", 0, status_payload())
+        now = int(time.time())
+        very_old = fresh(ttl=10, sent=now - 100)  # expired 90 s ago: reported
+        just_expired = fresh(ttl=10, sent=now - 15)  # expired 5 s ago: dropped silently
+        payload = encode_envelope_list([very_old.raw, just_expired.raw])
+        peer.send("shh", 1, payload)
+        await until(lambda: 11 in raw.codes(), what="ack")
+        resp = st.MessageResponse.decode(raw.payloads(12)[0])
+        assert [(e.hash, e.code) for e in resp.errors] == [(very_old.hash, st.ENVELOPE_TIME_NOT_SYNCED)]
+        assert "very old" in resp.errors[0].description
+        assert len(b.whisper.pool) == 0 and not peer.closed
+        assert b.whisper.counters["time_errors"] == 1 and b.whisper.counters["expired_dropped"] == 1
+        await server.stop()
+    finally:
+        await b.stop()
