@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
         help="copy history from a sibling mailserver into the local archive",
         description="Ask another pimail (or status-go Whisper) mailserver for every envelope it "
         "stored in a time window (codes 123/124) and add the ones missing here. The sibling must "
-        "trust this node (its [mailserver] sync_from or [node] trusted_peers lists it).",
+        "trust this node (its [mailserver] sync_from, [node] static_peers or trusted_peers lists it). "
+        "Run it while the pimail service is stopped (it uses the same archive and node key); the "
+        "service backfills from [mailserver] sync_from by itself when it starts.",
     )
     p.add_argument("--from", dest="source", required=True, metavar="ENODE", help="the sibling mailserver")
     p.add_argument("--since", type=int, metavar="TS", help="lower bound, Unix seconds (default: when "
@@ -35,13 +37,9 @@ def register(sub: Any) -> None:
 
 
 def _load_config(args: argparse.Namespace) -> Config:
-    config = Config()
-    if args.config is not None:
-        if not args.config.is_file():
-            raise UserError(f"config file not found: {args.config}")
-        from pimail import configfile
+    from pimail import configfile
 
-        config = configfile.load(args.config)
+    config: Config = configfile.load_config(configfile.find_config(args.config, args.data_dir)).config
     if args.data_dir is not None:
         config.node.data_dir = args.data_dir
     return config
