@@ -73,3 +73,29 @@ async def test_stop_sends_client_quitting(tmp_path: Path) -> None:
         await wait_until(lambda: not b.server.peers)
         assert b.server.counters["disconnects_received"] == 1
         assert b.echo.stopped and a.echo.stopped
+
+
+async def test_set_static_peers_replaces_the_set(tmp_path: Path) -> None:
+    async with running_node(tmp_path / "a") as a, running_node(tmp_path / "b") as b:
+        a.server.set_static_peers([b.enode.url(), "enode://nothex@1.2.3.4:1", f"enode://{b.key.public.hex()}"])
+        await wait_until(lambda: len(a.server.peers) == 1)  # only the valid entry is dialled
+        a.server.set_static_peers([])  # SIGHUP without it: no more redialling
+        b.server.peers[0].disconnect(DisconnectReason.REQUESTED)
+        await wait_until(lambda: not a.server.peers)
+        await asyncio.sleep(0.5)  # several redial_min_s periods
+        assert not a.server.peers and a.server.counters["outbound_dials"] == 1
+
+
+def test_two_nodes_on_uvloop(tmp_path: Path) -> None:
+    import uvloop  # a dependency of pimail (the daemon runs on it)
+
+    async def scenario() -> None:
+        async with running_node(tmp_path / "a") as a, running_node(tmp_path / "b") as b:
+            for n, eip8 in enumerate((True, False), start=1):
+                peer = await a.server.connect(b.enode, eip8=eip8)
+                assert peer.send("echo", ECHO_REQUEST, b"\x83uv" + bytes([eip8]))
+                await a.echo.wait_for(lambda n=n: len(a.echo.replies) == n)  # type: ignore[misc]
+                peer.disconnect(DisconnectReason.REQUESTED)
+                await peer.closed_event.wait()
+
+    uvloop.run(asyncio.wait_for(scenario(), 20))
