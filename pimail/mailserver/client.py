@@ -106,12 +106,14 @@ class _Collector:
     def __init__(self, server_node_id: bytes, max_queue: int = 4096) -> None:
         self.server_node_id = server_node_id
         self.queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue(max_queue)
+        self.overflowed = False
 
     def _put(self, kind: str, item: object) -> None:
         try:
             self.queue.put_nowait((kind, item))
         except asyncio.QueueFull:
-            log.warning("history client is falling behind; dropping a packet")
+            # never lose envelopes silently: the fetch fails instead
+            self.overflowed = True
 
     def on_p2p_envelopes(self, peer: PeerLike, envs: Sequence[object]) -> None:
         if peer.node_id != self.server_node_id:
@@ -262,6 +264,8 @@ async def _next_item(collector: _Collector, peer: PeerLike, timeout: float) -> t
     """
     deadline = time.monotonic() + timeout
     while True:
+        if collector.overflowed:
+            raise HistoryError("the history client fell behind the mailserver and lost packets")
         if collector.queue.empty() and peer.closed:
             raise HistoryError("the mailserver closed the connection (does it understand this request "
                                "form? go-ethereum needs --form legacy)")
