@@ -147,8 +147,14 @@ class Envelope:
         return encoded
 
     def pows(self, diff: int = 0) -> tuple[float, float]:
-        """(legacy, current) PoW in one go, sharing the encoded nonce."""
-        return powmod.both_pows(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl, diff)
+        """(legacy, current) PoW in one go; the diff-0 pair is cached (forwarding asks per peer)."""
+        if diff:
+            return powmod.both_pows(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl, diff)
+        cached: tuple[float, float] | None = self.__dict__.get("_pows0")
+        if cached is None:
+            cached = powmod.both_pows(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl)
+            self.__dict__["_pows0"] = cached
+        return cached
 
     def pow_legacy(self, diff: int = 0) -> float:
         return powmod.legacy_pow(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl, diff)
