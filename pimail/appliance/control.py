@@ -160,12 +160,17 @@ class ControlServer:
             self._tasks.add(task)
         try:
             if self._slots.locked():
+                # read the request first: closing on unread data would reset the connection
+                with contextlib.suppress(ValueError, asyncio.LimitOverrunError):
+                    await asyncio.wait_for(reader.readline(), 1.0)
                 await self._reply(writer, {"ok": False, "error": "too many control connections"})
                 return
             async with self._slots:
                 await asyncio.wait_for(self._one_connection(reader, writer), REQUEST_TIMEOUT_S)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # server stopping: end this connection quietly (asyncio's stream callback dislikes re-raise)
         finally:
             if task is not None:
                 self._tasks.discard(task)

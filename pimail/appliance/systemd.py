@@ -30,9 +30,11 @@ MAX_STATUS_CHARS = 200
 def _send_raw(address: str, message: str) -> bool:
     target = "\0" + address[1:] if address.startswith("@") else address
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # never block the event loop on a receiver that does not read: drop the message instead
+        sock.setblocking(False)
         try:
             sock.connect(target)
-            sock.sendall(message.encode())
+            sock.send(message.encode())
         except OSError as exc:
             log.debug("sd_notify to %s failed: %s", address, exc)
             return False
