@@ -34,6 +34,7 @@ from pimail.devp2p.messages import (
 from pimail.rlpx.frame import FrameCodec, FrameError
 
 MAX_MESSAGE_SIZE = (1 << 24) - 1  # uncompressed payload cap (geth)
+UNREADABLE_REASON = -1  # DisconnectReceived.reason when the payload could not be decoded
 PRE_HELLO_FRAME_SLACK = 16  # message id and RLP list header around a maximal Hello
 
 
@@ -204,6 +205,8 @@ class P2PSession:
             try:
                 payload = compression.decompress(payload, self.max_message_size)
             except compression.SnappyError as exc:
+                if msg_id == DISCONNECT:  # some clients send it plain: take the reason anyway
+                    return self._disconnect(payload)
                 raise self._breach(str(exc), "snappy_rejected") from exc
         elif len(payload) > self.max_message_size:
             raise self._breach(f"message of {len(payload)} bytes over the cap", "message_too_large")
@@ -226,7 +229,7 @@ class P2PSession:
         try:
             msg = Disconnect.decode(payload)
         except MessageError:
-            msg = Disconnect(DisconnectReason.PROTOCOL_BREACH)
+            return DisconnectReceived(UNREADABLE_REASON, "unreadable reason")
         return DisconnectReceived(msg.reason, msg.reason_name)
 
     def _hello(self, payload: bytes) -> HelloReceived:

@@ -224,3 +224,21 @@ def test_frame_cap_restored_after_hello() -> None:
     payload = b"\xb9\x27\x10" + os.urandom(10_000)
     a.send_message("shh", 1, payload)
     assert b.receive_data(a.data_to_send()) == [MessageReceived("shh", 1, payload)]
+
+
+def test_disconnect_tolerant_forms() -> None:
+    from pimail.devp2p import compression
+
+    # plain Disconnect although snappy is on
+    a, b = pair()
+    exchange_hellos(a, b)
+    assert b.receive_data(raw_frame(a, 1, b"\xc1\x04")) == [DisconnectReceived(4, "too many peers")]
+    # compressed, as it should be
+    a, b = pair()
+    exchange_hellos(a, b)
+    assert b.receive_data(raw_frame(a, 1, compression.compress(b"\xc1\x05"))) == [
+        DisconnectReceived(5, "already connected")]
+    # garbage
+    codec, b = raw_sender()
+    assert b.receive_data(codec.encode(b"\x01\xff\xff")) == [DisconnectReceived(-1, "unreadable reason")]
+    assert b.state is SessionState.CLOSED
