@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import importlib
 import logging
 import os
 import shutil
@@ -32,26 +31,30 @@ from pimail.appliance.clock import ClockTrust
 from pimail.appliance.health import HealthModel, HealthState, LoopLagMonitor, Severity
 from pimail.appliance.leds import LedPanel
 from pimail.appliance.metrics import NodeMetrics
+from pimail.appliance.pairing import PairingController
 from pimail.appliance.systemd import SystemdNotifier
+from pimail.archive import open_archive
 from pimail.archive.base import Archive, ArchivedEnvelope, ArchiveError, ArchiveStats
 from pimail.config import Config
 from pimail.configfile import ConfigError, load_config, retention_policy
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
+from pimail.mailserver.access import SiblingPolicy
+from pimail.mailserver.server import MailServer, create_mailserver
+from pimail.node.peer import Peer
+from pimail.node.server import NodeServer
+from pimail.whisper.service import WhisperService
 
 log = logging.getLogger(__name__)
 
 NODEKEY_FILE = "nodekey"
 WRITE_PROBE_FILE = ".pimail-write-probe"
 STATS_INTERVAL_S = 5.0  # archive stats, disk, write probe, clock
-NO_PEERS_GRACE_S = 60.0  # after start, before "no peers" counts as degraded
 ACTIVITY_POLL_S = 0.25  # delivery blinks follow MailServer stats at this pace
 STOP_STEP_TIMEOUT_S = 10.0  # each shutdown step; systemd's TimeoutStopSec is the outer bound
 
 HEALTH_UNWRITABLE = "archive.unwritable"
-HEALTH_ARCHIVE_ERRORS = "archive.errors"
 HEALTH_DISK_LOW = "disk.low"
-HEALTH_NO_PEERS = "node.no_peers"
 # keys a SIGHUP cannot change on a running node
 RESTART_ONLY = (
     ("archive", "url"),
@@ -150,10 +153,10 @@ class Daemon:
         self.loop_monitor = LoopLagMonitor(self.health)
         self.key: NodeKey | None = None
         self.archive: _ObservedArchive | None = None
-        self.whisper: Any = None
-        self.mailserver: Any = None
-        self.server: Any = None
-        self.pairing: Any = None
+        self.whisper: WhisperService | None = None
+        self.mailserver: MailServer | None = None
+        self.server: NodeServer | None = None
+        self.pairing: PairingController | None = None
         self.status_page: Any = None
         self.pair_button: Any = None
         self.heartbeat: Any = None
@@ -213,7 +216,6 @@ class Daemon:
             raise RuntimeFailure(f"cannot use node key in {self.data_dir}: {exc.strerror or exc}") from None
 
     async def _open_archive(self) -> None:
-        open_archive = _component("pimail.archive", "open_archive")
         try:
             inner: Archive = open_archive(self.config.archive, self.data_dir, self.health)
             await inner.open()
@@ -227,17 +229,12 @@ class Daemon:
         log.info("archive open (%s)", where)
 
     async def _start_services(self) -> None:
-        from pimail.appliance.pairing import PairingController
-        from pimail.mailserver.access import SiblingPolicy
-        from pimail.mailserver.server import create_mailserver
-
-        whisper_service = _component("pimail.whisper.service", "WhisperService")
 
         assert self.key is not None and self.archive is not None and self.clock is not None
         cfg = self.config
         self.pairing = PairingController(self.data_dir, cfg.mailserver.allowed_clients, self.health)
         trusted = {_node_id(entry) for entry in cfg.node.trusted_peers}
-        self.whisper = whisper_service(
+        self.whisper = WhisperService(
             cfg.whisper, archive=self.archive, clock_trusted=self.clock, health=self.health, trusted=trusted
         )
         self.whisper.listeners.append(self)
@@ -254,11 +251,10 @@ class Daemon:
             self.whisper.request_handler = self.mailserver
 
     async def _start_node(self) -> None:
-        node_server = _component("pimail.node.server", "NodeServer")
-        assert self.key is not None
-        self.server = node_server(self.key, self.config.node, [self.whisper], health=self.health)
+        assert self.key is not None and self.whisper is not None
+        self.server = server = NodeServer(self.key, self.config.node, [self.whisper], health=self.health)
         try:
-            await self.server.start()
+            await server.start()
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise RuntimeFailure(
@@ -267,14 +263,13 @@ class Daemon:
                 ) from None
             why = exc.strerror or exc
             raise RuntimeFailure(f"cannot listen on {self.config.node.listen}: {why}") from None
-        self.enode = self._own_enode()
+        self.enode = self._own_enode(server.listen_port)
 
-    def _own_enode(self) -> Enode:
+    def _own_enode(self, port: int) -> Enode:
         from pimail.appliance.lan import advertised_address, enode_for
 
         assert self.key is not None
         host = self.config.node.listen.rpartition(":")[0] or "0.0.0.0"
-        port = int(self.server.listen_port)
         try:
             address = advertised_address(f"{host}:{port}", self.config.node.public_host)
         except UserError:
@@ -301,9 +296,15 @@ class Daemon:
         if cfg.status.page and self.enode is not None:
             from pimail.appliance.statuspage import StatusPage
 
-            self.status_page = StatusPage(cfg.status, self.status_snapshot, self.enode, pairing=self.pairing)
+            self.status_page = StatusPage(
+                cfg.status,
+                self.status_snapshot,
+                self.enode,
+                pairing=self.pairing,
+                mailserver_password=cfg.mailserver.password,
+            )
             await self.status_page.start()
-        if cfg.leds.pair_button and self.leds is not None and self.leds.enabled:
+        if cfg.leds.pair_button and self.leds is not None and self.leds.enabled and self.pairing:
             from pimail.appliance.pairing import PairButton
 
             try:
@@ -320,14 +321,14 @@ class Daemon:
             assert self.archive is not None
             client = SyncClient(self.mailserver, self.archive)
             backfill = Backfill(self.server, client, cfg.mailserver, self.heartbeat)
-            self._tasks.append(loop.create_task(self._backfill_then_beat(backfill), name="backfill"))
+            self.heartbeat.start()  # Backfill has read "last up" already
+            self._tasks.append(loop.create_task(self._backfill(backfill), name="backfill"))
 
-    async def _backfill_then_beat(self, backfill: Any) -> None:
+    async def _backfill(self, backfill: Any) -> None:
         try:
             await backfill.run()
         except Exception:
             log.exception("backfill from sibling mailservers failed")
-        self.heartbeat.start()
 
     def _register_commands(self) -> None:
         async def status(args: dict[str, Any]) -> Any:
@@ -390,6 +391,7 @@ class Daemon:
             ("control socket", self.control.stop if self.control else None),
             ("peers", self.server.stop if self.server else None),
             ("deliveries", self.mailserver.close if self.mailserver else None),
+            ("whisper", self.whisper.close if self.whisper else None),
             ("heartbeat", self.heartbeat.stop if self.heartbeat else None),
             ("pairing", self.pairing.close if self.pairing else None),
             ("archive", self.archive.close if self.archive else None),
@@ -464,13 +466,13 @@ class Daemon:
 
     def _on_archived(self, count: int) -> None:
         self.counters["archived"] += count
-        self.health.clear(HEALTH_ARCHIVE_ERRORS)
         if self.leds is not None:
             self.leds.archived()
 
     def _on_archive_error(self, reason: str) -> None:
+        # the Whisper service raises the health condition (whisper.archive); we only count
         self.counters["archive_errors"] += 1
-        self.health.report(HEALTH_ARCHIVE_ERRORS, Severity.DEGRADED, f"archive write failed: {reason}")
+        log.debug("archive write failed: %s", reason)
 
     def _on_health_change(self, health: HealthModel) -> None:
         # May run in the loop-watch thread: only a datagram, no loop objects.
@@ -502,7 +504,6 @@ class Daemon:
                 self.health.clear(HEALTH_UNWRITABLE)
         self._disk = await loop.run_in_executor(None, self._disk_usage)
         self._check_disk()
-        self._check_peers()
 
     def _write_probe(self) -> str | None:
         """Create, fsync and remove a small file next to the archive; the error text if that fails."""
@@ -538,14 +539,6 @@ class Daemon:
         else:
             self.health.clear(HEALTH_DISK_LOW)
 
-    def _check_peers(self) -> None:
-        if time.monotonic() - self._started_m < NO_PEERS_GRACE_S:
-            return
-        if self._peer_list():
-            self.health.clear(HEALTH_NO_PEERS)
-        else:
-            self.health.report(HEALTH_NO_PEERS, Severity.DEGRADED, "no peers connected")
-
     async def _activity(self) -> None:
         """Blink amber when history was delivered (follows the mailserver's completed count)."""
         while True:
@@ -556,28 +549,19 @@ class Daemon:
             if done != self._last_delivered:
                 self._last_delivered = done
                 self.leds.delivered()
-            if self._peer_list():
-                self.health.clear(HEALTH_NO_PEERS)
 
     # -- the one status snapshot ----------------------------------------------------------------------
-    def _peer_list(self) -> list[Any]:
+    def _peer_list(self) -> list[Peer]:
         if self.server is None:
             return []
-        peers = self.server.peers
-        if isinstance(peers, Mapping):
-            peers = peers.values()
-        return [p for p in peers if not getattr(p, "closed", False)]
+        return [p for p in self.server.peers if not p.closed]
 
-    def _peer_info(self, peer: Any) -> dict[str, Any]:
+    @staticmethod
+    def _peer_info(peer: Peer) -> dict[str, Any]:
         host, port = peer.remote_address[:2]
-        stats = getattr(peer, "stats", None)
-        stats = stats() if callable(stats) else stats
-        stats = stats if isinstance(stats, Mapping) else {}
-        caps = getattr(peer, "capabilities", None) or getattr(peer, "caps", None)
-        protocol = "shh/6"
-        if isinstance(caps, list | tuple) and caps:
-            protocol = ", ".join(f"{c[0]}/{c[1]}" if isinstance(c, tuple | list) else str(c) for c in caps)
-        connected = getattr(peer, "connected_at", None)
+        stats = peer.stats()
+        protocol = ", ".join(f"{name}/{version}" for name, version in peer.capabilities) or "-"
+        connected = peer.connected_at
         return {
             "enode": Enode(peer.pubkey, host, port).url(),
             "client": peer.client_id,
@@ -618,8 +602,9 @@ class Daemon:
             counters.update({f"whisper_{k}": int(v) for k, v in whisper_counters.items()})
             if "envelopes_out" in whisper_counters:
                 counters["envelopes_out"] = int(whisper_counters["envelopes_out"])
-        mailserver = self.mailserver.snapshot() if self.mailserver is not None else None
-        if mailserver is not None:
+        mailserver: dict[str, object] | None = None
+        if self.mailserver is not None:
+            mailserver = self.mailserver.snapshot()
             sent = int(self.mailserver.stats.envelopes_sent)
             counters["envelopes_out"] = counters.get("envelopes_out", 0) + sent
             counters["requests"] = int(self.mailserver.stats.requests)
@@ -671,11 +656,6 @@ class Daemon:
         if state is HealthState.STARTING:
             return "starting"
         return ", ".join(parts)
-
-
-def _component(module: str, name: str) -> Any:
-    """A layer's entry point, imported when the daemon starts (keeps ``pimail status`` light)."""
-    return getattr(importlib.import_module(module), name)
 
 
 def _node_id(entry: str) -> bytes:

@@ -45,11 +45,8 @@ def human_duration(seconds: float | None) -> str:
     days, s = divmod(s, 86400)
     hours, s = divmod(s, 3600)
     minutes, s = divmod(s, 60)
-    parts = [f"{days} d"] if days else []
-    if hours or days:
-        parts.append(f"{hours} h")
-    parts.append(f"{minutes} min" if minutes or hours or days else f"{s} s")
-    return " ".join(parts[:2])
+    parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
+    return " ".join(parts[:2]) if parts else f"{s} s"
 
 
 def _utc(ts: float | None) -> str:
@@ -113,7 +110,8 @@ def render(snap: dict[str, Any]) -> str:
             lines.append(f"  pairing    open, {pairing.get('window_remaining_s')} s left")
         else:
             paired = len(pairing.get("paired_clients") or [])
-            lines.append(f"  pairing    {pairing.get('mode')} ({paired} paired)")
+            who = "any phone may request history" if pairing.get("mode") == "open" else "allowlist"
+            lines.append(f"  pairing    closed; {who} ({paired} paired)")
     return "\n".join(lines)
 
 
