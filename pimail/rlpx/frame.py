@@ -56,6 +56,7 @@ class FrameCodec:
         self._enc = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).encrypt
         self._dec = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).decrypt
         self._mac_block = AES.new(secrets.mac_secret, AES.MODE_ECB).encrypt
+        self._mac_out = bytearray(16)  # reused output buffer: saves an allocation per MAC step
         self._egress: _keccak.Keccak_Hash = secrets.egress_mac
         self._ingress: _keccak.Keccak_Hash = secrets.ingress_mac
         # Hot-path trick: every MAC update starts from digest() of the current sponge state, which is
@@ -70,7 +71,9 @@ class FrameCodec:
 
     def _mac_step(self, mac: _keccak.Keccak_Hash, state_digest: bytes, seed: bytes) -> bytes:
         """updateMAC: absorb AES(mac-secret, digest[:16]) ^ seed; return the new full digest."""
-        t = int.from_bytes(self._mac_block(state_digest[:16]), "big") ^ int.from_bytes(seed, "big")
+        out = self._mac_out
+        self._mac_block(state_digest[:16], output=out)
+        t = int.from_bytes(out, "big") ^ int.from_bytes(seed, "big")
         mac.update(t.to_bytes(16, "big"))
         return mac.digest()
 
