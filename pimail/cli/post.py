@@ -10,6 +10,7 @@ from typing import Any
 from pimail.errors import RuntimeFailure, UserError
 from pimail.whisper import payload as pl
 from pimail.whisper.envelope import Envelope
+from pimail.whisper.pow import PowFormula
 from pimail.whisper.seal import seal_async
 from pimail.whisper.status import MessageResponse
 from pimail.whisper.validation import pow_meets
@@ -111,7 +112,11 @@ async def _post(args: argparse.Namespace, enode: Any, topic: bytes, pubkey: byte
         key = await loop.run_in_executor(None, pl.key_from_password, args.sym_password)
     text = args.message.encode()
     async with client_session(enode, timeout=args.timeout) as s:
-        target = max(args.pow, s.state.pow_requirement)
+        # Seal for --pow under both formulas, and for the peer's requirement under the formula it
+        # judges by (go-ethereum 1.8 wants 0.2 under the legacy one only: cheap; both would not be).
+        req, formula = s.state.pow_requirement, s.state.formula
+        legacy_t = max(args.pow, req) if formula is not PowFormula.CURRENT else args.pow
+        current_t = max(args.pow, req) if formula is not PowFormula.LEGACY else args.pow
         tracker = _Tracker()
         s.whisper.listeners.append(tracker)
         posted: list[Envelope] = []
@@ -121,7 +126,8 @@ async def _post(args: argparse.Namespace, enode: Any, topic: bytes, pubkey: byte
             else:
                 data = pl.seal_asymmetric(pubkey or b"", text)
             now = int(time.time())
-            result = await seal_async(now + args.ttl, args.ttl, topic, data, target, args.work_time)
+            result = await seal_async(now + args.ttl, args.ttl, topic, data, legacy_t, args.work_time,
+                                      current_t)
             pows = (result.pow_legacy, result.pow_current)
             if not pow_meets(pows, s.state.pow_requirement, s.state.formula):
                 raise RuntimeFailure(

@@ -45,15 +45,21 @@ def seal(
     data: bytes,
     target_pow: float,
     work_time_s: float = DEFAULT_WORK_TIME_S,
+    current_target: float | None = None,
 ) -> SealResult:
-    """Search nonces from 0 until both formulas meet ``target_pow`` or ``work_time_s`` runs out."""
+    """Search nonces from 0 until both formulas meet their targets or ``work_time_s`` runs out.
+
+    ``target_pow`` is the legacy formula's target and, unless ``current_target`` is given, the
+    current formula's too (a peer known to judge by one formula may ask more of that one only).
+    """
+    current_target = target_pow if current_target is None else current_target
     if not 0 < ttl <= UINT32_MAX or not 0 <= expiry <= UINT32_MAX:
         raise ValueError("ttl and expiry must be uint32 (ttl > 0)")
     base = Envelope.build(expiry, ttl, topic, data, 0)
     rlp_nn = base.rlp_without_nonce
     first = keccak256(rlp_nn) + _ZERO24
     need_legacy = _bits_needed(target_pow, ENVELOPE_HEADER_LEN + len(data), ttl)
-    need_current = _bits_needed(target_pow, len(rlp_nn), ttl)
+    need_current = _bits_needed(current_target, len(rlp_nn), ttl)
     start = time.monotonic()
     deadline = start + max(0.0, work_time_s)
     best_nonce, best_score, best_lbits = 0, (-1 << 30, 0), -1
@@ -78,7 +84,7 @@ def seal(
             break
     env = Envelope.build(expiry, ttl, topic, data, best_nonce)
     legacy, current = env.pows()
-    met = legacy >= target_pow and current >= target_pow
+    met = legacy >= target_pow and current >= current_target
     return SealResult(env, legacy, current, met, nonce + 1, time.monotonic() - start)
 
 
@@ -99,11 +105,12 @@ async def seal_async(
     data: bytes,
     target_pow: float,
     work_time_s: float = DEFAULT_WORK_TIME_S,
+    current_target: float | None = None,
 ) -> SealResult:
     """``seal`` in a worker thread (never on the event loop)."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
-        _executor(), seal, expiry, ttl, topic, data, target_pow, work_time_s
+        _executor(), seal, expiry, ttl, topic, data, target_pow, work_time_s, current_target
     )
 
 

@@ -76,9 +76,12 @@ class RawShh(Capability):
     length: int = 128
     received: list[tuple[int, bytes]] = field(default_factory=list)
     peers: list[PeerLike] = field(default_factory=list)
+    auto_status: bytes | None = None  # sent to every peer on connect (to play a listening node)
 
     async def peer_started(self, peer: PeerLike) -> None:
         self.peers.append(peer)
+        if self.auto_status is not None:
+            peer.send(self.name, 0, self.auto_status)
 
     async def handle_message(self, peer: PeerLike, code: int, payload: bytes) -> None:
         self.received.append((code, payload))

@@ -7,11 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from pimail.config import WhisperConfig
-from pimail.crypto.keys import NodeKey
-from pimail.whisper.payload import key_from_password, open_asymmetric
+import rlp
 
-from .nodes import start_node, until
+from pimail.config import NodeConfig, WhisperConfig
+from pimail.crypto.keys import NodeKey
+from pimail.node.server import NodeServer
+from pimail.whisper.envelope import decode_envelope_list
+from pimail.whisper.payload import key_from_password, open_asymmetric
+from pimail.whisper.pow import pow_to_bits
+
+from .nodes import RawShh, start_node, until
 
 TOPIC = "cafe0001"
 
@@ -74,6 +79,25 @@ async def test_post_asymmetric(tmp_path: Path) -> None:
         assert legacy >= 0.001 and current >= 0.001
     finally:
         await node.stop()
+
+
+async def test_post_to_a_geth_like_node_seals_legacy_pow_for_its_requirement(tmp_path: Path) -> None:
+    geth_status = bytes(rlp.encode([6, pow_to_bits(0.2), b"\xff" * 64, False]))  # 4 fields, PoW 0.2
+    cap = RawShh(auto_status=geth_status)
+    server = NodeServer(NodeKey.generate(), NodeConfig(listen="127.0.0.1:0", data_dir=tmp_path), [cap],
+                        client_id="Geth/wnode/v1.8.27-stable/linux-amd64/go1.11")
+    await server.start()
+    try:
+        rc, out, err = await pimail("post", "--peer", server.enode.url(), "--topic", TOPIC,
+                                    "--sym-password", "p", "--ttl", "20", "to geth")
+        assert rc == 0, err
+        assert out.split()[1] == "sent"  # geth sends no confirmations
+        envs = [e for p in cap.payloads(1) for e in decode_envelope_list(p)]
+        assert len(envs) == 1 and out.split()[0] == "0x" + envs[0].hash.hex()
+        legacy, current = envs[0].pows()
+        assert legacy >= 0.2 and current >= 0.002
+    finally:
+        await server.stop()
 
 
 async def test_cli_bad_arguments_and_unreachable_peer(tmp_path: Path) -> None:

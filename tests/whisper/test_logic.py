@@ -194,6 +194,11 @@ def test_seal_meets_both_formulas() -> None:
     assert r.envelope.pows() == (r.pow_legacy, r.pow_current)
 
 
+def test_seal_separate_targets_per_formula() -> None:
+    r = seal(NOW + 15, 15, b"abcd", b"y" * 256, 0.2, 30, current_target=0.002)
+    assert r.met and r.pow_legacy >= 0.2 and r.pow_current >= 0.002
+
+
 def test_seal_bounded_time_keeps_best() -> None:
     start = time.monotonic()
     r = seal(NOW + 15, 15, b"abcd", b"y" * 256, 1e6, 0.2)  # unreachable target
