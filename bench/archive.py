@@ -1,0 +1,153 @@
+"""Archive benchmark: ingest rate, bloom page latency, bytes on disk, bytes written.
+
+``.venv/bin/python -m bench.archive [--quick] [--count N] [--dir DIR]``
+
+Envelopes are real and 300 bytes of RLP each, over 5000 topics (status-go's partitioned-topic
+count) with sent times rising through 30 days, as a node archives them. Their hashes are computed
+before the clock starts (the Whisper layer has them already). Ingest goes through ``submit`` in
+batches of 500 from the event loop, timed until every future is durable. Pages are 100 envelopes
+with a bloom of one to three stored topics over the whole range, followed by their cursor for two
+more pages, in both directions. Bytes written come from /proc/self/io over the ingest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import rlp
+
+from bench.common import Result, print_table
+from pimail.archive.base import ArchivedEnvelope, HistoryQuery
+from pimail.archive.sqlite import SqliteArchive
+from pimail.crypto.hashing import keccak256
+from pimail.whisper.bloom import topics_to_bloom
+
+AREA = "archive"
+ENVELOPE_BYTES = 300
+TOPICS = 5000
+SPAN_S = 30 * 86400
+CHUNK = 50_000
+SUBMIT_BATCH = 500
+IN_FLIGHT = 16
+PAGE = 100
+
+
+def _proc_write_bytes() -> int:
+    with open("/proc/self/io", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def make_envelopes(start: int, n: int, total: int, t0: int, topics: list[bytes]) -> list[ArchivedEnvelope]:
+    rng = random.Random(start)
+    out = []
+    ttl = 86400
+    for i in range(start, start + n):
+        sent = t0 + i * SPAN_S // total
+        topic = topics[rng.randrange(len(topics))]
+        fill = i.to_bytes(8, "big") * 40
+
+        fields: list[object] = [sent + ttl, ttl, topic, fill[:270], i]
+        first: bytes = rlp.encode(fields)
+        fields[3] = fill[: 270 + ENVELOPE_BYTES - len(first)]
+        raw: bytes = rlp.encode(fields)
+        out.append(ArchivedEnvelope(sent, keccak256(raw), topic, sent + ttl, raw, sent + 1))
+    return out
+
+
+async def ingest(archive: SqliteArchive, total: int, t0: int, topics: list[bytes]) -> tuple[float, int, int]:
+    """Seconds spent ingesting (generation excluded), raw bytes archived, bytes written."""
+    busy = 0.0
+    raw_bytes = 0
+    written = 0
+    for start in range(0, total, CHUNK):
+        envs = make_envelopes(start, min(CHUNK, total - start), total, t0, topics)
+        raw_bytes += sum(len(e.raw) for e in envs)
+        w0 = _proc_write_bytes()
+        t = time.perf_counter()
+        window: list[asyncio.Future[None]] = []
+        for i in range(0, len(envs), SUBMIT_BATCH):  # like a relay: a bounded number in flight
+            window.append(archive.submit(envs[i : i + SUBMIT_BATCH]))
+            if len(window) >= IN_FLIGHT:
+                await window.pop(0)
+        await asyncio.gather(*window)
+        busy += time.perf_counter() - t
+        written += _proc_write_bytes() - w0
+    return busy, raw_bytes, written
+
+
+async def page_latency(archive: SqliteArchive, topics: list[bytes], rounds: int) -> list[float]:
+    rng = random.Random(7)
+    samples: list[float] = []
+    for r in range(rounds):
+        bloom = topics_to_bloom(rng.sample(topics, rng.randint(1, 3)))
+        cursor = None
+        for _ in range(3):
+            q = HistoryQuery(0, 2**32 - 1, (), bloom, PAGE, cursor, descending=bool(r % 2))
+            t = time.perf_counter()
+            page = await archive.query(q)
+            samples.append(time.perf_counter() - t)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    return samples
+
+
+async def measure(directory: Path, total: int, quick: bool) -> list[Result]:
+    rng = random.Random(1)
+    topics = [rng.randbytes(4) for _ in range(TOPICS)]
+    t0 = int(time.time()) - SPAN_S
+    archive = SqliteArchive(directory / "archive.sqlite", prune_interval_s=0)
+    await archive.open()
+    try:
+        busy, raw_bytes, written = await ingest(archive, total, t0, topics)
+        await archive.vacuum()  # checkpoint: everything in the main file
+        file_bytes = (directory / "archive.sqlite").stat().st_size
+        stats = await archive.stats()
+        assert stats.count == total, f"stored {stats.count} of {total}"
+        latencies = await page_latency(archive, topics, 60 if quick else 200)
+    finally:
+        await archive.close()
+    lat_ms = sorted(x * 1000 for x in latencies)
+    p50 = statistics.median(lat_ms)
+    p95 = lat_ms[int(0.95 * (len(lat_ms) - 1))]
+    per_env = file_bytes / total
+    raw_per_env = raw_bytes / total
+    note = f"{total:,} stored"
+    return [
+        Result(AREA, f"ingest rate ({ENVELOPE_BYTES} B envelopes, to {total:,})", total / busy, "env/s",
+               60_000, True, note),
+        Result(AREA, "page of 100 with bloom, p50", p50, "ms", None, False, note),
+        Result(AREA, "page of 100 with bloom, p95", p95, "ms", 10, False, note),
+        Result(AREA, "bytes on disk per envelope", per_env, "B", 1.1 * raw_per_env + 48, False,
+               f"raw {raw_per_env:.0f} B"),
+        Result(AREA, "bytes written per archived byte", written / raw_bytes, "ratio", 2.5, False,
+               "/proc/self/io write_bytes"),
+    ]
+
+
+def run(quick: bool, count: int | None = None, directory: Path | None = None) -> list[Result]:
+    total = count or (100_000 if quick else 1_000_000)
+    tmp = Path(tempfile.mkdtemp(prefix="pimail-bench-archive-", dir=directory))
+    try:
+        return asyncio.run(measure(tmp, total, quick))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="100k envelopes instead of 1M")
+    parser.add_argument("--count", type=int, default=None, help="envelopes to store")
+    parser.add_argument("--dir", type=Path, default=None, help="where to put the archive (default /tmp)")
+    args = parser.parse_args()
+    print_table(run(args.quick, args.count, args.dir))
