@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -58,6 +59,9 @@ STALL_TIMEOUT_S = 60.0  # status-go processRequestTimeout: give up on a client t
 MAX_ACTIVE_DELIVERIES = 256  # over all peers; beyond this new requests get "mailserver is busy"
 LIMITER_PURGE_INTERVAL_S = 1.0  # status-go purges its limiter every second
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # geth DefaultMaxMessageSize
+CONTINUATION_TTL_S = 300.0  # a next-page request within this time of our 125 is not rate limited
+CURSORS_PER_PEER = 8  # issued cursors remembered per peer
+MAX_TRACKED_PEERS = 10_000  # peers whose issued cursors are remembered (least recent dropped)
 
 
 @dataclass
@@ -121,6 +125,8 @@ class MailServer:
         self.stats = DeliveryStats()
         self._active: dict[bytes, set[asyncio.Task[None]]] = {}
         self._last_purge = 0.0
+        #: cursors handed out in 125s, per peer: their follow-up requests skip the rate limits
+        self._issued: OrderedDict[bytes, OrderedDict[bytes, float]] = OrderedDict()
         #: where 124 responses go (set by ``SyncClient`` while it waits on a peer)
         self.sync_sinks: dict[bytes, SyncResponseSink] = {}
         #: optional metrics hook, set by the daemon
@@ -182,11 +188,12 @@ class MailServer:
             return
         now_m = self.monotonic()
         self._purge_limits(now_m)
-        if not self.limits.allow(peer.node_id, now_m):
-            self.stats.rate_limited += 1
-            self._done(parsed.form_hint, "rate_limited")
-            log.debug("history request from %s refused: rate limit", _short(peer))
-            self._reply_error(peer, rid, "rate limit exceeded")
+        # A request the limits would refuse is still opened: it may be the next page of a
+        # delivery we just made (its cursor is one we issued), which is not limited (see below).
+        # Refusals are cheap for direct requests; envelope requests cost one decryption.
+        limited = not self.limits.interval.would_allow(peer.node_id, now_m)
+        if limited and parsed.direct is not None and not self._is_continuation(peer, parsed.direct.cursor):
+            self._refuse_rate(peer, rid, parsed.form_hint)
             return
         try:
             req = self.opener.open(parsed, peer.pubkey, int(self.clock()))
@@ -195,6 +202,11 @@ class MailServer:
             self._done(parsed.form_hint, "rejected")
             log.info("history request %s from %s rejected: %s", rid.hex()[:12], _short(peer), exc.message)
             self._reply_error(peer, rid, exc.message)
+            return
+        if self._take_continuation(peer, req.cursor):
+            pass  # paging on: Status clients ask for the next page at once and fail on a refusal
+        elif not self.limits.allow(peer.node_id, now_m):
+            self._refuse_rate(peer, rid, req.form.value)
             return
         self.stats.by_form[req.form.value] = self.stats.by_form.get(req.form.value, 0) + 1
         task = asyncio.get_running_loop().create_task(self._deliver(peer, req))
@@ -216,6 +228,36 @@ class MailServer:
                 del self._active[node_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("history delivery failed: %r", task.exception())
+
+    def _refuse_rate(self, peer: PeerLike, rid: bytes, form: str) -> None:
+        self.stats.rate_limited += 1
+        self._done(form, "rate_limited")
+        log.debug("history request from %s refused: rate limit", _short(peer))
+        self._reply_error(peer, rid, "rate limit exceeded")
+
+    def _is_continuation(self, peer: PeerLike, cursor: bytes | None) -> bool:
+        issued = self._issued.get(peer.node_id)
+        return bool(cursor) and issued is not None and cursor in issued
+
+    def _take_continuation(self, peer: PeerLike, cursor: bytes | None) -> bool:
+        """True (once) if ``cursor`` is one this server handed this peer in a 125 recently."""
+        issued = self._issued.get(peer.node_id)
+        if not cursor or issued is None:
+            return False
+        stamp = issued.pop(cursor, None)
+        return stamp is not None and self.monotonic() - stamp <= CONTINUATION_TTL_S
+
+    def _remember_cursor(self, peer: PeerLike, cursor: bytes) -> None:
+        issued = self._issued.get(peer.node_id)
+        if issued is None:
+            issued = self._issued[peer.node_id] = OrderedDict()
+            while len(self._issued) > MAX_TRACKED_PEERS:
+                self._issued.popitem(last=False)
+        else:
+            self._issued.move_to_end(peer.node_id)
+        issued[cursor] = self.monotonic()
+        while len(issued) > CURSORS_PER_PEER:
+            issued.popitem(last=False)
 
     def _done(self, form: str, result: str, started: float | None = None, envelopes: int = 0) -> None:
         hook = self.on_request_done
@@ -279,6 +321,8 @@ class MailServer:
             self._done(req.form.value, "aborted", started, count)
             return
         self.stats.completed += 1
+        if cursor is not None:
+            self._remember_cursor(peer, cursor)
         self._done(req.form.value, "completed", started, count)
         log.info(
             "delivered %d envelopes (%s form%s) to %s in %.2f s%s",

@@ -515,3 +515,41 @@ def test_client_reports_a_server_that_hangs_up_on_its_request_form(tmp_path: Pat
             assert time.monotonic() - t0 < 5
 
     _run(main())
+
+
+def test_paging_is_not_rate_limited_but_forged_cursors_are(tmp_path: Path) -> None:
+    async def main() -> None:
+        # the shipped defaults: 1 s between requests, bucket 1/s with a burst of 10
+        cfg = open_mailserver_config(min_request_interval_s=1.0, bucket_rate_per_s=1.0, bucket_burst=10)
+        async with mail_node(tmp_path / "ms", cfg) as ms, client_node(tmp_path / "c") as client:
+            envs = _history_envs(100, NOW - 500)
+            await ms.fill(envs)
+            for form in ("direct", "envelope"):
+                if form == "envelope":
+                    await asyncio.sleep(1.1)  # a fresh request after the interval
+                t0 = time.monotonic()
+                got, summary = await client.history(ms.enode, form=form, lower=NOW - 600, upper=NOW,
+                                                    limit=5, request_pow=MIN_POW)
+                assert len(got) == 100 and summary.pages == 20 and summary.rate_limited == 0, form
+                assert time.monotonic() - t0 < 15
+            # a cursor the server did not hand to this peer is an ordinary (limited) request
+            peer = await client.connect(ms.enode)
+            forged = envs[3].sent.to_bytes(4, "big") + envs[3].hash
+            await asyncio.sleep(1.1)
+            n = len(client.recorder.responses)
+            await peer.send_wait("shh", 126, MessagesRequest(b"e" * 32, NOW - 600, NOW, 5, b"",
+                                                             FULL_BLOOM).encode())
+            await peer.send_wait("shh", 126, MessagesRequest(b"f" * 32, NOW - 600, NOW, 5, forged,
+                                                             FULL_BLOOM).encode())
+            by_id = {r.request_id: r for r in (await client.recorder.wait_responses(n + 2))[n:]}
+            fresh, refused = by_id[b"e" * 32], by_id[b"f" * 32]
+            assert isinstance(fresh, RequestComplete) and fresh.request_id == b"e" * 32
+            assert isinstance(refused, RequestFailed) and refused.message == "rate limit exceeded"
+            # while the cursor the server did hand out is honoured at once
+            assert fresh.cursor is not None
+            await peer.send_wait("shh", 126, MessagesRequest(b"g" * 32, NOW - 600, NOW, 5, fresh.cursor,
+                                                             FULL_BLOOM).encode())
+            (follow,) = (await client.recorder.wait_responses(n + 3))[n + 2:]
+            assert isinstance(follow, RequestComplete) and follow.request_id == b"g" * 32
+
+    _run(main())
