@@ -59,7 +59,8 @@ SCHEMA_VERSION = 1
 DAY_S = 86400  # one partition per UTC day of sent time
 PARTITION_PAST_DAYS = 400  # older days go to the default partition (a year of history + slack)
 PARTITION_AHEAD_DAYS = 1  # the maintenance timer creates tomorrow's partition today
-ROW_OVERHEAD_BYTES = 100  # heap tuple header, line pointer, key/topic/hash index entries, bloom
+ROW_OVERHEAD_BYTES = 100  # heap tuple header, line pointer, key/topic/hash index entries
+MAX_TOPIC_RANGES = 256  # up to this many topics: one ordered index range per topic; else a filtered scan
 EVICT_BATCH_ROWS = 5000  # rows per DELETE when retention trims inside a partition
 SENT_MAX = 2**32 - 1  # sent is a uint32 on the wire
 DEFAULT_POOL_MAX = 4
@@ -82,7 +83,6 @@ _MIGRATIONS: dict[int, list[str]] = {
             sent bigint NOT NULL,
             hash bytea NOT NULL,
             topic bytea NOT NULL,
-            bloom bit(512) NOT NULL,
             expiry bigint NOT NULL,
             arrived bigint NOT NULL,
             size integer NOT NULL,
@@ -92,19 +92,34 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX envelopes_topic_sent ON envelopes (topic, sent, hash)",
         "CREATE INDEX envelopes_hash ON envelopes (hash)",
         "CREATE TABLE envelopes_default PARTITION OF envelopes DEFAULT",
+        # every topic ever stored, with its bloom: a request bloom becomes the set of stored topics
+        # it matches (geth BloomFilterMatch), served by the (topic, sent, hash) index
+        "CREATE TABLE topics (topic bytea PRIMARY KEY, bloom bit(512) NOT NULL)",
     ],
 }
 
 _COLUMNS = "sent, hash, topic, expiry, raw, arrived"
 
 _INSERT = """
-INSERT INTO envelopes (sent, hash, topic, bloom, expiry, arrived, size, raw)
-SELECT s, h, t, ('x' || encode(b, 'hex'))::bit(512), e, a, octet_length(r), r
-FROM unnest(%s::bigint[], %s::bytea[], %s::bytea[], %s::bytea[], %s::bigint[], %s::bigint[], %s::bytea[])
-    AS x(s, h, t, b, e, a, r)
+INSERT INTO envelopes (sent, hash, topic, expiry, arrived, size, raw)
+SELECT s, h, t, e, a, octet_length(r), r
+FROM unnest(%b::bigint[], %b::bytea[], %b::bytea[], %b::bigint[], %b::bigint[], %b::bytea[])
+    AS x(s, h, t, e, a, r)
 ON CONFLICT DO NOTHING
 RETURNING size
 """
+
+_INSERT_TOPICS = """
+INSERT INTO topics (topic, bloom)
+SELECT t, ('x' || encode(b, 'hex'))::bit(512) FROM unnest(%s::bytea[], %s::bytea[]) AS x(t, b)
+ON CONFLICT DO NOTHING
+"""
+
+_MATCHING_TOPICS = (
+    "SELECT topic FROM topics WHERE (bloom & ('x' || encode(%s::bytea, 'hex'))::bit(512)) = bloom"
+)
+
+MAX_KNOWN_TOPICS = 100_000  # topics this process remembers as stored (skips re-inserting them)
 
 
 def describe_url(url: str) -> str:
@@ -206,6 +221,7 @@ class PostgresArchive(Archive):
         self._prune_task: asyncio.Task[PruneResult] | None = None
         self._prune_again = False
         self._partitions: dict[int, str] = {}  # day start -> partition name (known to exist)
+        self._known_topics: set[bytes] = set()  # topics known to be in the topics table
         self._closing = False
         self._closed = False
         self._bytes_written = 0
@@ -501,16 +517,19 @@ class PostgresArchive(Archive):
         for day in sorted({_day_start(e.sent) for e in envs}):
             if first <= day <= last and day not in self._partitions:
                 await self._ensure_partition(day)
-        cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        cols: tuple[list[Any], ...] = ([], [], [], [], [], [])
         for e in envs:
-            for col, value in zip(
-                cols, (e.sent, e.hash, e.topic, topic_to_bloom(e.topic), e.expiry, e.arrived, e.raw),
-                strict=True,
-            ):
+            for col, value in zip(cols, (e.sent, e.hash, e.topic, e.expiry, e.arrived, e.raw), strict=True):
                 col.append(value)
+        new_topics = sorted({e.topic for e in envs} - self._known_topics)
         async with self._require_pool().connection() as conn, conn.transaction():
+            if new_topics:  # same transaction: whoever sees an envelope also sees its topic
+                await conn.execute(_INSERT_TOPICS, (new_topics, [topic_to_bloom(t) for t in new_topics]))
             cur = await conn.execute(_INSERT, cols)
             sizes = await cur.fetchall()
+        if len(self._known_topics) + len(new_topics) > MAX_KNOWN_TOPICS:
+            self._known_topics.clear()
+        self._known_topics.update(new_topics)
         added = sum(int(r[0]) for r in sizes)
         self._bytes_written += added
         self._inserted += len(sizes)
@@ -537,31 +556,18 @@ class PostgresArchive(Archive):
         lower, upper = max(0, q.lower), min(SENT_MAX, q.upper)
         if lower > upper:
             return HistoryPage([], None)
-        where = [sql.SQL("sent >= %(lo)s AND sent <= %(hi)s")]
         params: dict[str, Any] = {"lo": lower, "hi": upper, "n": q.limit + 1}
-        if q.topics:
-            where.append(sql.SQL("topic = ANY(%(topics)s::bytea[])"))
-            params["topics"] = sorted(set(q.topics))
-        elif q.bloom and not is_full(q.bloom):
-            # geth BloomFilterMatch: every bit of the envelope's bloom is set in the request's
-            where.append(sql.SQL("(bloom & ('x' || encode(%(bloom)s::bytea, 'hex'))::bit(512)) = bloom"))
-            params["bloom"] = q.bloom
         if cursor_item is not None:
             params["cs"], params["ch"] = cursor_item
-            where.append(sql.SQL("(sent, hash) < (%(cs)s, %(ch)s)" if q.descending
-                                 else "(sent, hash) > (%(cs)s, %(ch)s)"))
-            # one statement = one snapshot for the cursor lookup and the page
-            found = sql.SQL("EXISTS (SELECT 1 FROM envelopes WHERE sent = %(cs)s AND hash = %(ch)s)")
-        else:
-            found = sql.SQL("true")
-        order = sql.SQL("ORDER BY sent DESC, hash DESC" if q.descending else "ORDER BY sent, hash")
-        stmt = sql.SQL(
-            "SELECT c.ok, p.* FROM (SELECT {found} AS ok) c LEFT JOIN LATERAL ("
-            "SELECT {cols} FROM envelopes WHERE c.ok AND {where} {order} LIMIT %(n)s) p ON true"
-        ).format(found=found, cols=sql.SQL(_COLUMNS), where=sql.SQL(" AND ").join(where), order=order)
+        topics: list[bytes] | None = sorted(set(q.topics)) if q.topics else None
         try:
             async with pool.connection() as conn:
-                cur = await conn.execute(stmt, params)
+                if topics is None and q.bloom and not is_full(q.bloom):
+                    cur = await conn.execute(_MATCHING_TOPICS, (q.bloom,))
+                    topics = sorted(bytes(r[0]) for r in await cur.fetchall())
+                if topics is not None:
+                    params["topics"] = topics
+                cur = await conn.execute(self._page_statement(q, cursor_item is not None, topics), params)
                 rows = await cur.fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
             raise ArchiveError(f"PostgreSQL query failed: {_one_line(exc)}") from None
@@ -571,6 +577,39 @@ class PostgresArchive(Archive):
             return HistoryPage([], None)
         envs = [_row_to_envelope(r[1:]) for r in rows[: q.limit]]
         return HistoryPage(envs, envs[-1].cursor if len(rows) > q.limit else None)
+
+    @staticmethod
+    def _page_statement(q: HistoryQuery, has_cursor: bool, topics: list[bytes] | None) -> sql.Composed:
+        """One statement = one snapshot: the cursor's existence check and the page.
+
+        ``topics`` None = every topic. A short topic list walks each topic's (topic, sent, hash)
+        index range in order and merges them (cheap however rare the topics are); a long one
+        walks the time range with a topic filter.
+        """
+        desc = q.descending
+        order = sql.SQL("ORDER BY sent DESC, hash DESC" if desc else "ORDER BY sent, hash")
+        conds: list[sql.Composable] = [sql.SQL("c.ok"), sql.SQL("e.sent >= %(lo)s AND e.sent <= %(hi)s")]
+        if has_cursor:
+            conds.append(sql.SQL("(e.sent, e.hash) < (%(cs)s, %(ch)s)" if desc
+                                 else "(e.sent, e.hash) > (%(cs)s, %(ch)s)"))
+            found = sql.SQL("EXISTS (SELECT 1 FROM envelopes WHERE sent = %(cs)s AND hash = %(ch)s)")
+        else:
+            found = sql.SQL("true")
+        cols = sql.SQL(", ".join(f"e.{c.strip()}" for c in _COLUMNS.split(",")))
+        if topics is not None and len(topics) <= MAX_TOPIC_RANGES:
+            inner = sql.SQL(
+                "SELECT x.* FROM unnest(%(topics)s::bytea[]) AS t(topic) CROSS JOIN LATERAL ("
+                "SELECT {cols} FROM envelopes e WHERE e.topic = t.topic AND {conds} {order} LIMIT %(n)s) x "
+                "{order} LIMIT %(n)s"
+            ).format(cols=cols, conds=sql.SQL(" AND ").join(conds), order=order)
+        else:
+            if topics is not None:
+                conds.append(sql.SQL("e.topic = ANY(%(topics)s::bytea[])"))
+            inner = sql.SQL("SELECT {cols} FROM envelopes e WHERE {conds} {order} LIMIT %(n)s").format(
+                cols=cols, conds=sql.SQL(" AND ").join(conds), order=order
+            )
+        return sql.SQL("SELECT c.ok, p.* FROM (SELECT {found} AS ok) c LEFT JOIN LATERAL ({inner}) p ON true"
+                       ).format(found=found, inner=inner)
 
     async def contains(self, envelope_hash: bytes) -> bool:
         if len(envelope_hash) != 32:

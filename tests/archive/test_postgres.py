@@ -30,6 +30,7 @@ from pimail.archive.base import (
 )
 from pimail.archive.postgres import (
     DAY_S,
+    MAX_TOPIC_RANGES,
     ROW_OVERHEAD_BYTES,
     SCHEMA_VERSION,
     PostgresArchive,
@@ -416,6 +417,38 @@ def test_range_is_inclusive_and_filters_follow_geth_bloom_semantics(pg_url: str,
             page = await a.query(HistoryQuery(base, base + 199, topics=(topics[0],), bloom=b"\x00" * 64))
             assert page.envelopes and all(e.topic == topics[0] for e in page.envelopes)
             assert (await a.query(HistoryQuery(base + 5, base + 4))).envelopes == []
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_many_topics_take_the_filtered_scan_and_page_the_same(pg_url: str, schema: str) -> None:
+    """Above MAX_TOPIC_RANGES topics the query walks the time range with a filter instead of one
+    index range per topic; results and paging must not change."""
+    base = 1_700_000_000
+    topics = [i.to_bytes(2, "big") + b"\x5a\x01" for i in range(MAX_TOPIC_RANGES + 60)]
+    envs = [make_env(base + i // 2, topic=topics[i % len(topics)], nonce=i) for i in range(2 * len(topics))]
+
+    async def scenario() -> None:
+        a = archive(pg_url, schema)
+        await a.open()
+        try:
+            await a.submit(envs)
+            for chosen in (tuple(topics), tuple(topics[:10])):  # filtered scan, then per-topic ranges
+                for descending in (False, True):
+                    q = HistoryQuery(base, base + 10**6, topics=chosen, limit=37, descending=descending)
+                    got = [e async for e in a.iterate(q, page_size=37)]
+                    expect = sorted((e.cursor for e in envs if e.topic in chosen), reverse=descending)
+                    assert [e.cursor for e in got] == expect
+            wide = topics_to_bloom(topics)  # matches every stored topic (and more)
+            got = [e async for e in a.iterate(HistoryQuery(base, base + 10**6, bloom=wide), page_size=100)]
+            assert len(got) == len(envs)
+            nothing = topic_to_bloom(b"\xff\xfe\xfd\xfc")
+            page = await a.query(HistoryQuery(base, base + 10**6, bloom=nothing, cursor=envs[0].cursor))
+            assert page.envelopes == [] and page.next_cursor is None
+            with pytest.raises(InvalidCursor):  # the cursor is checked even when no topic matches
+                await a.query(HistoryQuery(base, base + 10**6, bloom=nothing, cursor=b"\x01" * 36))
         finally:
             await a.close()
 
