@@ -29,6 +29,7 @@ from pimail.devp2p.session import (
     HelloReceived,
     MessageReceived,
     P2PSession,
+    PongReceived,
     SessionError,
     SessionState,
 )
@@ -76,6 +77,8 @@ class TrafficStats:
     messages_in: int = 0
     messages_out: int = 0
     dropped_sends: int = 0  # send() refused because the write buffer was full
+    pings_out: int = 0
+    pongs_in: int = 0
     connected_at: float = 0.0
 
 
@@ -212,7 +215,8 @@ class Peer(asyncio.Protocol):
         """Traffic counters as a dict (status page, metrics)."""
         t = self.traffic
         return {"bytes_in": t.bytes_in, "bytes_out": t.bytes_out, "messages_in": t.messages_in,
-                "messages_out": t.messages_out, "dropped_sends": t.dropped_sends}
+                "messages_out": t.messages_out, "dropped_sends": t.dropped_sends, "pings_out": t.pings_out,
+                "pongs_in": t.pongs_in}
 
     def __repr__(self) -> str:
         ident = self._pubkey[:8].hex() if self._pubkey else "?"
@@ -391,6 +395,8 @@ class Peer(asyncio.Protocol):
             if full and not self._reading_paused and self._transport:
                 self._reading_paused = True
                 self._transport.pause_reading()
+        elif isinstance(event, PongReceived):
+            self.traffic.pongs_in += 1
         elif isinstance(event, HelloReceived):
             self._hello(event)
         elif isinstance(event, DisconnectReceived):
@@ -433,6 +439,7 @@ class Peer(asyncio.Protocol):
             self._fail(f"silent for {silent:.0f} s", "read_timeout", DisconnectReason.READ_TIMEOUT)
             return
         self.session.ping()
+        self.traffic.pings_out += 1
         self._flush()
         delay = min(self._config.ping_interval_s, max(0.05, self._config.idle_timeout_s - silent))
         self._timer = self._loop.call_later(delay, self._keepalive)

@@ -35,15 +35,19 @@ async def test_two_nodes_exchange_messages(tmp_path: Path, eip8: bool) -> None:
         assert b.echo.started == [remote]
 
 
-async def test_pings_keep_an_idle_link_alive(tmp_path: Path) -> None:
+@pytest.mark.parametrize("eip8", [True, False], ids=["eip8", "legacy"])
+async def test_pings_keep_an_idle_link_alive(tmp_path: Path, eip8: bool) -> None:
     cfg = dict(ping_interval_s=0.1, idle_timeout_s=0.5)
     async with running_node(tmp_path / "a", **cfg) as a, running_node(tmp_path / "b", **cfg) as b:
-        peer = await a.server.connect(b.enode)
+        peer = await a.server.connect(b.enode, eip8=eip8)
+        await wait_until(lambda: len(b.server.peers) == 1)
+        remote = b.server.peers[0]
         await asyncio.sleep(1.5)  # three idle timeouts: only pings/pongs flow
-        assert not peer.closed
-        assert peer.traffic.messages_in == 0  # pings are not capability messages
+        assert not peer.closed and not remote.closed
+        for p in (peer, remote):
+            assert p.traffic.messages_in == 0  # pings are not capability messages
+            assert p.traffic.pings_out >= 5 and p.traffic.pongs_in >= 5
         assert a.server.counters["read_timeout"] == 0 and b.server.counters["read_timeout"] == 0
-        assert peer.traffic.bytes_in > 0
 
 
 async def test_static_peer_that_comes_up_late(tmp_path: Path) -> None:
