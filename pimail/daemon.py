@@ -634,12 +634,20 @@ class Daemon:
             "pairing": self.pairing.snapshot() if self.pairing is not None else None,
             "loop_lag_ms": round(self.loop_monitor.lag_s * 1000, 1),
             "systemd": {"notify": self.notifier.backend, "watchdog_s": self.notifier.watchdog_s},
+            "metrics_url": self._metrics_url(),
             "leds": {
                 "enabled": bool(self.leds and self.leds.enabled),
                 "why_off": self.leds.disabled_reason if self.leds else "",
                 "patterns": {k: v.mode for k, v in self.leds.patterns.items()} if self.leds else {},
             },
         }
+
+    def _metrics_url(self) -> str | None:
+        if self.metrics is None or self.metrics.port is None:
+            return None
+        host = self.config.status.metrics_listen.rpartition(":")[0].strip("[]")
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return f"http://{host}:{self.metrics.port}/metrics"
 
     def status_line(self) -> str:
         """The systemd ``STATUS=`` line: state, peers, archived, disk, clock."""
