@@ -11,9 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pimail.node.server import NodeServer
-from pimail.whisper.service import WhisperService
-
 from pimail.archive import open_archive
 from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.config import ArchiveConfig, MailserverConfig, NodeConfig, WhisperConfig
@@ -23,7 +20,9 @@ from pimail.mailserver.response import Response, decode
 from pimail.mailserver.sealing import key_from_password, seal_symmetric
 from pimail.mailserver.server import MailServer, create_mailserver
 from pimail.node.capability import PeerLike
+from pimail.node.server import NodeServer
 from pimail.whisper.envelope import Envelope
+from pimail.whisper.service import WhisperService
 
 MIN_POW = 0.000002
 TOPIC_A = bytes.fromhex("aabbccdd")
@@ -56,6 +55,11 @@ def make_envelope(i: int, sent: int, ttl: int = 60, topic: bytes = TOPIC_A, text
         if env.pow_legacy() >= target_pow and env.pow_current() >= target_pow:
             return env
     raise AssertionError("could not seal")
+
+
+def plain_envelopes(n: int, first_sent: int, topic: bytes = TOPIC_A) -> list[Envelope]:
+    """Cheap envelopes for filling an archive directly (no encryption, no PoW search)."""
+    return [Envelope.build(first_sent + i + 60, 60, topic, b"plain %d" % i, i) for i in range(n)]
 
 
 def archived(env: Envelope) -> ArchivedEnvelope:

@@ -25,10 +25,10 @@ def test_sealed_request_meets_pow_under_both_formulas_and_opens() -> None:
     me = NodeKey.generate()
     now = int(time.time())
     inner = MessagesRequestPayload(1, 2, FULL_BLOOM, 10, b"", True, (), 7).encode()
-    env = seal_request_envelope(inner, KEY, me.private, now, 0.002)
-    assert env.pow_legacy() >= 0.002 and env.pow_current() >= 0.002
+    env = seal_request_envelope(inner, KEY, me.private, now, 0.0005)
+    assert env.pow_legacy() >= 0.0005 and env.pow_current() >= 0.0005
     assert env.ttl == 50 and env.expiry == now + 50
-    req = RequestOpener(KEY, min_pow=0.002).open(parse_p2p_request(env.raw), me.public, now)
+    req = RequestOpener(KEY, min_pow=0.0005).open(parse_p2p_request(env.raw), me.public, now)
     assert req.form is RequestForm.ENVELOPE and req.signer == me.public
 
     legacy = LegacyRequestPayload(1, 2, FULL_BLOOM, 10).encode()

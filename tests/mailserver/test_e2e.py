@@ -27,6 +27,7 @@ from .nodes import (
     make_envelope,
     msg_key,
     open_mailserver_config,
+    plain_envelopes,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -333,7 +334,7 @@ def test_sync_between_two_pimail_nodes_fills_a_gap(tmp_path: Path) -> None:
 
         async with mail_node(tmp_path / "a",
                              sync_allowed=lambda p: p.pubkey in policy_keys) as a:
-            gap = _history_envs(1500, NOW - 5000)
+            gap = plain_envelopes(1500, NOW - 5000)
             before = [make_envelope(9000 + i, NOW - 90_000 + i) for i in range(5)]
             await a.fill(gap + before)
             cfg = MailserverConfig(sync_from=[a.enode.url()], min_request_interval_s=0, bucket_rate_per_s=0)

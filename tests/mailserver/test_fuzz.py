@@ -32,7 +32,7 @@ rlp_items = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=300), rlp_items.map(rlp.encode)))
 def test_p2p_request_decoding_is_total(payload: bytes) -> None:
     try:
@@ -68,7 +68,7 @@ def test_request_complete_parsing_is_total(body: bytes) -> None:
             fn(arg)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.one_of(st.binary(max_size=200), rlp_items.map(rlp.encode)))
 def test_sync_decoding_is_total(payload: bytes) -> None:
     for cls in (SyncMailRequest, SyncResponse):
