@@ -95,19 +95,46 @@ _MIGRATIONS: dict[int, list[str]] = {
         # every topic ever stored, with its bloom: a request bloom becomes the set of stored topics
         # it matches (geth BloomFilterMatch), served by the (topic, sent, hash) index
         "CREATE TABLE topics (topic bytea PRIMARY KEY, bloom bit(512) NOT NULL)",
+        # live envelopes and bytes per UTC day of sent, kept in step by every insert and delete,
+        # so stats and retention never count(*) a fleet-sized table
+        "CREATE TABLE day_counts (day bigint PRIMARY KEY, n bigint NOT NULL, bytes bigint NOT NULL)",
     ],
 }
 
 _COLUMNS = "sent, hash, topic, expiry, raw, arrived"
 
-_INSERT = """
-INSERT INTO envelopes (sent, hash, topic, expiry, arrived, size, raw)
-SELECT s, h, t, e, a, octet_length(r), r
-FROM unnest(%b::bigint[], %b::bytea[], %b::bytea[], %b::bigint[], %b::bigint[], %b::bytea[])
-    AS x(s, h, t, e, a, r)
-ON CONFLICT DO NOTHING
-RETURNING size
+# Rows go in key order and counters in day order: every node locks in the same global order, so
+# nodes archiving the same envelopes at the same moment wait for each other but never deadlock.
+_INSERT = f"""
+WITH ins AS (
+    INSERT INTO envelopes (sent, hash, topic, expiry, arrived, size, raw)
+    SELECT s, h, t, e, a, octet_length(r), r
+    FROM unnest(%b::bigint[], %b::bytea[], %b::bytea[], %b::bigint[], %b::bigint[], %b::bytea[])
+        AS x(s, h, t, e, a, r)
+    ORDER BY s, h
+    ON CONFLICT DO NOTHING
+    RETURNING sent, size
+), counted AS (
+    INSERT INTO day_counts (day, n, bytes)
+    SELECT sent - mod(sent, {DAY_S}), count(*), sum(size) FROM ins GROUP BY 1 ORDER BY 1
+    ON CONFLICT (day) DO UPDATE SET n = day_counts.n + EXCLUDED.n, bytes = day_counts.bytes + EXCLUDED.bytes
+)
+SELECT count(*), coalesce(sum(size), 0) FROM ins
 """
+
+# Delete the rows a subquery picks and take them off the day counters, in one statement.
+_DELETE = f"""
+WITH d AS (
+    DELETE FROM envelopes WHERE (sent, hash) IN ({{pick}}) RETURNING sent, size
+), per_day AS (
+    SELECT sent - mod(sent, {DAY_S}) AS day, count(*) AS n, sum(size) AS bytes FROM d GROUP BY 1
+), counted AS (
+    UPDATE day_counts c SET n = c.n - per_day.n, bytes = c.bytes - per_day.bytes
+    FROM per_day WHERE c.day = per_day.day
+)
+SELECT count(*), coalesce(sum(size), 0) FROM d
+"""
+WRITE_ATTEMPTS = 3  # a batch is retried after a deadlock or serialization failure
 
 _INSERT_TOPICS = """
 INSERT INTO topics (topic, bloom)
@@ -522,18 +549,28 @@ class PostgresArchive(Archive):
             for col, value in zip(cols, (e.sent, e.hash, e.topic, e.expiry, e.arrived, e.raw), strict=True):
                 col.append(value)
         new_topics = sorted({e.topic for e in envs} - self._known_topics)
-        async with self._require_pool().connection() as conn, conn.transaction():
-            if new_topics:  # same transaction: whoever sees an envelope also sees its topic
-                await conn.execute(_INSERT_TOPICS, (new_topics, [topic_to_bloom(t) for t in new_topics]))
-            cur = await conn.execute(_INSERT, cols)
-            sizes = await cur.fetchall()
+        pool = self._require_pool()
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    if new_topics:  # same transaction: whoever sees an envelope also sees its topic
+                        blooms = [topic_to_bloom(t) for t in new_topics]
+                        await conn.execute(_INSERT_TOPICS, (new_topics, blooms))
+                    cur = await conn.execute(_INSERT, cols)
+                    row = await cur.fetchone()
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                log.debug("archive: write batch collided with another node's; retrying")
+                await asyncio.sleep(0.01 * (attempt + 1))
         if len(self._known_topics) + len(new_topics) > MAX_KNOWN_TOPICS:
             self._known_topics.clear()
         self._known_topics.update(new_topics)
-        added = sum(int(r[0]) for r in sizes)
-        self._bytes_written += added
-        self._inserted += len(sizes)
-        self._duplicates += len(envs) - len(sizes)
+        added, added_bytes = (int(row[0]), int(row[1])) if row else (0, 0)
+        self._bytes_written += added_bytes
+        self._inserted += added
+        self._duplicates += len(envs) - added
 
     def _fail_pending(self, exc: Exception) -> None:
         for p in self._pending:
@@ -634,7 +671,9 @@ class PostgresArchive(Archive):
         try:
             async with self._require_pool().connection() as conn:
                 cur = await conn.execute(
-                    "SELECT count(*), coalesce(sum(size), 0), min(sent), max(sent) FROM envelopes"
+                    "SELECT (SELECT coalesce(sum(n), 0) FROM day_counts),"
+                    " (SELECT coalesce(sum(bytes), 0) FROM day_counts),"
+                    " (SELECT min(sent) FROM envelopes), (SELECT max(sent) FROM envelopes)"
                 )
                 row = await cur.fetchone()
                 assert row is not None
@@ -761,51 +800,66 @@ class PostgresArchive(Archive):
         except (psycopg.Error, PoolTimeout) as exc:
             raise ArchiveError(f"PostgreSQL retention failed: {_one_line(exc)}") from None
 
+    async def _totals(self, conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
+        """(envelopes, logical bytes) from the day counters."""
+        cur = await conn.execute("SELECT coalesce(sum(n), 0), coalesce(sum(bytes), 0) FROM day_counts")
+        row = await cur.fetchone()
+        n, raw = (int(row[0]), int(row[1])) if row else (0, 0)
+        return n, raw + n * ROW_OVERHEAD_BYTES
+
     async def _prune_locked(self, conn: psycopg.AsyncConnection[Any], policy: RetentionPolicy) -> PruneResult:
         deleted: dict[str, int] = {}
         if policy.max_age_s:
-            n = await self._prune_age(conn, int(time.time()) - policy.max_age_s)
-            if n:
-                deleted["max_age"] = n
+            deleted["max_age"] = await self._prune_age(conn, int(time.time()) - policy.max_age_s)
         if policy.max_count:
-            cur = await conn.execute("SELECT count(*) FROM envelopes")
-            row = await cur.fetchone()
-            excess = int(row[0]) - policy.max_count if row else 0
+            excess = (await self._totals(conn))[0] - policy.max_count
             if excess > 0:
                 deleted["max_count"] = await self._evict_oldest(conn, excess, by_bytes=False)
         if policy.max_bytes:
-            cur = await conn.execute(
-                "SELECT coalesce(sum(size), 0) + count(*) * %s FROM envelopes", (ROW_OVERHEAD_BYTES,)
-            )
-            row = await cur.fetchone()
-            excess = int(row[0]) - policy.max_bytes if row else 0
+            excess = (await self._totals(conn))[1] - policy.max_bytes
             if excess > 0:
                 deleted["max_bytes"] = await self._evict_oldest(conn, excess, by_bytes=True)
         deleted = {k: v for k, v in deleted.items() if v}
         return PruneResult(sum(deleted.values()), ",".join(deleted))
 
-    async def _drop_partition(self, conn: psycopg.AsyncConnection[Any], part: _Partition) -> int:
-        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(part.name)))
-        row = await cur.fetchone()
-        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(part.name)))
+    async def _drop_partition(self, conn: psycopg.AsyncConnection[Any], part: _Partition) -> tuple[int, int]:
+        """Drop one day partition; (envelopes, logical bytes) it held."""
+        ident = sql.Identifier(part.name)
+        async with conn.transaction():
+            # writers into this day finish first; their counts are then included below
+            await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(ident))
+            cur = await conn.execute(
+                "DELETE FROM day_counts WHERE day >= %s AND day < %s RETURNING n, bytes",
+                (part.lower, part.upper),
+            )
+            rows = await cur.fetchall()
+            await conn.execute(sql.SQL("DROP TABLE {}").format(ident))
         self._partitions.pop(part.lower, None)
-        log.debug("archive: dropped partition %s", part.name)
-        return int(row[0]) if row else 0
+        n = sum(int(r[0]) for r in rows)
+        log.debug("archive: dropped partition %s (%d envelopes)", part.name, n)
+        return n, sum(int(r[1]) for r in rows) + n * ROW_OVERHEAD_BYTES
+
+    async def _delete(self, conn: psycopg.AsyncConnection[Any], pick: str, params: Sequence[Any]
+                      ) -> tuple[int, int]:
+        """Delete the (sent, hash) rows ``pick`` selects; (envelopes, logical bytes) deleted."""
+        cur = await conn.execute(_DELETE.format(pick=pick), params)
+        row = await cur.fetchone()
+        n, raw = (int(row[0]), int(row[1])) if row else (0, 0)
+        return n, raw + n * ROW_OVERHEAD_BYTES
 
     async def _prune_age(self, conn: psycopg.AsyncConnection[Any], cutoff: int) -> int:
         """Delete everything sent before ``cutoff``: whole day partitions, then the boundary rows."""
         deleted = 0
         for part in await self._list_partitions(conn):
             if part.upper <= cutoff:
-                deleted += await self._drop_partition(conn, part)
+                deleted += (await self._drop_partition(conn, part))[0]
         while True:
-            cur = await conn.execute(
-                "DELETE FROM envelopes WHERE (sent, hash) IN (SELECT sent, hash FROM envelopes"
-                " WHERE sent < %s ORDER BY sent, hash LIMIT %s)",
+            n, _ = await self._delete(
+                conn, "SELECT sent, hash FROM envelopes WHERE sent < %s ORDER BY sent, hash LIMIT %s",
                 (cutoff, EVICT_BATCH_ROWS),
             )
-            deleted += cur.rowcount
-            if cur.rowcount < EVICT_BATCH_ROWS:
+            deleted += n
+            if n < EVICT_BATCH_ROWS:
                 return deleted
 
     async def _evict_oldest(self, conn: psycopg.AsyncConnection[Any], excess: int, *, by_bytes: bool) -> int:
@@ -815,9 +869,6 @@ class PostgresArchive(Archive):
         the rest goes in bounded DELETE batches.
         """
         deleted = 0
-        measure = sql.SQL(
-            f"coalesce(sum(size), 0) + count(*) * {ROW_OVERHEAD_BYTES}" if by_bytes else "count(*)"
-        )
         while excess > 0:
             cur = await conn.execute("SELECT min(sent) FROM envelopes")
             row = await cur.fetchone()
@@ -826,39 +877,36 @@ class PostgresArchive(Archive):
             oldest_day = _day_start(int(row[0]))
             name = self._partitions.get(oldest_day)
             if name is not None:
-                part = _Partition(name, oldest_day, oldest_day + DAY_S)
-                cur = await conn.execute(
-                    sql.SQL("SELECT count(*), {} FROM {}").format(measure, sql.Identifier(name))
+                cur = await conn.execute("SELECT n, bytes FROM day_counts WHERE day = %s", (oldest_day,))
+                day = await cur.fetchone()
+                size = 0 if day is None else (
+                    int(day[1]) + int(day[0]) * ROW_OVERHEAD_BYTES if by_bytes else int(day[0])
                 )
-                prow = await cur.fetchone()
-                if prow is not None and 0 < int(prow[1]) <= excess:
-                    deleted += await self._drop_partition(conn, part)
-                    excess -= int(prow[1])
+                if 0 < size <= excess:
+                    part = _Partition(name, oldest_day, oldest_day + DAY_S)
+                    n, nbytes = await self._drop_partition(conn, part)
+                    deleted += n
+                    excess -= nbytes if by_bytes else n
                     continue
-            if by_bytes:
-                cur = await conn.execute(
-                    "DELETE FROM envelopes WHERE (sent, hash) IN ("
-                    " SELECT sent, hash FROM ("
-                    "  SELECT sent, hash, sum(size + %s) OVER (ORDER BY sent, hash) - (size + %s) AS before"
-                    "  FROM (SELECT sent, hash, size FROM envelopes ORDER BY sent, hash LIMIT %s) oldest"
-                    " ) w WHERE before < %s) RETURNING size",
+            if by_bytes:  # the oldest rows whose running total stays within the excess (at least one)
+                n, nbytes = await self._delete(
+                    conn,
+                    "SELECT sent, hash FROM (SELECT sent, hash,"
+                    " sum(size + %s) OVER (ORDER BY sent, hash) - (size + %s) AS before"
+                    " FROM (SELECT sent, hash, size FROM envelopes ORDER BY sent, hash LIMIT %s) oldest"
+                    ") w WHERE before < %s",
                     (ROW_OVERHEAD_BYTES, ROW_OVERHEAD_BYTES, EVICT_BATCH_ROWS, excess),
                 )
-                sizes = await cur.fetchall()
-                if not sizes:
-                    return deleted
-                deleted += len(sizes)
-                excess -= sum(int(s[0]) + ROW_OVERHEAD_BYTES for s in sizes)
+                excess -= nbytes
             else:
-                cur = await conn.execute(
-                    "DELETE FROM envelopes WHERE (sent, hash) IN (SELECT sent, hash FROM envelopes"
-                    " ORDER BY sent, hash LIMIT %s)",
+                n, _ = await self._delete(
+                    conn, "SELECT sent, hash FROM envelopes ORDER BY sent, hash LIMIT %s",
                     (min(excess, EVICT_BATCH_ROWS),),
                 )
-                if cur.rowcount <= 0:
-                    return deleted
-                deleted += cur.rowcount
-                excess -= cur.rowcount
+                excess -= n
+            if n == 0:
+                return deleted
+            deleted += n
         return deleted
 
 

@@ -74,6 +74,14 @@ def admin(pg_url: str, schema: str, statement: str, params: Any = None) -> list[
         return cur.fetchall() if cur.description else []
 
 
+def assert_counters_match(pg_url: str, schema: str) -> None:
+    """The per-day counters behind stats() and retention agree with the rows themselves."""
+    counted = admin(pg_url, schema, "SELECT day, n, bytes FROM day_counts WHERE n <> 0 ORDER BY day")
+    actual = admin(pg_url, schema, f"SELECT sent - mod(sent, {DAY_S}), count(*), sum(size) FROM envelopes"
+                   " GROUP BY 1 ORDER BY 1")
+    assert counted == actual
+
+
 def make_env(sent: int, topic: bytes = b"\x01\x02\x03\x04", size: int = 64, nonce: int = 0
              ) -> ArchivedEnvelope:
     ttl = 50
@@ -222,6 +230,7 @@ def test_duplicates_within_and_across_batches_are_stored_once(pg_url: str, schem
             await a.close()
 
     run(scenario())
+    assert_counters_match(pg_url, schema)
 
 
 def test_bad_records_and_full_queue_have_defined_outcomes(pg_url: str, schema: str) -> None:
@@ -524,6 +533,35 @@ def test_two_nodes_share_one_archive(pg_url: str, schema: str) -> None:
     run(scenario())
 
 
+def test_two_nodes_archiving_the_same_envelopes_at_once_never_fail(pg_url: str, schema: str) -> None:
+    """Every node of a fleet archives what it relays, at the same moment and in its own order; the
+    inserts must not deadlock each other (each batch goes in key order)."""
+    now = int(time.time())
+
+    async def scenario() -> None:
+        nodes = [archive(pg_url, schema, flush_interval_ms=0) for _ in range(3)]
+        for n in nodes:
+            await n.open()
+        try:
+            for round_ in range(6):
+                envs = [make_env(now - i % 500, nonce=round_ * 10_000 + i) for i in range(1500)]
+                orders = [envs, envs[::-1], envs[500:] + envs[:500]]
+                await asyncio.gather(*(
+                    n.submit(order[i:i + 300]) for n, order in zip(nodes, orders, strict=True)
+                    for i in range(0, len(order), 300)
+                ))
+            counts = [(await n.stats()).count for n in nodes]
+            assert counts == [6 * 1500] * 3
+            assert all(n.health_reason == "ok" for n in nodes)
+        finally:
+            for n in nodes:
+                await n.close()
+
+    run(scenario())
+    assert admin(pg_url, schema, "SELECT count(*) FROM envelopes") == [(6 * 1500,)]
+    assert_counters_match(pg_url, schema)
+
+
 def test_two_nodes_prune_without_double_deleting(pg_url: str, schema: str) -> None:
     now = int(time.time())
 
@@ -543,6 +581,7 @@ def test_two_nodes_prune_without_double_deleting(pg_url: str, schema: str) -> No
             await n2.close()
 
     run(scenario())
+    assert_counters_match(pg_url, schema)
 
 
 # -- partitions and retention ---------------------------------------------------------------------------
@@ -603,6 +642,7 @@ def test_new_partition_takes_its_rows_out_of_the_default(pg_url: str, schema: st
             await a.close()
 
     run(scenario())
+    assert_counters_match(pg_url, schema)
     assert set(_partition_of(pg_url, schema).values()) == {
         "envelopes_p" + time.strftime("%Y%m%d", time.gmtime(future_day))
     }
@@ -646,6 +686,7 @@ def test_age_retention_drops_whole_partitions(pg_url: str, schema: str) -> None:
             await a.close()
 
     run(scenario())
+    assert_counters_match(pg_url, schema)
 
 
 def test_count_retention_keeps_the_newest(pg_url: str, schema: str) -> None:
@@ -668,6 +709,7 @@ def test_count_retention_keeps_the_newest(pg_url: str, schema: str) -> None:
             await a.close()
 
     run(scenario())
+    assert_counters_match(pg_url, schema)
 
 
 def test_bytes_retention_keeps_under_the_cap(pg_url: str, schema: str) -> None:
@@ -695,6 +737,7 @@ def test_bytes_retention_keeps_under_the_cap(pg_url: str, schema: str) -> None:
             await a.close()
 
     run(scenario())
+    assert_counters_match(pg_url, schema)
 
 
 def test_maintenance_timer_prunes_and_creates_partitions_ahead(pg_url: str, schema: str) -> None:
