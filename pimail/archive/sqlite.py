@@ -17,10 +17,10 @@ Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelop
 ``envelopes_hash`` index (bucket, first four hash bytes, id)
     serves ``contains(hash)`` (one probe per stored bucket), bucketed for the same reason.
 ``topics(topic, n)``
-    distinct topics with live counts (maintained by triggers): a bloom is turned into the set of
-    stored topics it matches (geth BloomFilterMatch), and the counts let the query planner choose
-    between walking the time range (many rows match) and walking the (bucket, topic) index
-    bucket by bucket (few rows match).
+    distinct topics with live counts (kept in the same transactions as the rows): a bloom is
+    turned into the set of stored topics it matches (geth BloomFilterMatch), and the counts let
+    the query planner choose between walking the time range (many rows match) and walking the
+    (bucket, topic) index bucket by bucket (few rows match).
 
 Threads: the event loop only queues work. One writer thread owns the only writing connection: it
 groups submitted envelopes into one transaction (every ``flush_interval_ms`` or
@@ -157,11 +157,8 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db.table("meta").insert({"key": "topic_gen", "value": 0})
     db.execute(f"CREATE INDEX envelopes_topic ON envelopes({BUCKET_EXPR}, topic)")
     db.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {HASH_EXPR})")
-    db.execute(
-        "CREATE TRIGGER envelopes_added AFTER INSERT ON envelopes BEGIN "
-        "INSERT INTO topics(topic, n) VALUES (NEW.topic, 1) ON CONFLICT(topic) DO UPDATE SET n = n + 1; "
-        "END"
-    )
+    # inserts count their topics per batch in the writer (a per-row trigger halves ingest speed);
+    # deletes, rarer and from several places, keep the counts right by trigger
     db.execute(
         "CREATE TRIGGER envelopes_removed AFTER DELETE ON envelopes BEGIN "
         "UPDATE topics SET n = n - 1 WHERE topic = OLD.topic; END"
@@ -248,6 +245,9 @@ def _row_to_envelope(row: Row) -> ArchivedEnvelope:
 
 ROW_COLUMNS = "id, topic, ttl, arr, raw"
 INSERT_SQL = f"INSERT OR IGNORE INTO envelopes({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+COUNT_TOPICS_SQL = (
+    "INSERT INTO topics(topic, n) VALUES (?, ?) ON CONFLICT(topic) DO UPDATE SET n = n + excluded.n"
+)
 Row = tuple[int, int, int, int | None, bytes]
 # two subqueries: "SELECT min(id), max(id)" in one query would scan the whole table
 MIN_MAX_SQL = "SELECT (SELECT min(id) FROM envelopes), (SELECT max(id) FROM envelopes)"
@@ -616,10 +616,11 @@ class SqliteArchive(Archive):
         unique: dict[bytes, ArchivedEnvelope] = {}
         for env in envelopes:
             unique.setdefault(env.hash, env)
-        rows = sorted(
+        from_bytes = int.from_bytes
+        rows: list[Row] = sorted(
             (
-                make_key(env.sent, hash_low(env.hash)),
-                topic_int(env.topic),
+                ((env.sent - KEY_BIAS) << 32) | from_bytes(env.hash[:4], "big"),
+                from_bytes(env.topic, "big", signed=True),
                 env.expiry - env.sent,
                 (env.arrived - env.sent) if env.arrived else None,
                 env.raw,
@@ -634,6 +635,8 @@ class SqliteArchive(Archive):
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             added = self._insert_one_by_one(conn, rows)
+        topics = collections.Counter(r[1] for r in added)
+        conn.executemany(COUNT_TOPICS_SQL, topics.items())
         conn.execute("COMMIT")
         self.inserted_total += len(added)
         self.archived_bytes += sum(len(r[4]) for r in added)
