@@ -1,0 +1,119 @@
+"""The Daemon in-process: a real peer over TCP, LEDs on MockFactory, reload without dropping the peer,
+and Disconnect 0x08 on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from gpiozero.pins.mock import MockFactory
+
+from pimail.appliance import control
+from pimail.appliance.health import HealthState
+from pimail.configfile import load_config
+from pimail.crypto.keys import Enode, NodeKey
+from pimail.daemon import Daemon
+from pimail.whisper.client import client_session
+from pimail.whisper.seal import seal
+
+
+def write_config(path: Path, data_dir: Path, node: str = "", archive: str = "") -> None:
+    path.write_text(
+        f'[node]\nlisten = "127.0.0.1:0"\ndata_dir = "{data_dir}"\n{node}'
+        f'[archive]\nclock_trust = "always"\nmin_free_disk = "1MB"\n{archive}'
+        '[status]\npage = false\nmetrics = false\n'
+    )
+
+
+def test_daemon_serves_a_peer_reloads_without_dropping_it_and_says_0x08_on_stop() -> None:
+    root = Path(tempfile.mkdtemp(prefix="pmi-"))
+    conf = root / "pimail.toml"
+    write_config(conf, root / "data")
+    factory = MockFactory()
+
+    async def scenario() -> None:
+        loaded = load_config(conf)
+        daemon = Daemon(loaded.config, config_path=conf, pin_factory=factory, env={})
+        await daemon.start()
+        try:
+            assert daemon.health.state is HealthState.HEALTHY
+            assert daemon.leds is not None and daemon.leds.led("green").is_lit
+            assert daemon.notifier.backend == "none"  # no NOTIFY_SOCKET: nothing sent, nothing fails
+            assert daemon.server is not None
+            enode = Enode(daemon.key.public if daemon.key else b"", "127.0.0.1", daemon.server.listen_port)
+            async with client_session(enode) as session:
+                assert await _wait(lambda: daemon.status_snapshot()["peer_count"] == 1)
+                env = seal(int(time.time()) + 120, 120, b"\x0b\xad\xf0\x0d", b"x" * 64, 0.01).envelope
+                assert session.whisper.post(env)
+                assert await _wait(lambda: daemon.counters["archived"] >= 1, 10)
+                snap = daemon.status_snapshot()
+                peer = snap["peers"][0]
+                assert peer["enode"].startswith("enode://" + session.node.key.public.hex())
+                assert peer["client"].startswith("pimail/") and "shh/6" in peer["protocol"]
+                assert peer["bytes_in"] > 0 and peer["bytes_out"] > 0 and peer["inbound"] is True
+                assert snap["counters"]["envelopes_in"] >= 1
+
+                # reload: new retention and a static peer, the connected peer stays
+                other = NodeKey.generate().public.hex()
+                write_config(
+                    conf, root / "data",
+                    node=f'static_peers = ["enode://{other}@127.0.0.1:9"]\n', archive='max_age = "1d"\n',
+                )
+                result = await daemon.reload()
+                assert result["reloaded"] is True
+                assert "retention" in result["changed"] and "static_peers" in result["changed"]
+                await daemon._refresh_stats()
+                assert daemon.status_snapshot()["retention"]["max_age_s"] == 86400
+                assert not session.peer.closed, "reload must not drop connections"
+
+                # the control socket answers with the same snapshot
+                sock = control.find_socket(root / "data", {})
+                assert sock is not None
+                status = await asyncio.to_thread(control.call, sock, "status")
+                assert status["peer_count"] == 1 and status["health"]["state"] == "healthy"
+                helped = await asyncio.to_thread(control.call, sock, "help")
+                assert {"status", "reload", "pair.start"} <= set(helped)
+
+                await daemon.stop()
+                assert await _wait(lambda: session.peer.closed, 5)
+                assert session.peer.close_reason == "peer disconnected: client quitting"
+        finally:
+            await daemon.stop()
+        assert not daemon.leds.enabled if daemon.leds else True
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    factory.reset()
+
+
+def test_bad_reload_keeps_the_running_config() -> None:
+    root = Path(tempfile.mkdtemp(prefix="pmi-"))
+    conf = root / "pimail.toml"
+    write_config(conf, root / "data")
+
+    async def scenario() -> None:
+        daemon = Daemon(load_config(conf).config, config_path=conf, env={})
+        daemon.config.leds.enabled = False
+        await daemon.start()
+        try:
+            conf.write_text(conf.read_text() + "[archive]\nmax_age = 'soon'\n")
+            result = await daemon.reload()
+            assert result["reloaded"] is False and "TOML syntax error" in result["reason"]
+            write_config(conf, root / "data", archive='max_age = "soon"\n')
+            result = await daemon.reload()
+            assert result["reloaded"] is False and ":7: [archive] max_age" in result["reason"]
+            assert daemon.config.archive.max_age == "30d"
+        finally:
+            await daemon.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+async def _wait(predicate: object, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.05)
+    return False
