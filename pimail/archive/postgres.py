@@ -8,7 +8,13 @@ Same ``Archive`` contract as the SQLite store, with these PostgreSQL specifics:
   migrations run under an advisory lock so nodes starting together do not race; an archive written
   by a newer pimail refuses to open (``SchemaTooNew``).
 * ``envelopes`` is keyed by ``(sent, hash)`` and inserted with ``ON CONFLICT DO NOTHING``: every node
-  of a fleet archives the same relayed envelope and only the first insert counts.
+  of a fleet archives the same relayed envelope and only the first insert counts. Each batch goes
+  in key order, so nodes inserting the same envelopes at once wait for each other, never deadlock.
+* Indexes: the key (time ranges, cursors), ``(topic, sent, hash)`` (topic requests: one ordered
+  index range per topic, merged) and ``hash`` (``contains``). A request bloom is turned into the
+  stored topics it matches (geth BloomFilterMatch) through a small ``topics`` table holding each
+  topic's bloom, then served like a topic request. ``day_counts`` keeps envelopes and bytes per
+  day in step with every insert and delete, so stats and retention never ``count(*)``.
 * Time partitioning: one range partition per UTC day of ``sent``, created on demand (and a day
   ahead by the maintenance timer) plus a default partition for times outside the window. Age
   retention drops whole day partitions; only the boundary day is trimmed row by row.
