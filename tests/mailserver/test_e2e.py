@@ -554,3 +554,23 @@ def test_paging_is_not_rate_limited_but_forged_cursors_are(tmp_path: Path) -> No
             assert isinstance(follow, RequestComplete) and follow.request_id == b"g" * 32
 
     _run(main())
+
+
+def test_metrics_hook_and_snapshot(tmp_path: Path) -> None:
+    async def main() -> None:
+        seen: list[tuple[str, str, int]] = []
+        async with mail_node(tmp_path / "ms") as ms, client_node(tmp_path / "c") as client:
+            ms.mailserver.on_request_done = lambda form, result, secs, n: seen.append((form, result, n))
+            await ms.fill(_history_envs(7, NOW - 100))
+            got, _ = await client.history(ms.enode, lower=NOW - 200, upper=NOW)
+            assert len(got) == 7
+            peer = await client.connect(ms.enode)
+            await peer.send_wait("shh", 126, MessagesRequest(b"x" * 32, 9, 5, 0, b"", FULL_BLOOM).encode())
+            await client.recorder.wait_responses(2)
+            assert seen == [("direct", "completed", 7), ("direct", "rejected", 0)]
+            snap = ms.mailserver.snapshot()
+            assert snap["completed"] == 1 and snap["rejected"] == 1 and snap["envelopes_sent"] == 7
+            assert snap["by_form"] == {"direct": 1} and snap["active_deliveries"] == 0
+            assert snap["open"] is True
+
+    _run(main())
