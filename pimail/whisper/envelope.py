@@ -221,6 +221,8 @@ def _fast_fields(raw: bytes, start: int, end: int) -> Envelope | None:
     if pos != end or len(topic) != TOPIC_LEN:
         return None
     env = object.__new__(Envelope)
+    # hash and bloom are filled in now: every received envelope needs them, and reading them from
+    # the instance dict skips functools.cached_property's lock.
     env.__dict__.update(
         expiry=expiry,
         ttl=ttl,
@@ -229,6 +231,8 @@ def _fast_fields(raw: bytes, start: int, end: int) -> Envelope | None:
         nonce=nonce,
         raw=raw,
         rlp_without_nonce=list_header(npos - start) + raw[start:npos],
+        hash=keccak256(raw),
+        bloom=cached_topic_bloom(topic),
     )
     return env
 

@@ -408,3 +408,18 @@ async def test_very_old_and_recently_expired_keep_the_peer(tmp_path: Path) -> No
         await server.stop()
     finally:
         await b.stop()
+
+
+async def test_pool_is_bounded_by_bytes_evicting_earliest_expiry(tmp_path: Path) -> None:
+    now = int(time.time())
+    envs = [Envelope.build(now + 100 + i, 100 + i, TOPIC, bytes([i]) * 500, 0) for i in range(20)]
+    cap = len(envs[0].raw) * 5 + 10
+    n = await start_node(tmp_path / "n", WhisperConfig(min_pow=0.0, pool_max_bytes=cap))
+    try:
+        for e in reversed(envs):  # latest expiry first
+            n.whisper.post(e)
+        assert n.whisper.pool.bytes <= cap and len(n.whisper.pool) == 5
+        assert {e.hash for e in n.whisper.pool} == {e.hash for e in envs[-5:]}
+        assert n.whisper.counters["pool_evicted"] == 15
+    finally:
+        await n.stop()
