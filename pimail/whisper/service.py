@@ -126,6 +126,7 @@ class WhisperService(Capability):
         self._background: set[asyncio.Task[None]] = set()
         self._last_peer_seen = time.monotonic()
         self.no_peers_grace_s = NO_PEERS_GRACE_S
+        self.status_timeout_s = STATUS_TIMEOUT_S
         self.counters: dict[str, int] = collections.defaultdict(int)
 
     # -- public API --------------------------------------------------------------------------------
@@ -486,8 +487,9 @@ class WhisperService(Capability):
             self.pool.sweep(int(self._clock()))
         now_m = time.monotonic()
         for state in list(self.peers.values()):
-            if state.status is None and now_m - state.started > STATUS_TIMEOUT_S:
-                log.warning("peer %s sent no shh Status within %g s", _short(state.peer), STATUS_TIMEOUT_S)
+            if state.status is None and now_m - state.started > self.status_timeout_s:
+                log.warning("peer %s sent no shh Status within %g s", _short(state.peer),
+                            self.status_timeout_s)
                 state.peer.disconnect(DisconnectReason.SUBPROTOCOL_ERROR)
         lonely = not self.peers and now_m - self._last_peer_seen > self.no_peers_grace_s
         if self.health is not None and lonely:

@@ -423,3 +423,15 @@ async def test_pool_is_bounded_by_bytes_evicting_earliest_expiry(tmp_path: Path)
         assert n.whisper.counters["pool_evicted"] == 15
     finally:
         await n.stop()
+
+
+async def test_peer_without_status_is_dropped(tmp_path: Path) -> None:
+    b = await start_node(tmp_path / "b", WhisperConfig(min_pow=0.0, expiry_sweep_s=0.1))
+    b.whisper.status_timeout_s = 0.5
+    try:
+        server, _raw, peer = await raw_peer(tmp_path / "r", b)  # never sends Status
+        await until(lambda: peer.closed, timeout=5.0, what="status timeout")
+        assert peer.close_reason == "peer disconnected: subprotocol error"
+        await server.stop()
+    finally:
+        await b.stop()
