@@ -267,7 +267,7 @@ class PostgresArchive(Archive):
         if self._pool is not None:
             return
         if self._retention.min_free_disk_bytes:
-            log.info("archive: min_free_disk does not apply to PostgreSQL (the server owns the disk)")
+            log.debug("archive: min_free_disk does not apply to PostgreSQL (the server owns the disk)")
         schema_ident = sql.Identifier(self.schema)
 
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
