@@ -42,6 +42,17 @@ async def test_pimail_run_speaks_rlpx_and_says_goodbye(tmp_path: Path, eip8: boo
         sys.executable, "-m", "pimail", "run", "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}",
         "--no-metrics", "--no-page", "--no-leds", "--clock-trust", "always",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
+    log_lines: list[str] = []
+    ready = asyncio.Event()
+
+    async def read_log() -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            log_lines.append(line.decode(errors="replace"))
+            if " ready: " in log_lines[-1]:
+                ready.set()  # signal handlers are in place from here on
+
+    log_task = asyncio.ensure_future(read_log())
     try:
         await asyncio.to_thread(wait_for_port, port)
         node_pub = NodeKey.load(tmp_path / "nodekey").public
@@ -54,11 +65,13 @@ async def test_pimail_run_speaks_rlpx_and_says_goodbye(tmp_path: Path, eip8: boo
         assert code == 0 and hello.node_id == node_pub and ("shh", 6) in hello.capabilities
         assert hello.version == 5 and hello.client_id.startswith("pimail/")
         assert decode_msg_id(frames[1])[0] == 16  # Status, the first shh message
+        await asyncio.wait_for(ready.wait(), 20)
         proc.send_signal(signal.SIGTERM)
         await raw.read_until_closed(timeout=15)
-        assert raw.disconnect_reason() == DisconnectReason.CLIENT_QUITTING
+        assert raw.disconnect_reason() == DisconnectReason.CLIENT_QUITTING, "".join(log_lines[-20:])
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
+        log_task.cancel()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
