@@ -14,7 +14,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -445,14 +445,12 @@ class Peer(asyncio.Protocol):
         self._timer = self._loop.call_later(delay, self._keepalive)
 
     async def _dispatch(self) -> None:
-        caps: list[Capability] = []
         try:
             assert self.session is not None
             for shared in self.session.shared:
                 cap = self._host.capability(shared.spec.name)
-                caps.append(cap)
                 self._started_caps.append(cap)
-                await cap.peer_started(self)
+                await self._guarded(cap.peer_started(self))
             queue = self._queue
             while not self._closed:
                 if not queue:
@@ -465,12 +463,12 @@ class Peer(asyncio.Protocol):
                         and self._queued_bytes < INBOUND_QUEUE_BYTES // 2):
                     self._reading_paused = False
                     self._transport.resume_reading()
-                await self._host.capability(name).handle_message(self, code, payload)
+                await self._guarded(self._host.capability(name).handle_message(self, code, payload))
         except ProtocolError as exc:
             self._host.count("subprotocol_error")
             self._fail(str(exc), "subprotocol_error", exc.reason)
         except PeerDisconnected:
-            pass
+            pass  # this peer closed under a handler's feet
         except asyncio.CancelledError:
             self._fail("stopped", "stopped")
             raise
@@ -480,6 +478,15 @@ class Peer(asyncio.Protocol):
             self._fail(f"handler error: {exc}", "handler_error", DisconnectReason.SUBPROTOCOL_ERROR)
         finally:
             self._stop_capabilities()
+
+    async def _guarded(self, call: Awaitable[None]) -> None:
+        """Run a handler; a closed *other* peer it tried to send to is not this peer's fault."""
+        try:
+            await call
+        except PeerDisconnected:
+            if self._closed:
+                raise
+            log.debug("a handler for %r tried to send to a closed peer", self)
 
     def _stop_capabilities(self) -> None:
         caps, self._started_caps = self._started_caps, []

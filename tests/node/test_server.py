@@ -103,3 +103,34 @@ def test_two_nodes_on_uvloop(tmp_path: Path) -> None:
                 await peer.closed_event.wait()
 
     uvloop.run(asyncio.wait_for(scenario(), 20))
+
+
+async def test_handler_sending_to_a_closed_peer_does_not_stall_this_one(tmp_path: Path) -> None:
+    from pimail.node.capability import PeerLike
+    from tests.node.helpers import ECHO_REPLY, EchoCapability
+
+    class Relay(EchoCapability):
+        """The first request from a later peer is forwarded to the first peer (gone by then: the send
+        raises and the handler aborts); every other request is echoed."""
+
+        forwarded = False
+
+        async def handle_message(self, peer: PeerLike, code: int, payload: bytes) -> None:
+            if code == ECHO_REQUEST and self.started[0] is not peer and not self.forwarded:
+                self.forwarded = True
+                await self.started[0].send_wait(self.name, ECHO_REPLY, payload)  # raises: it is closed
+            await super().handle_message(peer, code, payload)
+
+    relay = Relay()
+    async with running_node(tmp_path / "v", caps=[relay]) as v, running_node(tmp_path / "a") as a, \
+            running_node(tmp_path / "b") as b:
+        first = await a.server.connect(v.enode)
+        await relay.wait_for(lambda: len(relay.started) == 1)
+        first.disconnect(DisconnectReason.REQUESTED)
+        await relay.wait_for(lambda: len(relay.stopped) == 1)
+        peer = await b.server.connect(v.enode)
+        for i in range(3):
+            assert peer.send("echo", ECHO_REQUEST, bytes([0xC1, i]))
+        await b.echo.wait_for(lambda: len(b.echo.replies) == 2)  # the aborted first one got no reply
+        assert [p for _, p in b.echo.replies] == [bytes([0xC1, 1]), bytes([0xC1, 2])]
+        assert relay.forwarded and not peer.closed and v.server.counters["handler_error"] == 0
