@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -91,6 +92,8 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
     from pimail.archive import open_archive
 
     config, data_dir = load_config(args)
+    if not getattr(args, "verbose", False):  # the command's own output says what happened
+        logging.getLogger("pimail.archive").setLevel(logging.WARNING)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
