@@ -456,6 +456,8 @@ class Daemon:
                 log.warning("reload: [%s] %s changed; takes effect after a restart", section, key)
         self.config = new
         log.info("reloaded %s: %s", self.config_path, ", ".join(changed) or "nothing changed")
+        with contextlib.suppress(Exception):
+            await self._refresh_stats()  # status shows the new retention at once
         self.notifier.ready(self.status_line())
         return {"reloaded": True, "changed": changed}
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pimail.appliance import control
 from tests.appliance.notify_fixtures import NotifySocket
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +57,12 @@ class DaemonProcess:
         )
 
     def status(self) -> dict[str, Any]:
+        """The daemon's status over its control socket (what `pimail status --json` prints)."""
+        result = control.call(self.data_dir / control.SOCKET_NAME, "status", timeout=10)
+        assert isinstance(result, dict)
+        return result
+
+    def status_cli(self) -> dict[str, Any]:
         proc = self.cli("status", "--json")
         assert proc.returncode in (0, 3), proc.stderr
         result: dict[str, Any] = json.loads(proc.stdout)

@@ -64,7 +64,6 @@ def test_daemon_serves_a_peer_reloads_without_dropping_it_and_says_0x08_on_stop(
                 result = await daemon.reload()
                 assert result["reloaded"] is True
                 assert "retention" in result["changed"] and "static_peers" in result["changed"]
-                await daemon._refresh_stats()
                 assert daemon.status_snapshot()["retention"]["max_age_s"] == 86400
                 assert not session.peer.closed, "reload must not drop connections"
 
