@@ -466,8 +466,13 @@ class SqliteArchive(Archive):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        await asyncio.to_thread(self._stop_threads)
+        log.info("archive closed: %s", self.path)
+
+    def _stop_threads(self) -> None:
+        """Wait for the writer to flush and stop, then for the readers (blocking: run in a thread)."""
         if self._writer is not None:
-            await asyncio.to_thread(self._writer.join)
+            self._writer.join()
         if self._readers is not None:
             self._readers.shutdown(wait=True)
         with self._reader_lock:
@@ -475,7 +480,6 @@ class SqliteArchive(Archive):
                 conn.close()
             self._reader_conns.clear()
         self._reader_local = threading.local()
-        log.info("archive closed: %s", self.path)
 
     # -- writing -----------------------------------------------------------------------------------
 
