@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import socket
 import sys
 from pathlib import Path
+
+import pytest
 
 from pimail.appliance.health import HealthState
 from pimail.appliance.pairing import PAIRED_FILE, fingerprint
@@ -114,3 +118,29 @@ def test_running_node_page_and_pairing_over_rlpx(tmp_path: Path) -> None:
         and texts[0].startswith("enode://")
         and NodeKey.load(data_dir / "nodekey").public.hex() in texts[0]
     )
+
+
+def test_running_node_with_the_page_port_taken_runs_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            config = node_config(tmp_path / "node")
+            config.status.page_listen = f"127.0.0.1:{taken.getsockname()[1]}"
+            daemon = Daemon(config, env={})
+            await daemon.start()
+            try:
+                assert daemon.status_page is None or daemon.status_page.port is None
+                # The node itself is up: a phone can still fetch history.
+                assert daemon.key is not None
+                local = Enode(daemon.key.public, "127.0.0.1", daemon.server.listen_port).url()
+                rc, _, err = await history(local, tmp_path / "phone")
+                assert rc == 0, err
+            finally:
+                await daemon.stop()
+
+    with caplog.at_level(logging.ERROR, logger="pimail.appliance.statuspage"):
+        asyncio.run(asyncio.wait_for(main(), 200))
+    assert "cannot listen" in caplog.text and "runs on" in caplog.text
