@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -146,7 +147,21 @@ def advertised_address(
     host = host.strip("[]")
     if host in _UNUSABLE:
         raise UserError(f"{host or 'an empty host'} is not an address a phone can dial; pass --host")
+    if not _is_ip(host) and not _HOSTNAME_RE.match(host):
+        raise UserError(f"{source} {host[:60]!r} is neither an IP address nor a host name")
     return AdvertisedAddress(host, port, source, is_lan_only(host))
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")  # RFC 1123 host name
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

@@ -217,3 +217,12 @@ def test_bad_config_is_a_one_line_error_with_file_and_line(
     assert err.startswith(f"pimail: error: {config}:2") and err.count("\n") == 1
     rc, _, err = run_cli(capsys, "--config", str(tmp_path / "missing.toml"))
     assert rc == 2 and "not found" in err
+
+
+@pytest.mark.parametrize("host", ["bad host", "-x.org", "pi/../x", "a" * 64 + ".org", "x@y"])
+def test_host_that_is_no_host_name_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    rc, out, err = run_cli(capsys, "--data-dir", str(tmp_path), "--host", host)
+    assert rc == 2 and out == "" and "neither an IP address nor a host name" in err
+    assert err.count("\n") == 1
