@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -35,7 +36,7 @@ from pimail.appliance.pairing import PairingController
 from pimail.appliance.systemd import SystemdNotifier
 from pimail.archive import open_archive
 from pimail.archive.base import Archive, ArchivedEnvelope, ArchiveError, ArchiveStats
-from pimail.config import Config
+from pimail.config import Config, WhisperConfig
 from pimail.configfile import ConfigError, load_config, retention_policy
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
@@ -55,16 +56,19 @@ STOP_STEP_TIMEOUT_S = 10.0  # each shutdown step; systemd's TimeoutStopSec is th
 
 HEALTH_UNWRITABLE = "archive.unwritable"
 HEALTH_DISK_LOW = "disk.low"
-# keys a SIGHUP cannot change on a running node
-RESTART_ONLY = (
-    ("archive", "url"),
-    ("archive", "clock_trust"),
-    ("status", "metrics_listen"),
-    ("status", "page_listen"),
-    ("leds", "green"),
-    ("leds", "amber"),
-    ("leds", "red"),
-)
+# what a SIGHUP applies to the running node; every other change waits for a restart
+RELOADABLE = {
+    ("node", "static_peers"),
+    *(("whisper", f.name) for f in dataclasses.fields(WhisperConfig)),
+    ("archive", "max_age"),
+    ("archive", "max_count"),
+    ("archive", "max_bytes"),
+    ("archive", "min_free_disk"),
+    ("mailserver", "min_request_interval_s"),
+    ("mailserver", "bucket_rate_per_s"),
+    ("mailserver", "bucket_burst"),
+    ("mailserver", "max_concurrent_per_peer"),
+}
 
 
 def _human_bytes(n: float) -> str:
@@ -430,8 +434,17 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return {"reloaded": False, "reason": str(exc)}
         new, old = loaded.config, self.config
-        # command-line overrides of the running node stay in force
-        new.node.listen, new.node.data_dir = old.node.listen, old.node.data_dir
+        # keep what cannot change while running, so self.config always describes the running node
+        restart: list[str] = []
+        for section in dataclasses.fields(new):
+            new_sec, old_sec = getattr(new, section.name), getattr(old, section.name)
+            for f in dataclasses.fields(new_sec):
+                if (section.name, f.name) in RELOADABLE:
+                    continue
+                if getattr(new_sec, f.name) != getattr(old_sec, f.name):
+                    if (section.name, f.name) != ("node", "data_dir"):
+                        restart.append(f"[{section.name}] {f.name}")
+                    setattr(new_sec, f.name, getattr(old_sec, f.name))
         changed: list[str] = []
         if new.node.static_peers != old.node.static_peers and self.server is not None:
             self.server.set_static_peers(list(new.node.static_peers))
@@ -448,18 +461,17 @@ class Daemon:
                 m.min_request_interval_s, m.bucket_rate_per_s, m.bucket_burst
             )
             changed.append("mailserver limits")
-        if new.whisper != old.whisper and self.whisper is not None and hasattr(self.whisper, "config"):
+        if new.whisper != old.whisper and self.whisper is not None:
             self.whisper.config = new.whisper
             changed.append("whisper limits")
-        for section, key in RESTART_ONLY:
-            if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
-                log.warning("reload: [%s] %s changed; takes effect after a restart", section, key)
+        if restart:
+            log.warning("reload: %s changed; takes effect after a restart", ", ".join(restart))
         self.config = new
         log.info("reloaded %s: %s", self.config_path, ", ".join(changed) or "nothing changed")
         with contextlib.suppress(Exception):
             await self._refresh_stats()  # status shows the new retention at once
         self.notifier.ready(self.status_line())
-        return {"reloaded": True, "changed": changed}
+        return {"reloaded": True, "changed": changed, "restart_needed": restart}
 
     # -- events from the components -------------------------------------------------------------------
     def on_envelope(self, envelope: Any) -> None:

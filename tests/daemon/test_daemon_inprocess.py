@@ -93,7 +93,6 @@ def test_bad_reload_keeps_the_running_config() -> None:
 
     async def scenario() -> None:
         daemon = Daemon(load_config(conf).config, config_path=conf, env={})
-        daemon.config.leds.enabled = False
         await daemon.start()
         try:
             conf.write_text(conf.read_text() + "[archive]\nmax_age = 'soon'\n")
@@ -103,6 +102,13 @@ def test_bad_reload_keeps_the_running_config() -> None:
             result = await daemon.reload()
             assert result["reloaded"] is False and ":7: [archive] max_age" in result["reason"]
             assert daemon.config.archive.max_age == "30d"
+            write_config(conf, root / "data", node="max_peers = 3\n")
+            conf.write_text(conf.read_text() + "[whisper]\nmin_pow = 0.5\n")
+            result = await daemon.reload()
+            assert result["reloaded"] is True and result["changed"] == ["whisper limits"]
+            assert result["restart_needed"] == ["[node] max_peers"]
+            assert daemon.config.node.max_peers == 50, "the running value stays until a restart"
+            assert daemon.whisper is not None and daemon.whisper.config.min_pow == 0.5
         finally:
             await daemon.stop()
 
