@@ -223,6 +223,6 @@ def test_bad_config_is_a_one_line_error_with_file_and_line(
 def test_host_that_is_no_host_name_is_a_one_line_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str
 ) -> None:
-    rc, out, err = run_cli(capsys, "--data-dir", str(tmp_path), "--host", host)
+    rc, out, err = run_cli(capsys, "--data-dir", str(tmp_path), f"--host={host}")
     assert rc == 2 and out == "" and "neither an IP address nor a host name" in err
     assert err.count("\n") == 1
