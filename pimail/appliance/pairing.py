@@ -444,7 +444,10 @@ class PairButton:
 
     def _start(self) -> None:
         log.info("pairing: button pressed")
-        self._controller.start(self._minutes)
+        try:
+            self._controller.start(self._minutes)
+        except UserError as exc:
+            log.error("pairing: button: %s", exc)
 
     def close(self) -> None:
         self._button.close()
