@@ -125,7 +125,11 @@ class StatusPage:
             )
             return False
         self.port = self._server.sockets[0].getsockname()[1]
-        shown = "localhost" if host in ("", "0.0.0.0", "::", "127.0.0.1") else host
+        shown = host
+        if host in ("", "0.0.0.0", "::"):
+            shown = self._enode.host or "localhost"  # the address phones already use for the node
+        if ":" in shown:
+            shown = f"[{shown}]"
         log.info("status page: http://%s:%d/ (listening on %s)", shown, self.port, self._listen)
         if self.config.allow_pairing_from_page and self._pairing is not None:
             log.warning("status page: pairing from the page is enabled; this boot's token is %s", self.token)
