@@ -174,7 +174,9 @@ class Daemon:
         self._disk: dict[str, Any] = {}
         self.counters: dict[str, int] = {"envelopes_in": 0, "archived": 0, "archive_errors": 0}
         self._tasks: list[asyncio.Task[None]] = []
-        self._stop_event: asyncio.Event | None = None
+        self._stop_event = asyncio.Event()
+        self._ready = False
+        self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._last_delivered = 0
         self.exit_code = 0
@@ -182,7 +184,6 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
         self._prepare_data_dir()
         self.leds = LedPanel(self.config.leds, self.health, pin_factory=self._pin_factory)
         self.leds.attach_loop(loop)
@@ -201,6 +202,7 @@ class Daemon:
         self.notifier.ready(self.status_line())
         self.notifier.start(self.health, self.status_line)
         self.health.subscribe(self._on_health_change)
+        self._ready = True
         log.info("pimail %s ready: %s (health %s)", __version__, self.enode_url(), self.health.summary)
 
     def _prepare_data_dir(self) -> None:
@@ -353,18 +355,17 @@ class Daemon:
             register_control_commands(self.registry, self.pairing, self.config.status.pairing_minutes)
 
     async def run(self) -> int:
-        """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads."""
+        """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads.
+
+        Signal handlers go in before ``start()``: systemd may send SIGTERM right after READY=1, and
+        the default action would end the process without flushing the archive.
+        """
         loop = asyncio.get_running_loop()
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        assert self._stop_event is not None
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
+            await self.start()
             await self._stop_event.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -372,10 +373,17 @@ class Daemon:
             await self.stop()
         return self.exit_code
 
+    def _on_sighup(self) -> None:
+        if not self._ready:
+            log.warning("SIGHUP while starting: ignored (send it again once pimail is ready)")
+            return
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def request_stop(self, why: str = "requested") -> None:
         log.info("stopping (%s)", why)
-        if self._stop_event is not None:
-            self._stop_event.set()
+        self._stop_event.set()
 
     async def stop(self) -> None:
         if self._stopping:

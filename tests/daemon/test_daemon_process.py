@@ -155,3 +155,15 @@ def test_status_without_a_daemon_exits_1(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("pimail: error: no running pimail found")
+
+
+def test_sigterm_right_after_ready_still_stops_cleanly() -> None:
+    d = DaemonProcess()
+    try:
+        assert d.notify.wait_for("READY=1", 30), d.log()
+        d.signal(signal.SIGTERM)  # systemd may stop a unit the moment it is up
+        assert d.wait_exit() == 0, d.log()
+        assert any(m.startswith("STOPPING=1") for m in d.notify.messages)
+        assert "archive flushed and closed" in d.log()
+    finally:
+        d.close()
