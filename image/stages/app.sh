@@ -42,7 +42,9 @@ log "app: service account (sysusers)"
 in_chroot "$root" systemd-sysusers
 # The unit's ConfigurationDirectory=pimail (mode 0750) leaves the owner alone: group pimail lets the
 # service (and first boot, as the service user) read the config.
-chown root:pimail "$root/etc/pimail" "$root/etc/pimail/pimail.toml"
+pimail_gid=$(awk -F: '$1 == "pimail" { print $3 }' "$root/etc/group")
+[ -n "$pimail_gid" ] || die "systemd-sysusers did not create the pimail group"
+chown "0:$pimail_gid" "$root/etc/pimail" "$root/etc/pimail/pimail.toml"
 chmod 0750 "$root/etc/pimail"
 chmod 0640 "$root/etc/pimail/pimail.toml"
 

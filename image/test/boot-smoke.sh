@@ -57,8 +57,14 @@ boot_start=$(sfdisk -d "$disk" | awk -F'[=,]' '/start=/ {gsub(/ /, "", $2); prin
 [ -n "$boot_start" ] || die "cannot read the partition table of $image"
 fat="$disk@@$((boot_start * 512))"
 export MTOOLS_SKIP_CHECK=1
-mcopy -n -i "$fat" ::vmlinuz "$work/vmlinuz"
-mcopy -n -i "$fat" ::initrd.img "$work/initrd.img"
+# The same kernel and initrd the Pi firmware would load: the ones config.txt names.
+mcopy -n -i "$fat" ::config.txt "$work/config.txt"
+kernel=$(sed -n 's/^kernel=//p' "$work/config.txt" | tail -n1)
+initrd=$(sed -n 's/^initramfs \([^ ]*\).*/\1/p' "$work/config.txt" | tail -n1)
+if [ -z "$kernel" ] || [ -z "$initrd" ]; then die "config.txt on the boot partition names no kernel or initramfs"; fi
+mcopy -n -i "$fat" "::$kernel" "$work/vmlinuz"
+mcopy -n -i "$fat" "::$initrd" "$work/initrd.img"
+log "image-test: kernel $kernel, initrd $initrd (from config.txt on the boot partition)"
 "$python" - "$work/authorized_keys" <<'PY'
 import base64, os, struct, sys
 kind = b"ssh-ed25519"

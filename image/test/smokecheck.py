@@ -281,12 +281,17 @@ def probe(values: dict[str, str], node_port: int, timeout_s: float) -> tuple[boo
 def release_guest(control_port: int, message: str, attempts: int = 10) -> bool:
     """Tell the guest the host is done (it then reports what it saw and powers off)."""
     for _ in range(attempts):
+        # QEMU's port forward accepts even when nothing listens in the guest, so only the
+        # guest's "ok" proves delivery.
         try:
             with socket.create_connection(("127.0.0.1", control_port), timeout=10) as conn:
+                conn.settimeout(30)
                 conn.sendall(message.encode()[:60] + b"\n")
-                return True
+                if conn.recv(16).startswith(b"ok"):
+                    return True
         except OSError:
-            time.sleep(2)
+            pass
+        time.sleep(2)
     return False
 
 

@@ -184,16 +184,21 @@ def test_wait_for_follows_a_growing_log_and_gives_up_when_qemu_is_gone(tmp_path:
     assert time.monotonic() - started < 5
 
 
-def test_release_guest_sends_one_line_over_tcp() -> None:
+def test_release_guest_retries_until_the_guest_acknowledges() -> None:
     srv = socket.create_server(("127.0.0.1", 0))
     srv.settimeout(10)
     port = srv.getsockname()[1]
     got: list[bytes] = []
 
     def accept() -> None:
+        # The first connection is dropped unanswered (as QEMU does when the guest does not
+        # listen yet): the sender must try again and only stop at the "ok".
+        conn, _ = srv.accept()
+        conn.close()
         conn, _ = srv.accept()
         with conn:
             got.append(conn.recv(100))
+            conn.sendall(b"ok\n")
 
     t = threading.Thread(target=accept)
     t.start()
