@@ -22,9 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 class DaemonProcess:
     """One node: its own short data dir (Unix socket paths are limited), config file, notify socket."""
 
-    def __init__(self, extra_config: str = "", watchdog_usec: int = 600_000, args: list[str] | None = None):
+    def __init__(
+        self,
+        extra_config: str = "",
+        watchdog_usec: int = 600_000,
+        args: list[str] | None = None,
+        runtime_dir: bool = False,
+    ):
         self.root = Path(tempfile.mkdtemp(prefix="pmd-"))
         self.data_dir = self.root / "data"
+        self.runtime_dir = self.root / "run" if runtime_dir else None
         self.config = self.root / "pimail.toml"
         self.config.write_text(
             "[node]\nlisten = \"127.0.0.1:0\"\n"
@@ -34,6 +41,8 @@ class DaemonProcess:
         self.notify = NotifySocket()
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "RUNTIME_DIRECTORY")}
         env.update(NOTIFY_SOCKET=self.notify.address, WATCHDOG_USEC=str(watchdog_usec), PYTHONUNBUFFERED="1")
+        if self.runtime_dir is not None:
+            env["RUNTIME_DIRECTORY"] = str(self.runtime_dir)  # what systemd sets for RuntimeDirectory=
         self.log_path = self.root / "stderr.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
@@ -51,14 +60,21 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace")
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "RUNTIME_DIRECTORY"}
+        if self.runtime_dir is not None:
+            env["RUNTIME_DIRECTORY"] = str(self.runtime_dir)
         return subprocess.run(
             [sys.executable, "-m", "pimail", *args, "--data-dir", str(self.data_dir)],
-            cwd=REPO, capture_output=True, text=True, timeout=timeout,
+            cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env,
         )
+
+    @property
+    def socket_path(self) -> Path:
+        return (self.runtime_dir or self.data_dir) / control.SOCKET_NAME
 
     def status(self) -> dict[str, Any]:
         """The daemon's status over its control socket (what `pimail status --json` prints)."""
-        result = control.call(self.data_dir / control.SOCKET_NAME, "status", timeout=10)
+        result = control.call(self.socket_path, "status", timeout=10)
         assert isinstance(result, dict)
         return result
 

@@ -61,7 +61,22 @@ def test_ready_watchdog_status_and_clean_stop(node: DaemonProcess) -> None:
     assert not (node.data_dir / "control.sock").exists()
 
 
-def test_watchdog_stops_while_the_archive_is_unwritable_and_resumes(node: DaemonProcess) -> None:
+@pytest.fixture
+def node_with_runtime_dir() -> Iterator[DaemonProcess]:
+    d = DaemonProcess(runtime_dir=True)
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.close()
+
+
+def test_watchdog_stops_while_the_archive_is_unwritable_and_resumes(
+    node_with_runtime_dir: DaemonProcess,
+) -> None:
+    node = node_with_runtime_dir
+    assert node.runtime_dir is not None
+    assert (node.runtime_dir / "control.sock").exists() and not (node.data_dir / "control.sock").exists()
     assert node.notify.wait_for("WATCHDOG=1", 5)
     moved = node.data_dir.with_name("data.moved")
     node.data_dir.rename(moved)
@@ -72,6 +87,9 @@ def test_watchdog_stops_while_the_archive_is_unwritable_and_resumes(node: Daemon
         time.sleep(1.5)
         late = [t for t in node.watchdog_times() if t > failing_at + 0.3]
         assert late == [], "no WATCHDOG=1 while failing: systemd would restart us"
+        failing = node.cli("status")
+        assert failing.returncode == 3, failing.stderr
+        assert "failing: archive unwritable" in failing.stdout
     finally:
         node.data_dir.unlink()
         moved.rename(node.data_dir)
@@ -105,7 +123,7 @@ def healthy(node: DaemonProcess) -> bool:
     try:
         return bool(node.status()["health"]["state"] == "healthy")
     except RuntimeFailure:
-        return False  # the socket path is gone while the data dir is moved away
+        return False
 
 
 async def archived(data_dir: Path, hashes: set[str]) -> set[str]:
