@@ -73,6 +73,7 @@ DEFAULT_POOL_MAX = 4
 CONNECT_TIMEOUT_S = 10.0
 PRUNE_LOCK_WAIT_S = 30.0  # how long one node waits for another's retention run
 POOL_WAIT_S = 30.0  # longest a query waits for a free connection before failing
+MAX_WAITING = 256  # queries queued for a connection beyond this fail at once (ArchiveError)
 
 # advisory lock namespaces (the second key is crc32 of the schema name, so schemas do not contend)
 _LOCK_MIGRATE = 0x70696D01
@@ -291,6 +292,7 @@ class PostgresArchive(Archive):
             open=False,
             configure=configure,
             timeout=POOL_WAIT_S,
+            max_waiting=MAX_WAITING,
             kwargs={"connect_timeout": max(1, int(connect_timeout_s := self._connect_timeout_s)),
                     "application_name": "pimail"},
             name="pimail-archive",
