@@ -528,13 +528,16 @@ class Daemon:
         self._check_disk()
 
     def _write_probe(self) -> str | None:
-        """Create, fsync and remove a small file next to the archive; the error text if that fails."""
+        """Create and remove a small file next to the archive; the error text if that fails.
+
+        Catches a read-only remount, a vanished or replaced data dir and lost permissions. No
+        fsync: a file created and removed within one journal commit costs the SD card nothing
+        (a full disk is the disk-low check's and the archive's business)."""
         path = self.data_dir / WRITE_PROBE_FILE
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, b"pimail\n")
-                os.fsync(fd)
             finally:
                 os.close(fd)
             os.unlink(path)
