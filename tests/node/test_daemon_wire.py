@@ -66,6 +66,9 @@ async def test_pimail_run_speaks_rlpx_and_says_goodbye(tmp_path: Path, eip8: boo
         assert hello.version == 5 and hello.client_id.startswith("pimail/")
         assert decode_msg_id(frames[1])[0] == 16  # Status, the first shh message
         await asyncio.wait_for(ready.wait(), 20)
+        # the daemon installs its SIGTERM handler just after logging "ready" (a SIGTERM inside that
+        # window kills it outright, no goodbyes): give it a moment
+        await asyncio.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         await raw.read_until_closed(timeout=15)
         assert raw.disconnect_reason() == DisconnectReason.CLIENT_QUITTING, "".join(log_lines[-20:])

@@ -82,7 +82,7 @@ async def test_stop_sends_client_quitting(tmp_path: Path) -> None:
 async def test_set_static_peers_replaces_the_set(tmp_path: Path) -> None:
     async with running_node(tmp_path / "a") as a, running_node(tmp_path / "b") as b:
         a.server.set_static_peers([b.enode.url(), "enode://nothex@1.2.3.4:1", f"enode://{b.key.public.hex()}"])
-        await wait_until(lambda: len(a.server.peers) == 1)  # only the valid entry is dialled
+        await wait_until(lambda: len(a.server.peers) == 1 and len(b.server.peers) == 1)  # the valid one
         a.server.set_static_peers([])  # SIGHUP without it: no more redialling
         b.server.peers[0].disconnect(DisconnectReason.REQUESTED)
         await wait_until(lambda: not a.server.peers)
