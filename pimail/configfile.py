@@ -427,7 +427,7 @@ def load_config(path: Path | None) -> LoadedConfig:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: the config file is not UTF-8 text") from None
     config, explicit = parse_config_text(text, str(path))
-    _default_data_dir(config, explicit)
+    _default_data_dir(config, explicit, path)
     return LoadedConfig(config, path, explicit)
 
 
@@ -436,11 +436,19 @@ def load(path: Path) -> Config:
     return load_config(path).config
 
 
-def _default_data_dir(config: Config, explicit: set[tuple[str, str]]) -> None:
-    # Under systemd (StateDirectory=pimail) the state directory is the natural data dir.
+INSTALLED_DATA_DIR = Path("/var/lib/pimail")  # systemd StateDirectory=pimail
+
+
+def _default_data_dir(config: Config, explicit: set[tuple[str, str]], path: Path | None = None) -> None:
+    """Without ``data_dir`` in the file: systemd's state directory for the service, and the same
+    directory for the operator's `pimail status`/`doctor` reading the installed config."""
+    if ("node", "data_dir") in explicit:
+        return
     state = os.environ.get("STATE_DIRECTORY")
-    if ("node", "data_dir") not in explicit and state:
+    if state:
         config.node.data_dir = Path(state.split(":")[0])
+    elif path is not None and path == INSTALLED_CONFIG:
+        config.node.data_dir = INSTALLED_DATA_DIR
 
 
 def apply_overrides(

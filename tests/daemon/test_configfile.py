@@ -202,6 +202,22 @@ def test_state_directory_is_the_default_data_dir(tmp_path: Path, monkeypatch: py
     assert load_config(path).config.node.data_dir == tmp_path / "explicit"
 
 
+def test_installed_config_without_data_dir_points_at_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pimail.configfile as cf
+
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    installed = tmp_path / "etc" / "pimail.toml"
+    installed.parent.mkdir()
+    installed.write_text("[node]\nmax_peers = 4\n")
+    monkeypatch.setattr(cf, "INSTALLED_CONFIG", installed)
+    assert cf.load_config(installed).config.node.data_dir == cf.INSTALLED_DATA_DIR
+    other = tmp_path / "mine.toml"
+    other.write_text("[node]\nmax_peers = 4\n")
+    assert cf.load_config(other).config.node.data_dir == Config().node.data_dir
+
+
 def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
     explicit = tmp_path / "x.toml"
