@@ -134,3 +134,37 @@ async def test_handler_sending_to_a_closed_peer_does_not_stall_this_one(tmp_path
         await b.echo.wait_for(lambda: len(b.echo.replies) == 2)  # the aborted first one got no reply
         assert [p for _, p in b.echo.replies] == [bytes([0xC1, 1]), bytes([0xC1, 2])]
         assert relay.forwarded and not peer.closed and v.server.counters["handler_error"] == 0
+
+
+async def test_listen_failure_is_reported_to_health(tmp_path: Path) -> None:
+    from pimail.appliance.health import HealthModel, Severity
+    from pimail.crypto.keys import NodeKey
+    from pimail.node.server import NodeServer
+    from tests.node.helpers import EchoCapability, fast_config
+
+    async with running_node(tmp_path / "a") as a:
+        health = HealthModel()
+        taken = f"127.0.0.1:{a.server.listen_port}"
+        server = NodeServer(NodeKey.generate(), fast_config(tmp_path / "b", listen=taken), [EchoCapability()],
+                            health)
+        with pytest.raises(OSError):
+            await server.start()
+        cond = next(c for c in health.conditions if c.key == "node.listen")
+        assert cond.severity is Severity.FAILING and taken in cond.message
+        await server.stop()  # harmless after a failed start
+
+
+async def test_dial_by_hostname_and_bad_enodes(tmp_path: Path) -> None:
+    from pimail.crypto.keys import Enode, NodeKey
+
+    async with running_node(tmp_path / "a") as a, running_node(tmp_path / "b") as b:
+        peer = await a.server.connect(Enode(b.key.public, "localhost", b.server.listen_port).url())
+        assert peer.pubkey == b.key.public
+        assert await a.server.connect(b.enode) is peer  # already connected: the same peer
+        with pytest.raises(ValueError, match="no host"):
+            await a.server.connect(f"enode://{b.key.public.hex()}")
+        with pytest.raises(ValueError, match="128 hex"):
+            await a.server.connect("enode://abcd@127.0.0.1:1")
+        with pytest.raises(OSError):  # nothing listens there
+            await a.server.connect(Enode(NodeKey.generate().public, "127.0.0.1", 1))
+        assert a.server.counters["dial_failed"] == 1
