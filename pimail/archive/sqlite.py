@@ -10,7 +10,7 @@ Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelop
     (about one in four billion) are kept apart by probing ``h+1 … h+15``; lookups by hash verify
     ``keccak(raw)``, so a probe never confuses them. ``ttl`` = expiry − sent and ``arr`` =
     arrival − sent keep those small. Duplicates are ignored.
-``envelopes_topic`` index (bucket, topic, id), bucket = ``id >> 48`` (2¹⁶ s ≈ 18 h of sent time)
+``envelopes_topic`` index (bucket, topic, id), bucket = ``id >> 46`` (2¹⁴ s ≈ 4.5 h of sent time)
     serves topic and bloom queries without walking the time range. Leading with the time bucket
     keeps new entries in one small region of the index instead of scattering them over every
     topic, which is what keeps the bytes written per archived byte low.
@@ -130,8 +130,8 @@ def probe_keys(sent: int, envelope_hash: bytes) -> list[int]:
 
 
 HASH_EXPR = "((id & 4294967295) - 2147483648)"  # hash prefix as a 4-byte value (in envelopes_hash)
-BUCKET_SHIFT = 48
-BUCKET_EXPR = "(id >> 48)"  # time bucket: 2**16 s of sent time (leads both secondary indexes)
+BUCKET_SHIFT = 46  # 2**14 s ≈ 4.5 h of sent time per bucket
+BUCKET_EXPR = f"(id >> {BUCKET_SHIFT})"  # time bucket of sent time (leads both secondary indexes)
 
 
 def key_bucket(key: int) -> int:
