@@ -10,16 +10,24 @@ the snappy rows measure its overhead, not a compression win.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import rlp
 
 from bench.common import Result, print_table
-from pimail.crypto.keys import NodeKey
+from pimail.config import NodeConfig
+from pimail.crypto.keys import Enode, NodeKey
 from pimail.devp2p.capabilities import CapabilitySpec
 from pimail.devp2p.messages import Hello
 from pimail.devp2p.session import P2PSession
+from pimail.node.capability import Capability, PeerLike
+from pimail.node.server import NodeServer
 from pimail.rlpx.frame import FrameCodec
 from pimail.rlpx.handshake import Initiator, Recipient, Secrets
 
@@ -62,6 +70,56 @@ def session_pair(a: NodeKey, b: NodeKey, snappy: bool) -> tuple[P2PSession, P2PS
     return sa, sb
 
 
+class _Sink(Capability):
+    """Counts what arrives; the sender side of the loopback benchmark uses the same class."""
+
+    name, version, length = "bench", 1, 1
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.done = asyncio.Event()
+        self.want = 0
+
+    async def peer_started(self, peer: PeerLike) -> None:
+        pass
+
+    async def handle_message(self, peer: PeerLike, code: int, payload: bytes) -> None:
+        self.received += 1
+        if self.received >= self.want:
+            self.done.set()
+
+    def peer_stopped(self, peer: PeerLike) -> None:
+        pass
+
+
+async def _loopback(size: int, count: int) -> float:
+    """Messages/s between two NodeServers over 127.0.0.1 (wall time: asyncio + kernel included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sink, source = _Sink(), _Sink()
+        sink.want = count
+        cfg = {"listen": "127.0.0.1:0", "data_dir": Path(tmp)}
+        receiver = NodeServer(NodeKey.generate(), NodeConfig(**cfg), [sink])  # type: ignore[arg-type]
+        sender = NodeServer(NodeKey.generate(), NodeConfig(**cfg), [source])  # type: ignore[arg-type]
+        await receiver.start()
+        await sender.start()
+        try:
+            peer = await sender.connect(Enode(receiver.key.public, "127.0.0.1", receiver.listen_port))
+            payload = _rlp_bytes(size)
+            start = time.perf_counter()
+            for _ in range(count):
+                await peer.send_wait("bench", 0, payload)
+            await asyncio.wait_for(sink.done.wait(), 120)
+            return count / (time.perf_counter() - start)
+        finally:
+            await sender.stop()
+            await receiver.stop()
+
+
+def _rlp_bytes(size: int) -> bytes:
+    body = os.urandom(size)
+    return bytes(rlp.encode(body))
+
+
 def run(quick: bool) -> list[Result]:
     secs = 0.3 if quick else 1.5
     a, b = NodeKey.generate(), NodeKey.generate()
@@ -99,6 +157,11 @@ def run(quick: bool) -> list[Result]:
             tag = "with snappy" if snappy else "no snappy"
             results.append(Result(AREA, f"p2p messages send+receive {label} {tag}", mps, "msgs/s"))
             results.append(Result(AREA, f"p2p messages send+receive {label} {tag}", mps * size / MB, "MB/s"))
+    for label, size in (("1 KiB", 1024), ("64 KiB", 64 * 1024)):
+        count = max(50, (4 if quick else 32) * 1024 * 1024 // size)
+        mps = asyncio.run(_loopback(size, count))
+        results.append(Result(AREA, f"loopback NodeServer→NodeServer {label} (wall)", mps, "msgs/s",
+                              note=f"{mps * size / MB:.1f} MB/s"))
     return results
 
 
