@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pimail.archive import open_archive
-from pimail.archive.base import ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
+from pimail.archive.base import ArchivedEnvelope, ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
 from pimail.archive.retention import parse_duration, parse_size, policy_from_config
 from pimail.archive.sqlite import SCHEMA_VERSION, SqliteArchive
 from pimail.config import ArchiveConfig
@@ -270,3 +270,39 @@ def test_health_reason_starts_ok(tmp_path: Path) -> None:
         await a.close()
 
     asyncio.run(main())
+
+
+def test_io_error_fails_the_batch_reports_and_recovers(tmp_path: Path) -> None:
+    """An I/O error (injected at the storage edge) fails that batch only; health shows it until a
+    later batch is written through a fresh connection."""
+    from pimail.appliance.health import HealthModel, HealthState
+
+    health = HealthModel()
+    health.mark_started()
+
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1, health=health)
+        await a.open()
+        real_insert = a._insert
+        calls = {"n": 0}
+
+        def failing_once(envelopes: list[ArchivedEnvelope]) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                exc = sqlite3.OperationalError("disk I/O error")
+                exc.sqlite_errorcode = 10  # type: ignore[attr-defined]  # SQLITE_IOERR
+                raise exc
+            real_insert(envelopes)
+
+        a._insert = failing_once  # type: ignore[method-assign]
+        with pytest.raises(ArchiveError, match="I/O error"):
+            await a.submit([make_envelope(1)])
+        await asyncio.sleep(0.05)  # the health report hops onto the loop
+        assert health.state is HealthState.FAILING and "cannot write" in (a.health_reason or "")
+        await a.submit([make_envelope(2)])
+        await asyncio.sleep(0.05)
+        assert health.state is HealthState.HEALTHY and a.health_reason == "ok"
+        assert not await a.contains(make_envelope(1).hash) and await a.contains(make_envelope(2).hash)
+        await a.close()
+
+    run(main())
