@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pimail.appliance import control
 from pimail.errors import RuntimeFailure
@@ -192,3 +194,16 @@ def test_too_long_path_is_refused(tmp_path: Path) -> None:
             await control.ControlServer(deep, control.CommandRegistry()).start()
 
     asyncio.run(main())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=200).filter(lambda b: b"\n" not in b), min_size=1, max_size=4))
+def test_arbitrary_request_lines_get_one_answer_each(lines: list[bytes]) -> None:
+    async def scenario(server: control.ControlServer) -> None:
+        replies = await raw(server.path, b"".join(line + b"\n" for line in lines))
+        assert len(replies) == len(lines)
+        for reply in replies:
+            assert isinstance(reply["ok"], bool)
+            assert reply["ok"] or isinstance(reply["error"], str)
+
+    serve(scenario)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pimail.config import Config
 from pimail.configfile import (
@@ -267,3 +269,50 @@ def test_pimail_run_with_a_bad_option_exits_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("pimail: error: command line: expected HOST:PORT")
+
+
+_KEYS = [(s, k) for s, (_, fields) in section_types().items() for k in fields]
+_VALUES = st.one_of(
+    st.integers(-5, 10**12), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
+    st.text(max_size=20), st.lists(st.text(max_size=10), max_size=3),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_KEYS), _VALUES), max_size=6))
+def test_any_typed_values_load_or_fail_with_one_line(pairs: list[tuple[tuple[str, str], object]]) -> None:
+    by_section: dict[str, dict[str, object]] = {}
+    for (section, key), value in pairs:
+        by_section.setdefault(section, {})[key] = value
+    lines = []
+    for section, body in by_section.items():
+        lines.append(f"[{section}]")
+        for key, value in body.items():
+            lines.append(f"{key} = {_toml(value)}")
+    text = "\n".join(lines) + "\n"
+    try:
+        parse_config_text(text, "f.toml")
+    except ConfigError as exc:
+        m = re.match(r"^f\.toml:(\d+): \S", str(exc))
+        assert m and 1 <= int(m.group(1)) <= max(1, len(lines)) and "\n" not in str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_crashes_the_loader(text: str) -> None:
+    try:
+        parse_config_text(text, "f.toml")
+    except ConfigError as exc:
+        assert str(exc).startswith("f.toml:") and "\n" not in str(exc)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
