@@ -189,7 +189,11 @@ class Daemon:
         self.leds.attach_loop(loop)
         self.loop_monitor.start()
         self.notifier.status("starting")
-        self.clock = self._clock_override or ClockTrust(self.config.archive.clock_trust, health=self.health)
+        if self._clock_override is not None:
+            self.clock = self._clock_override
+            self.clock.bind_health(self.health)
+        else:
+            self.clock = ClockTrust(self.config.archive.clock_trust, health=self.health)
         self.key = self._load_key()
         await self._open_archive()
         await self._start_services()

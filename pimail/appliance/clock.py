@@ -82,6 +82,11 @@ class ClockTrust:
         self._warned = not warn  # the "no time sync here" warning is logged once per process
         self.refresh()
 
+    def bind_health(self, health: HealthModel) -> None:
+        """Report to ``health`` from now on (a clock built before the daemon's health model)."""
+        self._health = health
+        self.refresh()
+
     @property
     def trusted(self) -> bool:
         """Cheap: the value from the last ``refresh()`` (the Whisper service calls this per envelope)."""

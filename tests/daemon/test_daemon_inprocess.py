@@ -11,6 +11,7 @@ from pathlib import Path
 from gpiozero.pins.mock import MockFactory
 
 from pimail.appliance import control
+from pimail.appliance.clock import ClockTrust
 from pimail.appliance.health import HealthState
 from pimail.configfile import load_config
 from pimail.crypto.keys import Enode, NodeKey
@@ -122,3 +123,43 @@ async def _wait(predicate: object, timeout: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+def test_untrusted_clock_relays_but_does_not_archive_until_synced() -> None:
+    root = Path(tempfile.mkdtemp(prefix="pmi-"))
+    conf = root / "pimail.toml"
+    write_config(conf, root / "data")
+    flag = root / "timesync" / "synchronized"
+    clock = ClockTrust(
+        "synced", flag_path=flag, mechanism_paths=(flag.parent,), kernel_synced=lambda: False
+    )
+
+    async def scenario() -> None:
+        daemon = Daemon(load_config(conf).config, config_path=conf, env={}, clock=clock)
+        await daemon.start()
+        try:
+            assert daemon.health.state is HealthState.DEGRADED
+            assert "clock not synchronized" in daemon.health.summary
+            assert daemon.status_snapshot()["clock"]["trusted"] is False
+            assert daemon.server is not None and daemon.key is not None
+            enode = Enode(daemon.key.public, "127.0.0.1", daemon.server.listen_port)
+            async with client_session(enode) as session:
+                first = seal(int(time.time()) + 120, 120, b"\x01\x02\x03\x04", b"a" * 32, 0.01).envelope
+                assert session.whisper.post(first)
+                assert await _wait(lambda: daemon.counters["envelopes_in"] >= 1, 10)
+                await asyncio.sleep(0.5)
+                assert daemon.counters["archived"] == 0, "no archiving on an untrusted clock"
+                flag.parent.mkdir(parents=True)
+                flag.touch()
+                assert clock.refresh()
+                assert daemon.health.state is HealthState.HEALTHY
+                second = seal(int(time.time()) + 120, 120, b"\x01\x02\x03\x04", b"b" * 32, 0.01).envelope
+                assert session.whisper.post(second)
+                assert await _wait(lambda: daemon.counters["archived"] >= 1, 10)
+            assert daemon.archive is not None
+            assert not await daemon.archive.contains(first.hash)
+            assert await daemon.archive.contains(second.hash)
+        finally:
+            await daemon.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
