@@ -239,7 +239,6 @@ class Daemon:
         log.info("archive open (%s)", where)
 
     async def _start_services(self) -> None:
-
         assert self.key is not None and self.archive is not None and self.clock is not None
         cfg = self.config
         self.pairing = PairingController(self.data_dir, cfg.mailserver.allowed_clients, self.health)
