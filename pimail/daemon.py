@@ -143,8 +143,10 @@ class Daemon:
         pin_factory: Any = None,
         env: Mapping[str, str] | None = None,
         clock: ClockTrust | None = None,
+        overrides: Callable[[Config], None] | None = None,
     ) -> None:
         self.config = config
+        self._overrides = overrides
         self.config_path = config_path
         self.env = dict(os.environ if env is None else env)
         self.data_dir = Path(config.node.data_dir)
@@ -445,6 +447,8 @@ class Daemon:
             self.notifier.ready(self.status_line())
             return {"reloaded": False, "reason": str(exc)}
         new, old = loaded.config, self.config
+        if self._overrides is not None:
+            self._overrides(new)  # command-line options keep winning over the file
         # keep what cannot change while running, so self.config always describes the running node
         restart: list[str] = []
         for section in dataclasses.fields(new):
@@ -701,9 +705,14 @@ def _node_id(entry: str) -> bytes:
     return keccak256(parse_client_key(entry))
 
 
-def run_daemon(config: Config, *, config_path: Path | None = None) -> int:
+def run_daemon(
+    config: Config,
+    *,
+    config_path: Path | None = None,
+    overrides: Callable[[Config], None] | None = None,
+) -> int:
     """Run a daemon on a fresh event loop (uvloop when importable)."""
-    daemon = Daemon(config, config_path=config_path)
+    daemon = Daemon(config, config_path=config_path, overrides=overrides)
     try:
         import uvloop
     except ImportError:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pimail import configfile
 from pimail.appliance.journal import setup_logging
+from pimail.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,15 @@ def load(args: argparse.Namespace) -> configfile.LoadedConfig:
     data_dir: Path | None = getattr(args, "data_dir", None)
     path = configfile.find_config(getattr(args, "config", None), data_dir)
     loaded = configfile.load_config(path)
-    configfile.apply_overrides(
-        loaded.config,
-        data_dir=data_dir,
+    overrides(args)(loaded.config)
+    return loaded
+
+
+def overrides(args: argparse.Namespace) -> Callable[[Config], None]:
+    """The command-line options as a function on a config (re-applied after each SIGHUP reload)."""
+    return lambda config: configfile.apply_overrides(
+        config,
+        data_dir=getattr(args, "data_dir", None),
         listen=getattr(args, "listen", None),
         static_peers=getattr(args, "static_peers", None),
         archive_url=getattr(args, "archive_url", None),
@@ -65,7 +73,6 @@ def load(args: argparse.Namespace) -> configfile.LoadedConfig:
         no_leds=getattr(args, "no_leds", False),
         clock_trust=getattr(args, "clock_trust", None),
     )
-    return loaded
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,4 +82,4 @@ def run(args: argparse.Namespace) -> int:
     log.info("config: %s", loaded.path or "built-in defaults")
     from pimail.daemon import run_daemon  # the whole node: only `run` pays for importing it
 
-    return run_daemon(loaded.config, config_path=loaded.path)
+    return run_daemon(loaded.config, config_path=loaded.path, overrides=overrides(args))

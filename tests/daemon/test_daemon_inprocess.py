@@ -13,7 +13,8 @@ from gpiozero.pins.mock import MockFactory
 from pimail.appliance import control
 from pimail.appliance.clock import ClockTrust
 from pimail.appliance.health import HealthState
-from pimail.configfile import load_config
+from pimail.config import Config
+from pimail.configfile import apply_overrides, load_config
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.daemon import Daemon
 from pimail.whisper.client import client_session
@@ -159,6 +160,32 @@ def test_untrusted_clock_relays_but_does_not_archive_until_synced() -> None:
             assert daemon.archive is not None
             assert not await daemon.archive.contains(first.hash)
             assert await daemon.archive.contains(second.hash)
+        finally:
+            await daemon.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_command_line_overrides_survive_a_reload() -> None:
+    root = Path(tempfile.mkdtemp(prefix="pmi-"))
+    conf = root / "pimail.toml"
+    write_config(conf, root / "data")
+    peer = f"enode://{NodeKey.generate().public.hex()}@127.0.0.1:9"
+
+    def overrides(config: Config) -> None:
+        apply_overrides(config, static_peers=[peer])
+
+    async def scenario() -> None:
+        config = load_config(conf).config
+        overrides(config)
+        daemon = Daemon(config, config_path=conf, env={}, overrides=overrides)
+        await daemon.start()
+        try:
+            write_config(conf, root / "data", archive='max_age = "3d"\n')
+            result = await daemon.reload()
+            assert result["reloaded"] is True and "static_peers" not in result["changed"]
+            assert daemon.config.node.static_peers == [peer], "--static-peer still wins over the file"
+            assert daemon.config.archive.max_age == "3d"
         finally:
             await daemon.stop()
 
