@@ -160,3 +160,15 @@ def test_two_nodes_one_database_serve_each_others_envelopes_and_survive_a_kill(
     finally:
         codes = (a.stop(), b.stop())
     assert codes[1] == 0, "\n".join(b.log[-20:])
+
+
+def test_run_with_an_unreachable_or_bad_archive_url_exits_with_one_line(tmp_path: Path) -> None:
+    common = ("run", "--data-dir", str(tmp_path / "node"), "--listen", "127.0.0.1:0", "--no-metrics",
+              "--no-page", "--no-leds", "--clock-trust", "always")
+    r = pimail(*common, "--archive-url", "postgresql://fleet:s3cret@127.0.0.1:1/pimail", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("pimail: error:") and "127.0.0.1:1/pimail" in last
+    assert "s3cret" not in r.stderr
+    r = pimail(*common, "--archive-url", "mysql://x@y/z", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("pimail: error:")
