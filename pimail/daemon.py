@@ -191,6 +191,11 @@ class Daemon:
         self.leds.attach_loop(loop)
         self.loop_monitor.start()
         self.notifier.status("starting")
+        # the control socket first: it refuses to start next to a running pimail (before we touch
+        # its archive), and `pimail status` shows "starting" during a slow start
+        self._register_commands()
+        self.control = control.ControlServer(control.socket_path(self.data_dir, self.env), self.registry)
+        await self.control.start()
         if self._clock_override is not None:
             self.clock = self._clock_override
             self.clock.bind_health(self.health)
@@ -293,10 +298,10 @@ class Daemon:
     async def _start_appliance(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
-        # control socket
-        self._register_commands()
-        self.control = control.ControlServer(control.socket_path(self.data_dir, self.env), self.registry)
-        await self.control.start()
+        if self.pairing is not None:
+            from pimail.appliance.pairing import register_control_commands
+
+            register_control_commands(self.registry, self.pairing, cfg.status.pairing_minutes)
         # metrics
         if cfg.status.metrics:
             self.metrics = NodeMetrics(self.status_snapshot)
@@ -346,6 +351,8 @@ class Daemon:
             return self.status_snapshot()
 
         async def reload(args: dict[str, Any]) -> Any:
+            if not self._ready:
+                raise control.CommandError("pimail is still starting; reload when it is ready")
             return await self.reload()
 
         async def help_(args: dict[str, Any]) -> Any:
@@ -354,10 +361,6 @@ class Daemon:
         self.registry.register("status", status, "health, peers, archive, disk, clock, uptime")
         self.registry.register("reload", reload, "re-read the config: peers, limits, retention")
         self.registry.register("help", help_, "list commands")
-        if self.pairing is not None:
-            from pimail.appliance.pairing import register_control_commands
-
-            register_control_commands(self.registry, self.pairing, self.config.status.pairing_minutes)
 
     async def run(self) -> int:
         """Start, serve until SIGTERM/SIGINT, stop. SIGHUP reloads.

@@ -122,6 +122,9 @@ def test_stale_socket_is_replaced_and_a_live_one_is_not() -> None:
         other = control.ControlServer(path, control.CommandRegistry())
         with pytest.raises(RuntimeFailure, match="another pimail is running"):
             await other.start()
+        await other.stop()
+        assert path.exists(), "a server that never started leaves the running one's socket alone"
+        assert await call(path, "echo") == {"echo": {}}
 
     serve(scenario, path)
 

@@ -185,3 +185,17 @@ def test_sigterm_right_after_ready_still_stops_cleanly() -> None:
         assert "archive flushed and closed" in d.log()
     finally:
         d.close()
+
+
+def test_a_second_daemon_on_the_same_data_dir_refuses_before_touching_the_archive(
+    node: DaemonProcess,
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pimail", "run", "--config", str(node.config),
+         "--data-dir", str(node.data_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("pimail: error: another pimail is running")
+    assert "archive open" not in proc.stderr
+    assert node.status()["health"]["state"] == "healthy"
