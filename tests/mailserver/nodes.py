@@ -89,7 +89,7 @@ async def mail_node(
 ) -> AsyncIterator[MailNode]:
     data_dir.mkdir(parents=True, exist_ok=True)
     key = NodeKey.generate()
-    archive = open_archive(ArchiveConfig(flush_interval_ms=10), data_dir, None)
+    archive = ms_kw.pop("archive", None) or open_archive(ArchiveConfig(flush_interval_ms=10), data_dir, None)
     await archive.open()
     cfg = config or open_mailserver_config()
     ms = await create_mailserver(archive, cfg, private_key=key.private, **ms_kw)
