@@ -3,10 +3,11 @@
 For each history request (126): decode (garbage ⇒ disconnect), check access and concurrency,
 open and validate it (status-go's checks and ``ERROR=`` texts), apply the rate limits (a request
 for the next page with a cursor we just issued is exempt), then stream the matching envelopes
-oldest-first from the archive page by page and finish with code 125. Delivery runs in its own task per request, so the
-peer's read loop (and every other peer) keeps going; each packet goes out through
-``peer.send_wait`` (backpressure), so a huge request holds at most two archive pages in memory,
-and a client that stops reading is given up after ``stall_timeout_s``.
+oldest-first from the archive page by page and finish with code 125. Delivery runs in its own
+task per request, so the peer's read loop (and every other peer) keeps going; each packet goes
+out through ``peer.send_wait`` (backpressure), so a huge request holds at most two archive pages
+(each about 4 MiB at most) in memory, and a client that stops reading is given up after
+``stall_timeout_s``.
 """
 
 from __future__ import annotations
