@@ -6,8 +6,8 @@ for the next page with a cursor we just issued is exempt), then stream the match
 oldest-first from the archive page by page and finish with code 125. Delivery runs in its own
 task per request, so the peer's read loop (and every other peer) keeps going; each packet goes
 out through ``peer.send_wait`` (backpressure), so a huge request holds at most two archive pages
-(each about 4 MiB at most) in memory, and a client that stops reading is given up after
-``stall_timeout_s``.
+(after the first, each sized to about 4 MiB) in memory, and a client that stops reading is given
+up after ``stall_timeout_s``.
 """
 
 from __future__ import annotations
