@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 import threading
@@ -26,6 +27,7 @@ class NotifySocket:
         self._lock = threading.Lock()
         self._messages: list[tuple[float, str]] = []
         self._closed = threading.Event()
+        self._dir_path = None if abstract else Path(self._dir)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -67,3 +69,5 @@ class NotifySocket:
         self._closed.set()
         self._thread.join(2)
         self.sock.close()
+        if self._dir_path is not None:
+            shutil.rmtree(self._dir_path, ignore_errors=True)
