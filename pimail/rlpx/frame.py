@@ -11,9 +11,9 @@ from __future__ import annotations
 from hmac import compare_digest
 
 from Crypto.Cipher import AES
-from Crypto.Hash import keccak as _keccak
 
 from pimail.rlpx.handshake import Secrets
+from pimail.rlpx.mac import FrameMac
 
 MAX_FRAME_SIZE = (1 << 24) - 1  # the header's frame-size field is 24 bits
 HEADER_LEN = 16
@@ -48,17 +48,16 @@ class FrameTooLarge(FrameError):
 class FrameCodec:
     """Encrypts/authenticates outgoing frames and decodes the incoming stream incrementally."""
 
-    def __init__(self, secrets: Secrets, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(self, secrets: Secrets, max_frame_size: int = MAX_FRAME_SIZE, *,
+                 direct_mac: bool = True) -> None:
         if not 0 < max_frame_size <= MAX_FRAME_SIZE:
             raise ValueError(f"max_frame_size must be in 1..{MAX_FRAME_SIZE}")
         self.max_frame_size = max_frame_size
         # One continuous CTR keystream per direction, zero IV, 128-bit big-endian counter (Go's NewCTR).
         self._enc = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).encrypt
         self._dec = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).decrypt
-        self._mac_block = AES.new(secrets.mac_secret, AES.MODE_ECB).encrypt
-        self._mac_out = bytearray(16)  # reused output buffer: saves an allocation per MAC step
-        self._egress: _keccak.Keccak_Hash = secrets.egress_mac
-        self._ingress: _keccak.Keccak_Hash = secrets.ingress_mac
+        self._egress = FrameMac(secrets.egress_mac, secrets.mac_secret, direct=direct_mac)
+        self._ingress = FrameMac(secrets.ingress_mac, secrets.mac_secret, direct=direct_mac)
         # Hot-path trick: every MAC update starts from digest() of the current sponge state, which is
         # the digest we computed at the end of the previous update. Keeping it saves a keccak call.
         self._egress_digest = self._egress.digest()
@@ -68,14 +67,6 @@ class FrameCodec:
         self._broken = False
         self.frames_in = 0
         self.frames_out = 0
-
-    def _mac_step(self, mac: _keccak.Keccak_Hash, state_digest: bytes, seed: bytes) -> bytes:
-        """updateMAC: absorb AES(mac-secret, digest[:16]) ^ seed; return the new full digest."""
-        out = self._mac_out
-        self._mac_block(state_digest[:16], output=out)
-        t = int.from_bytes(out, "big") ^ int.from_bytes(seed, "big")
-        mac.update(t.to_bytes(16, "big"))
-        return mac.digest()
 
     def encode(self, frame_data: bytes) -> bytes:
         """Wire bytes for one frame: header-ct, header-mac, body-ct (padded to 16), body-mac."""
@@ -89,10 +80,10 @@ class FrameCodec:
         ct = self._enc(b"".join((header, frame_data, _ZERO16[:pad])))
         header_ct = ct[:HEADER_LEN]
         body_ct = ct[HEADER_LEN:]
-        header_digest = self._mac_step(egress, self._egress_digest, header_ct)
+        header_digest = egress.step(self._egress_digest, header_ct)
         egress.update(body_ct)
         seed = egress.digest()
-        body_digest = self._mac_step(egress, seed, seed[:16])
+        body_digest = egress.step(seed, seed[:16])
         self._egress_digest = body_digest
         self.frames_out += 1
         return b"".join((header_ct, header_digest[:MAC_LEN], body_ct, body_digest[:MAC_LEN]))
@@ -120,7 +111,7 @@ class FrameCodec:
                     if end - pos < HEADER_LEN + MAC_LEN:
                         break
                     header_ct = bytes(src[pos : pos + HEADER_LEN])
-                    digest = self._mac_step(ingress, self._ingress_digest, header_ct)
+                    digest = ingress.step(self._ingress_digest, header_ct)
                     self._ingress_digest = digest
                     if not compare_digest(digest[:MAC_LEN], bytes(src[pos + HEADER_LEN : pos + 2 * MAC_LEN])):
                         raise BadHeaderMac("frame header MAC mismatch")
@@ -136,7 +127,7 @@ class FrameCodec:
                 body_ct = bytes(src[pos : pos + padded])
                 ingress.update(body_ct)
                 seed = ingress.digest()
-                digest = self._mac_step(ingress, seed, seed[:16])
+                digest = ingress.step(seed, seed[:16])
                 self._ingress_digest = digest
                 if not compare_digest(digest[:MAC_LEN], bytes(src[pos + padded : pos + padded + MAC_LEN])):
                     raise BadFrameMac("frame MAC mismatch")
@@ -155,6 +146,11 @@ class FrameCodec:
             self._buf = bytearray(src[pos:])
         self.frames_in += len(out)
         return out
+
+    @property
+    def direct_mac(self) -> bool:
+        """Whether the MACs use the direct pycryptodome calls (see ``pimail.rlpx.mac``)."""
+        return self._egress.direct and self._ingress.direct
 
     @property
     def buffered(self) -> int:

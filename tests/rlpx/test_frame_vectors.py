@@ -48,9 +48,12 @@ def receiver_frame_data() -> bytes:
     return encode_msg_id(HELLO) + hello.encode()
 
 
-def test_initiator_hello_frame_is_byte_exact() -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-mac", "portable-mac"])
+def test_initiator_hello_frame_is_byte_exact(direct: bool) -> None:
     frame_data = h(LEGACY["decoded_frames"]["initiator_frame_data_hex"])
-    wire = FrameCodec(legacy_secrets(True)).encode(frame_data)
+    codec = FrameCodec(legacy_secrets(True), direct_mac=direct)
+    assert codec.direct_mac is direct  # the direct path is available with this pycryptodome + cffi
+    wire = codec.encode(frame_data)
     assert wire == h(LEGACY["frames"]["initiator_hello_packet"])
 
 
@@ -59,10 +62,13 @@ def test_receiver_hello_frame_is_byte_exact() -> None:
         LEGACY["frames"]["receiver_hello_packet"])
 
 
-def test_both_sides_decode_the_others_hello() -> None:
-    at_initiator = FrameCodec(legacy_secrets(True)).feed(h(LEGACY["frames"]["receiver_hello_packet"]))
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-mac", "portable-mac"])
+def test_both_sides_decode_the_others_hello(direct: bool) -> None:
+    at_initiator = FrameCodec(legacy_secrets(True), direct_mac=direct).feed(
+        h(LEGACY["frames"]["receiver_hello_packet"]))
     assert at_initiator == [receiver_frame_data()]
-    at_receiver = FrameCodec(legacy_secrets(False)).feed(h(LEGACY["frames"]["initiator_hello_packet"]))
+    at_receiver = FrameCodec(legacy_secrets(False), direct_mac=direct).feed(
+        h(LEGACY["frames"]["initiator_hello_packet"]))
     assert at_receiver == [h(LEGACY["decoded_frames"]["initiator_frame_data_hex"])]
     code, off = decode_msg_id(at_receiver[0])
     hello = Hello.decode(at_receiver[0][off:])
@@ -89,7 +95,9 @@ def fake_secrets() -> Secrets:
 
 def test_geth_frame_fake_mac_golden_output() -> None:
     frame_data = encode_msg_id(FAKE["msg_code"]) + h(FAKE["payload_hex"])
-    wire = FrameCodec(fake_secrets()).encode(frame_data)
+    codec = FrameCodec(fake_secrets())
+    assert not codec.direct_mac  # a fake sponge falls back to the portable path by itself
+    wire = codec.encode(frame_data)
     assert wire.hex() == FAKE["expected_wire_hex"]
     back = FrameCodec(fake_secrets()).feed(wire)
     code, off = decode_msg_id(back[0])
@@ -98,8 +106,10 @@ def test_geth_frame_fake_mac_golden_output() -> None:
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 33, 1000])
-def test_stream_of_frames_in_arbitrary_chunks(chunk: int) -> None:
-    sender, receiver = FrameCodec(legacy_secrets(True)), FrameCodec(legacy_secrets(False))
+@pytest.mark.parametrize(("direct_tx", "direct_rx"), [(True, False), (False, True), (True, True)])
+def test_stream_of_frames_in_arbitrary_chunks(chunk: int, direct_tx: bool, direct_rx: bool) -> None:
+    sender = FrameCodec(legacy_secrets(True), direct_mac=direct_tx)
+    receiver = FrameCodec(legacy_secrets(False), direct_mac=direct_rx)
     frames = [bytes([i % 256]) * n for i, n in enumerate([1, 15, 16, 17, 100, 4096, 70000, 2])]
     wire = b"".join(sender.encode(f) for f in frames)
     got: list[bytes] = []
@@ -107,3 +117,19 @@ def test_stream_of_frames_in_arbitrary_chunks(chunk: int) -> None:
         got += receiver.feed(wire[i : i + chunk])
     assert got == frames
     assert receiver.buffered == 0
+
+
+def test_mac_self_test_and_fallback() -> None:
+    from pimail.crypto.hashing import keccak_sponge
+    from pimail.rlpx import mac
+
+    assert mac.direct_available()
+    key = bytes(32)
+    direct, portable = mac.FrameMac(keccak_sponge(b"s"), key), mac.FrameMac(keccak_sponge(b"s"), key,
+                                                                             direct=False)
+    assert direct.direct and not portable.direct
+    d = direct.digest()
+    assert d == portable.digest()
+    for seed in (bytes(16), b"\xff" * 16, bytes(range(16))):
+        d = direct.step(d, seed)
+        assert d == portable.step(portable.digest(), seed)
