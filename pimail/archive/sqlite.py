@@ -98,7 +98,6 @@ SQLITE_LOCKED = 6
 HEALTH_DISK_FULL = "archive.disk_full"
 HEALTH_WRITE = "archive.write_failed"
 HEALTH_DISK_LOW = "archive.disk_low"
-HEALTH_BACKLOG = "archive.backlog"
 
 
 # -- key packing -----------------------------------------------------------------------------------
@@ -331,7 +330,11 @@ class _TopicCache:
 
 
 class SqliteArchive(Archive):
-    """The SQLite archive (see the module docstring)."""
+    """The SQLite archive (see the module docstring).
+
+    ``on_durable`` is called from the writer thread after each commit with the envelopes of that
+    group; keep it short (the next group waits for it).
+    """
 
     def __init__(
         self,
@@ -571,6 +574,10 @@ class SqliteArchive(Archive):
             self._write_with_recovery(envelopes)
         except ArchiveError as exc:
             error = exc
+        except Exception as exc:  # a bug must fail this batch, not stop the writer
+            log.exception("archive writer: unexpected error writing %d envelopes", len(envelopes))
+            self._rollback()
+            error = ArchiveError(f"archive write failed: {exc}")
         with self._cond:
             self._queued_envelopes -= len(envelopes)
         for p in batch:
@@ -822,6 +829,9 @@ class SqliteArchive(Archive):
         except sqlite3.Error as exc:
             self._rollback()
             log.error("archive retention failed: %s", exc)
+        except Exception:
+            self._rollback()
+            log.exception("archive retention: unexpected error")
         if done:
             self._prune_run = None
             if run.deleted:

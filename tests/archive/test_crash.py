@@ -1,32 +1,54 @@
-"""Crash safety with real processes: kill -9 a writer at random moments, then check the file."""
+"""Crash safety with real processes: kill -9 a writer at random moments, then check the file.
+
+The writer is a forked child (no interpreter start-up per run, so 20 kills stay cheap) running
+tests/archive/crash_writer.py's loop with its stdout on a pipe; ``python -m
+tests.archive.crash_writer DB FIRST`` runs the same loop by hand.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from pimail.archive.sqlite import hash_expr_values
+from tests.archive import crash_writer
 from tests.archive.crash_writer import crash_envelope
 
-ROOT = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("PIMAIL_CRASH_KILLS", "20"))
 RUN_STRIDE = 10_000_000  # each run writes its own nonce range
 
 
-def _read_lines(proc: subprocess.Popen[str], out: list[str], ready: threading.Event) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.endswith("\n"):  # a torn last line was never fully reported
-            out.append(line.strip())
-            if line.startswith("durable"):
-                ready.set()
+def _start_writer(db: Path, first: int) -> tuple[int, int]:
+    """Fork a writer; (pid, read end of its stdout)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 1
+        try:
+            os.close(r)
+            os.dup2(w, 1)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            asyncio.run(crash_writer.main(db, first))
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _read_lines(fd: int, out: list[str], ready: threading.Event) -> None:
+    with open(fd, encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.endswith("\n"):  # a torn last line was never fully reported
+                out.append(line.strip())
+                if line.startswith("durable"):
+                    ready.set()
 
 
 def _present(conn: sqlite3.Connection, i: int) -> bool:
@@ -46,20 +68,17 @@ def test_kill_9_never_loses_durable_envelopes_or_corrupts(tmp_path: Path) -> Non
     for run in range(KILLS):
         lines: list[str] = []
         ready = threading.Event()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.archive.crash_writer", str(db), str(run * RUN_STRIDE)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )
-        reader = threading.Thread(target=_read_lines, args=(proc, lines, ready), daemon=True)
+        pid, fd = _start_writer(db, run * RUN_STRIDE)
+        reader = threading.Thread(target=_read_lines, args=(fd, lines, ready), daemon=True)
         reader.start()
         try:
             assert ready.wait(60), f"run {run}: the writer never reported a durable batch"
             time.sleep(rng.uniform(0.0, 0.4))
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
             reader.join(10)
-        assert proc.returncode == -signal.SIGKILL
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         conn = sqlite3.connect(db)
         try:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)], f"run {run}: corrupt"
