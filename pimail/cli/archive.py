@@ -92,8 +92,6 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
     from pimail.archive import open_archive
 
     config, data_dir = load_config(args)
-    if not getattr(args, "verbose", False):  # the command's own output says what happened
-        logging.getLogger("pimail.archive").setLevel(logging.WARNING)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -109,10 +107,16 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
 
     from pimail.archive.base import ArchiveError
 
+    archive_log = logging.getLogger("pimail.archive")
+    level = archive_log.level
+    if not getattr(args, "verbose", False):  # the command's own output says what happened
+        archive_log.setLevel(logging.WARNING)
     try:
         return asyncio.run(main())
     except ArchiveError as exc:
         raise RuntimeFailure(f"archive: {exc}") from None
+    finally:
+        archive_log.setLevel(level)
 
 
 def _out(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> None:
