@@ -53,7 +53,8 @@ faults: venv-test
 image:
 	image/build.sh $(IMAGE_ARGS)
 
-image-test:
+# the boot test's host side dials the guest with pimail's own RLPx transport
+image-test: $(BIN)/pimail
 	image/test/boot-smoke.sh $(IMAGE_TEST_ARGS)
 
 clean:

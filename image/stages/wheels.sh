@@ -11,8 +11,13 @@ pytag=${1:?python tag}
 out=${2:?out dir}
 lock=$IMAGE_DIR/requirements-arm64.lock
 wheelhouse=$CACHE_DIR/wheelhouse-cp$pytag
-pip=(python3 -m pip)
-[ -x "$REPO_DIR/.venv/bin/pip" ] && pip=("$REPO_DIR/.venv/bin/pip")
+# The project's venv pip, else a small build venv of our own (a bare Debian has no pip).
+if [ -x "$REPO_DIR/.venv/bin/pip" ]; then
+    pip=("$REPO_DIR/.venv/bin/pip")
+else
+    [ -x "$CACHE_DIR/host-venv/bin/pip" ] || python3 -m venv "$CACHE_DIR/host-venv" >&2
+    pip=("$CACHE_DIR/host-venv/bin/pip")
+fi
 
 [ "$pytag" = 311 ] || die "requirements-arm64.lock is for CPython 3.11 (bookworm); regenerate it with image/wheels-lock.sh $pytag"
 mkdir -p "$out/app" "$wheelhouse"
