@@ -216,7 +216,7 @@ async def measure(url: str, directory: Path, total: int, quick: bool) -> list[Re
         Result(AREA, "age retention of the oldest day, SQLite", sq["prune_s"] * 1000, "ms", None, False,
                f"{sq['pruned']:,} rows deleted"),
         Result(AREA, "age retention of the oldest day, PostgreSQL", pg["prune_s"] * 1000, "ms", None, False,
-               f"{pg['pruned']:,} rows (partition drop)"),
+               f"{pg['pruned']:,} rows (whole partition + boundary rows)"),
     ]
     return rows
 

@@ -142,6 +142,7 @@ WITH d AS (
 SELECT count(*), coalesce(sum(size), 0) FROM d
 """
 WRITE_ATTEMPTS = 3  # a batch is retried after a deadlock or serialization failure
+WRITERS = 2  # batches in flight to the server at once: one commits while the next is sent
 
 _INSERT_TOPICS = """
 INSERT INTO topics (topic, bloom)
@@ -250,7 +251,7 @@ class PostgresArchive(Archive):
         self._pending_count = 0
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: list[asyncio.Task[None]] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[PruneResult] | None = None
         self._prune_again = False
@@ -313,7 +314,8 @@ class PostgresArchive(Archive):
         except (psycopg.Error, PoolTimeout) as exc:
             await self._shutdown_pool()
             raise ArchiveError(f"PostgreSQL archive at {self.where}: {_one_line(exc)}") from None
-        self._writer = asyncio.create_task(self._write_loop(), name="pimail-pg-writer")
+        self._writers = [asyncio.create_task(self._write_loop(), name=f"pimail-pg-writer-{i}")
+                         for i in range(WRITERS)]
         if self._prune_interval_s > 0:
             self._maintenance = asyncio.create_task(self._maintenance_loop(), name="pimail-pg-maintenance")
         log.info("archive: PostgreSQL %s open (schema version %d)", self.where, SCHEMA_VERSION)
@@ -330,10 +332,10 @@ class PostgresArchive(Archive):
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
-        if self._writer is not None:
+        if self._writers:
             self._wake.set()
             self._full.set()
-            await self._writer
+            await asyncio.gather(*self._writers)
         self._closed = True
         self._fail_pending(ArchiveError("the archive is closed"))
         await self._shutdown_pool()
@@ -484,7 +486,7 @@ class PostgresArchive(Archive):
         if not batch:
             future.set_result(None)
             return future
-        if self._closing or self._closed or self._writer is None:
+        if self._closing or self._closed or not self._writers:
             future.set_exception(ArchiveError("the archive is not open"))
             return future
         if self._pending_count + len(batch) > self._max_pending:
@@ -527,6 +529,8 @@ class PostgresArchive(Archive):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._flush_interval_s)
             taken = self._take_batch()
+            if not taken:  # the other writer took it while this one waited
+                continue
             envs = [e for p in taken for e in p.envelopes]
             try:
                 await self._write(envs)
