@@ -185,7 +185,7 @@ async def _stats(archive: Archive, args: argparse.Namespace) -> int:
         "retention:",
         *_retention_lines(s.retention),
     ]
-    lines += [f"{k + ':':<18}{v}" for k, v in sorted(s.extra.items())]
+    lines += ["details:"] + [f"  {k.replace('_', ' ')}: {v}" for k, v in sorted(s.extra.items())]
     _out(args, stats_dict(s), lines)
     return 0
 
