@@ -27,8 +27,8 @@ from pimail.mailserver.client import (
     HistorySummary,
     open_with_password,
 )
-from pimail.mailserver.sealing import key_from_password
 from pimail.whisper.envelope import Envelope
+from pimail.whisper.payload import key_from_password
 
 DEFAULT_PASSWORD = "status-offline-inbox"
 DEFAULT_WINDOW_S = 86400  # Status clients ask for the last day by default

@@ -22,11 +22,11 @@ from pimail.crypto.keys import Enode, NodeKey
 from pimail.node.capability import PeerLike
 from pimail.whisper.bloom import FULL_BLOOM, topics_to_bloom
 from pimail.whisper.envelope import Envelope, EnvelopeError
+from pimail.whisper.payload import PayloadError, key_from_password, open_data, seal_symmetric
 from pimail.whisper.pow import PowFormula
 
 from .request import LegacyRequestPayload, MessagesRequest, MessagesRequestPayload
 from .response import RequestComplete, RequestFailed, Response, ResponseError, decode, parse_body
-from .sealing import PayloadError, key_from_password, open_data, seal_symmetric
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def seal_request_envelope(payload: bytes, sym_key: bytes, signing_key: bytes, no
     Blocking (PoW): run it in an executor. ``BOTH`` costs the product of the two searches; the
     client seals legacy requests for go-ethereum's formula and RLP ones for status-go's.
     """
-    data = seal_symmetric(payload, sym_key, signing_key)
+    data = seal_symmetric(sym_key, payload, signing_key)
     expiry = now + ttl
     best: Envelope | None = None
     for nonce in range(MAX_SEAL_NONCES):

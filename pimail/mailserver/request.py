@@ -23,10 +23,10 @@ import rlp
 from pimail.archive.base import CURSOR_LEN, MAX_QUERY_LIMIT
 from pimail.whisper.bloom import BLOOM_LEN, FULL_BLOOM, TOPIC_LEN
 from pimail.whisper.envelope import UINT32_MAX, Envelope, EnvelopeError, decode_uint
+from pimail.whisper.payload import PayloadError, open_data
 from pimail.whisper.pow import PowFormula
 
 from .response import request_id_from_bytes
-from .sealing import PayloadError, open_data
 
 UPPER_DEFAULT_MARGIN_S = 60  # status-go whisperTTLSafeThreshold: upper 0 ⇒ now + 60
 LEGACY_TIME_RANGE_LEN = 8  # lower(4) ‖ upper(4)

@@ -29,6 +29,7 @@ from pimail.archive.base import (
 )
 from pimail.config import MailserverConfig
 from pimail.node.capability import DisconnectReason, PeerLike, ProtocolError
+from pimail.whisper.payload import key_from_password
 
 from .access import AccessPolicy, StaticAccessPolicy
 from .limits import RequestLimits
@@ -41,7 +42,6 @@ from .request import (
     parse_p2p_request,
 )
 from .response import RequestComplete, RequestFailed
-from .sealing import key_from_password
 from .syncwire import SyncMailRequest, SyncResponse, SyncWireError, encode_list_of_raw
 
 log = logging.getLogger(__name__)

@@ -154,3 +154,20 @@ def open_asymmetric(private_key: bytes, data: bytes) -> OpenedMessage:
     except (ecies.EciesError, KeyError_, ValueError) as exc:
         raise PayloadError(f"cannot decrypt: {exc}") from exc
     return parse_plaintext(plain)
+
+
+def open_data(data: bytes, *, sym_key: bytes | None = None, private: bytes | None = None) -> OpenedMessage:
+    """Open envelope Data with whichever keys are given: asymmetric first, then symmetric.
+
+    The mailserver uses this for request envelopes, which clients encrypt either to its node key or
+    with the key of its password.
+    """
+    if private is not None:
+        try:
+            return open_asymmetric(private, data)
+        except PayloadError:
+            if sym_key is None:
+                raise
+    if sym_key is not None:
+        return open_symmetric(sym_key, data)
+    raise PayloadError("no key to open the data with")

@@ -17,11 +17,11 @@ from pimail.config import ArchiveConfig, MailserverConfig, NodeConfig, WhisperCo
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.mailserver.client import HistoryClient, HistoryOptions, HistorySummary, connect_trusted
 from pimail.mailserver.response import Response, decode
-from pimail.mailserver.sealing import key_from_password, seal_symmetric
 from pimail.mailserver.server import MailServer, create_mailserver
 from pimail.node.capability import PeerLike
 from pimail.node.server import NodeServer
 from pimail.whisper.envelope import Envelope
+from pimail.whisper.payload import key_from_password, seal_symmetric
 from pimail.whisper.service import WhisperService
 
 MIN_POW = 0.000002
@@ -49,7 +49,7 @@ def make_envelope(i: int, sent: int, ttl: int = 60, topic: bytes = TOPIC_A, text
                   target_pow: float = MIN_POW, size: int = 0) -> Envelope:
     """A sealed, symmetric-encrypted envelope (payload ``text`` or "message <i>")."""
     payload = (text or f"message {i}").encode() + b"." * size
-    data = seal_symmetric(payload, msg_key(), None)
+    data = seal_symmetric(msg_key(), payload, None)
     for nonce in range(100_000):
         env = Envelope.build(sent + ttl, ttl, topic, data, nonce)
         if env.pow_legacy() >= target_pow and env.pow_current() >= target_pow:

@@ -14,8 +14,8 @@ from pimail.mailserver.request import (
     parse_p2p_request,
 )
 from pimail.mailserver.response import RequestComplete, RequestFailed
-from pimail.mailserver.sealing import key_from_password
 from pimail.whisper.bloom import FULL_BLOOM
+from pimail.whisper.payload import key_from_password
 from pimail.whisper.pow import PowFormula
 
 KEY = key_from_password("status-offline-inbox")

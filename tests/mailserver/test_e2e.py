@@ -14,9 +14,9 @@ from pimail.crypto.keys import NodeKey
 from pimail.mailserver.client import HistoryError, seal_request_envelope
 from pimail.mailserver.request import LegacyRequestPayload, MessagesRequest, MessagesRequestPayload
 from pimail.mailserver.response import RequestComplete, RequestFailed
-from pimail.mailserver.sealing import key_from_password, seal_symmetric
 from pimail.whisper.bloom import FULL_BLOOM
 from pimail.whisper.envelope import Envelope
+from pimail.whisper.payload import key_from_password, seal_symmetric
 
 from .nodes import (
     MIN_POW,
@@ -77,7 +77,7 @@ def test_poster_envelopes_come_back_in_every_form(tmp_path: Path) -> None:
 
 
 def _open(env: Envelope) -> str:
-    from pimail.mailserver.sealing import open_data
+    from pimail.whisper.payload import open_data
 
     return open_data(env.data, sym_key=msg_key()).payload.decode()
 
@@ -200,7 +200,7 @@ def test_error_responses(tmp_path: Path) -> None:
 
             def sealed(payload: bytes, *, key: bytes = PASSWORD_KEY, signer: bytes | None = me,
                        pow_: float = 0.0002) -> bytes:
-                data = seal_symmetric(payload, key, signer)
+                data = seal_symmetric(key, payload, signer)
                 for nonce in range(1_000_000):
                     e = Envelope.build(now + 50, 50, b"\x00" * 4, data, nonce)
                     if pow_ > 0:

@@ -17,9 +17,9 @@ from pimail.mailserver.request import (
     parse_p2p_request,
 )
 from pimail.mailserver.response import ResponseError, decode, parse_body
-from pimail.mailserver.sealing import seal_symmetric
 from pimail.mailserver.syncwire import SyncMailRequest, SyncResponse, SyncWireError
 from pimail.whisper.envelope import Envelope
+from pimail.whisper.payload import seal_symmetric
 
 KEY = bytes(range(32))
 PEER = NodeKey.generate()
@@ -51,7 +51,7 @@ def test_p2p_request_decoding_is_total(payload: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_decrypted_payload_gets_a_typed_outcome(inner: bytes) -> None:
-    env = Envelope.build(1_700_000_050, 50, b"\x00" * 4, seal_symmetric(inner, KEY, PEER.private), 0)
+    env = Envelope.build(1_700_000_050, 50, b"\x00" * 4, seal_symmetric(KEY, inner, PEER.private), 0)
     try:
         req = OPENER.open(parse_p2p_request(env.raw), PEER.public, 1_700_000_000)
     except RequestRejected as exc:

@@ -20,9 +20,9 @@ from pimail.mailserver.request import (
     RequestRejected,
     parse_p2p_request,
 )
-from pimail.mailserver.sealing import key_from_password, seal_asymmetric, seal_symmetric
 from pimail.whisper.bloom import FULL_BLOOM, topic_to_bloom
 from pimail.whisper.envelope import Envelope
+from pimail.whisper.payload import key_from_password, seal_asymmetric, seal_symmetric
 from tests.conftest import load_vector
 
 NOW = 1_700_000_000
@@ -45,7 +45,7 @@ def _opener(**kw: Any) -> RequestOpener:
 def _request_envelope(payload: bytes, signer: NodeKey | None, *, key: bytes = PASSWORD_KEY,
                       asym_to: bytes | None = None) -> Envelope:
     priv = signer.private if signer else None
-    data = seal_asymmetric(payload, asym_to, priv) if asym_to else seal_symmetric(payload, key, priv)
+    data = seal_asymmetric(asym_to, payload, priv) if asym_to else seal_symmetric(key, payload, priv)
     return Envelope.build(NOW + 50, 50, b"\x00\x00\x00\x00", data, 0)
 
 
