@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pimail.crypto.keys import Enode
 from pimail.errors import UserError
+from pimail.node.server import parse_listen as node_parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +40,10 @@ class AdvertisedAddress:
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """``"0.0.0.0:30303"`` / ``"[::]:30303"`` → (host, port); raise UserError on bad input."""
-    text = listen.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise UserError(f"listen address {listen!r} is not [host]:port")
-        port_s = rest[1:]
-    else:
-        host, sep, port_s = text.rpartition(":")
-        if not sep:
-            raise UserError(f"listen address {listen!r} lacks a port (expected host:port)")
     try:
-        port = int(port_s)
-    except ValueError:
-        raise UserError(f"listen port is not a number: {port_s!r}") from None
-    if not 0 <= port < 65536:
-        raise UserError(f"listen port out of range: {port}")
-    return host, port
+        return node_parse_listen(listen)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def is_lan_only(host: str) -> bool:

@@ -39,11 +39,21 @@ COUNTER_NAMES = (
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); raises ValueError with a one-line reason."""
-    host, sep, port_s = listen.rpartition(":")
-    if not sep:
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    host = host.strip("[]") or "0.0.0.0"
+    """``host:port`` or ``[v6]:port`` → (host, port); raises ValueError with a one-line reason.
+
+    An empty host means every IPv4 address (``"0.0.0.0"``).
+    """
+    text = listen.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"listen address {listen!r} is not [host]:port")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"listen address {listen!r} lacks a port (expected host:port)")
+    host = host or "0.0.0.0"
     try:
         port = int(port_s)
     except ValueError:
