@@ -150,10 +150,6 @@ SELECT t, ('x' || encode(b, 'hex'))::bit(512) FROM unnest(%s::bytea[], %s::bytea
 ON CONFLICT DO NOTHING
 """
 
-_MATCHING_TOPICS = (
-    "SELECT topic FROM topics WHERE (bloom & ('x' || encode(%s::bytea, 'hex'))::bit(512)) = bloom"
-)
-
 MAX_KNOWN_TOPICS = 100_000  # topics this process remembers as stored (skips re-inserting them)
 
 
@@ -608,15 +604,17 @@ class PostgresArchive(Archive):
         params: dict[str, Any] = {"lo": lower, "hi": upper, "n": q.limit + 1}
         if cursor_item is not None:
             params["cs"], params["ch"] = cursor_item
-        topics: list[bytes] | None = sorted(set(q.topics)) if q.topics else None
+        if q.topics:
+            params["topics"] = sorted(set(q.topics))
+            stmt = self._page_statement(q, cursor_item is not None, "topics", len(params["topics"]))
+        elif q.bloom and not is_full(q.bloom):
+            params["bloom"] = format(int.from_bytes(q.bloom, "big"), f"0{BLOOM_LEN * 8}b")  # bit(512) text
+            stmt = self._page_statement(q, cursor_item is not None, "bloom", 0)
+        else:
+            stmt = self._page_statement(q, cursor_item is not None, "all", 0)
         try:
             async with pool.connection() as conn:
-                if topics is None and q.bloom and not is_full(q.bloom):
-                    cur = await conn.execute(_MATCHING_TOPICS, (q.bloom,))
-                    topics = sorted(bytes(r[0]) for r in await cur.fetchall())
-                if topics is not None:
-                    params["topics"] = topics
-                cur = await conn.execute(self._page_statement(q, cursor_item is not None, topics), params)
+                cur = await conn.execute(stmt, params)
                 rows = await cur.fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
             raise ArchiveError(f"PostgreSQL query failed: {_one_line(exc)}") from None
@@ -628,15 +626,21 @@ class PostgresArchive(Archive):
         return HistoryPage(envs, envs[-1].cursor if len(rows) > q.limit else None)
 
     @staticmethod
-    def _page_statement(q: HistoryQuery, has_cursor: bool, topics: list[bytes] | None) -> sql.Composed:
-        """One statement = one snapshot: the cursor's existence check and the page.
+    def _page_statement(q: HistoryQuery, has_cursor: bool, mode: str, n_topics: int) -> sql.Composed:
+        """One statement = one snapshot and one round trip: the cursor's check and the page.
 
-        ``topics`` None = every topic. A short topic list walks each topic's (topic, sent, hash)
-        index range in order and merges them (cheap however rare the topics are); a long one
-        walks the time range with a topic filter.
+        ``mode`` "all" walks the key range. "topics" (``%(topics)s``): a short list walks each
+        topic's (topic, sent, hash) index range in order and merges them, however rare the topics;
+        a long one walks the key range with a topic filter. "bloom" (``%(bloom)s``): the stored
+        topics the bloom matches (geth BloomFilterMatch on the topics table), then either plan by
+        their number; the unused branch is skipped by a one-time filter.
         """
         desc = q.descending
-        order = sql.SQL("ORDER BY sent DESC, hash DESC" if desc else "ORDER BY sent, hash")
+
+        def order(alias: str) -> sql.SQL:
+            a = f"{alias}." if alias else ""
+            return sql.SQL(f"ORDER BY {a}sent DESC, {a}hash DESC" if desc else f"ORDER BY {a}sent, {a}hash")
+
         conds: list[sql.Composable] = [sql.SQL("c.ok"), sql.SQL("e.sent >= %(lo)s AND e.sent <= %(hi)s")]
         if has_cursor:
             conds.append(sql.SQL("(e.sent, e.hash) < (%(cs)s, %(ch)s)" if desc
@@ -645,20 +649,43 @@ class PostgresArchive(Archive):
         else:
             found = sql.SQL("true")
         cols = sql.SQL(", ".join(f"e.{c.strip()}" for c in _COLUMNS.split(",")))
-        if topics is not None and len(topics) <= MAX_TOPIC_RANGES:
-            inner = sql.SQL(
-                "SELECT x.* FROM unnest(%(topics)s::bytea[]) AS t(topic) CROSS JOIN LATERAL ("
-                "SELECT {cols} FROM envelopes e WHERE e.topic = t.topic AND {conds} {order} LIMIT %(n)s) x "
-                "{order} LIMIT %(n)s"
-            ).format(cols=cols, conds=sql.SQL(" AND ").join(conds), order=order)
-        else:
-            if topics is not None:
-                conds.append(sql.SQL("e.topic = ANY(%(topics)s::bytea[])"))
-            inner = sql.SQL("SELECT {cols} FROM envelopes e WHERE {conds} {order} LIMIT %(n)s").format(
-                cols=cols, conds=sql.SQL(" AND ").join(conds), order=order
+        where = sql.SQL(" AND ").join(conds)
+
+        def per_topic(source: str, guard: str = "") -> sql.Composed:
+            return sql.SQL(
+                "SELECT x.* FROM {source} CROSS JOIN LATERAL ("
+                "SELECT {cols} FROM envelopes e WHERE e.topic = t.topic AND {where} {o_e} LIMIT %(n)s) x "
+                "{guard} {o_x} LIMIT %(n)s"
+            ).format(source=sql.SQL(source), cols=cols, where=where, o_e=order("e"), guard=sql.SQL(guard),
+                     o_x=order("x"))
+
+        def filtered(topic_filter: str) -> sql.Composed:
+            return sql.SQL("SELECT {cols} FROM envelopes e WHERE {where} AND {tf} {o_e} LIMIT %(n)s").format(
+                cols=cols, where=where, tf=sql.SQL(topic_filter), o_e=order("e"))
+
+        prefix = sql.SQL("")
+        if mode == "topics" and n_topics <= MAX_TOPIC_RANGES:
+            inner = per_topic("unnest(%(topics)s::bytea[]) AS t(topic)")
+        elif mode == "topics":
+            inner = filtered("e.topic = ANY(%(topics)s::bytea[])")
+        elif mode == "bloom":
+            match = "(bloom & %(bloom)s::bit(512)) = bloom"
+            prefix = sql.SQL(
+                f"WITH m AS MATERIALIZED (SELECT topic FROM topics WHERE {match} "
+                f"LIMIT {MAX_TOPIC_RANGES + 1}), "
+                "nm AS MATERIALIZED (SELECT count(*) AS k FROM m) "
             )
-        return sql.SQL("SELECT c.ok, p.* FROM (SELECT {found} AS ok) c LEFT JOIN LATERAL ({inner}) p ON true"
-                       ).format(found=found, inner=inner)
+            inner = sql.SQL("({sparse}) UNION ALL ({dense})").format(
+                sparse=per_topic("m AS t", f"WHERE (SELECT k FROM nm) <= {MAX_TOPIC_RANGES}"),
+                dense=filtered(f"(SELECT k FROM nm) > {MAX_TOPIC_RANGES} "
+                               f"AND e.topic IN (SELECT topic FROM topics WHERE {match})"),
+            )
+        else:
+            inner = filtered("true")
+        return sql.SQL(
+            "{prefix}SELECT c.ok, p.* FROM (SELECT {found} AS ok) c "
+            "LEFT JOIN LATERAL ({inner}) p ON true {o_p}"
+        ).format(prefix=prefix, found=found, inner=inner, o_p=order("p"))
 
     async def contains(self, envelope_hash: bytes) -> bool:
         if len(envelope_hash) != 32:
