@@ -16,11 +16,11 @@ Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelop
     topic, which is what keeps the bytes written per archived byte low.
 ``envelopes_hash`` index (bucket, first four hash bytes, id)
     serves ``contains(hash)`` (one probe per stored bucket), bucketed for the same reason.
-``topics(topic, n)``
-    distinct topics with live counts (kept in the same transactions as the rows): a bloom is
-    turned into the set of stored topics it matches (geth BloomFilterMatch), and the counts let
-    the query planner choose between walking the time range (many rows match) and walking the
-    (bucket, topic) index bucket by bucket (few rows match).
+``topics(topic, last_bucket)``
+    the distinct stored topics: a bloom is turned into the set of stored topics it matches (geth
+    BloomFilterMatch). A row is written only when a topic first appears or reaches a new bucket,
+    so a quiet node's commits do not rewrite it; topics whose last bucket is older than the
+    oldest envelope are dropped by retention. The envelope count lives in ``meta``.
 
 Threads: the event loop only queues work. One writer thread owns the only writing connection: it
 groups submitted envelopes into one transaction (every ``flush_interval_ms`` or
@@ -82,8 +82,7 @@ FREELIST_KEEP_PAGES = 256  # free pages kept for reuse after pruning (1 MB at 4 
 DISK_FULL_RETRIES = 8  # evict-and-retry rounds for one batch before giving up on it
 READER_THREADS = 2
 MAX_INFLIGHT_READS = 32  # further readers wait on the loop (never on a thread)
-SCAN_DENSITY = 0.05  # walk the time range when ≥ 5 % of the rows match; else the topic index
-MAX_TOPIC_RANGES = 256  # above this many matching topics, walk the time range with a filter
+MAX_TOPIC_RANGES = 64  # above this many matching topics, walk the time range with a topic filter
 BUSY_TIMEOUT_MS = 5000
 WAL_MIN_PAGES = 64
 PAGE_SIZE = 8192  # fewer, fuller pages than 4096 for ~300 B rows (see bench/archive.py)
@@ -151,17 +150,11 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"topic", "ttl", "raw"},
     )
-    db.table("topics").create({"topic": int, "n": int}, pk="topic", not_null={"n"})
+    db.table("topics").create({"topic": int, "last_bucket": int}, pk="topic", not_null={"last_bucket"})
     db.table("meta").create({"key": str, "value": int}, pk="key", not_null={"value"})
-    db.table("meta").insert({"key": "topic_gen", "value": 0})
+    db.table("meta").insert_all([{"key": "topic_gen", "value": 0}, {"key": "count", "value": 0}])
     db.execute(f"CREATE INDEX envelopes_topic ON envelopes({BUCKET_EXPR}, topic)")
     db.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {HASH_EXPR})")
-    # inserts count their topics per batch in the writer (a per-row trigger halves ingest speed);
-    # deletes, rarer and from several places, keep the counts right by trigger
-    db.execute(
-        "CREATE TRIGGER envelopes_removed AFTER DELETE ON envelopes BEGIN "
-        "UPDATE topics SET n = n - 1 WHERE topic = OLD.topic; END"
-    )
     db.execute(
         "CREATE TRIGGER topics_added AFTER INSERT ON topics BEGIN "
         "UPDATE meta SET value = value + 1 WHERE key = 'topic_gen'; END"
@@ -244,9 +237,13 @@ def _row_to_envelope(row: Row) -> ArchivedEnvelope:
 
 ROW_COLUMNS = "id, topic, ttl, arr, raw"
 INSERT_SQL = f"INSERT OR IGNORE INTO envelopes({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
-COUNT_TOPICS_SQL = (
-    "INSERT INTO topics(topic, n) VALUES (?, ?) ON CONFLICT(topic) DO UPDATE SET n = n + excluded.n"
+# written only when a topic is new or reaches a later bucket (a no-op upsert writes no page)
+TOPIC_SEEN_SQL = (
+    "INSERT INTO topics(topic, last_bucket) VALUES (?, ?) ON CONFLICT(topic) DO UPDATE "
+    "SET last_bucket = excluded.last_bucket WHERE excluded.last_bucket > topics.last_bucket"
 )
+COUNT_SQL = "SELECT value FROM meta WHERE key = 'count'"
+ADD_COUNT_SQL = "UPDATE meta SET value = value + ? WHERE key = 'count'"
 Row = tuple[int, int, int, int | None, bytes]
 # two subqueries: "SELECT min(id), max(id)" in one query would scan the whole table
 MIN_MAX_SQL = "SELECT (SELECT min(id) FROM envelopes), (SELECT max(id) FROM envelopes)"
@@ -291,29 +288,21 @@ def _post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: 
 
 
 class _TopicCache:
-    """Per-reader snapshot of the topics table, reloaded when a new topic appears."""
+    """Per-reader snapshot of the stored topics and their blooms, reloaded when a topic appears."""
 
     def __init__(self) -> None:
         self.gen = -1
-        self.loaded_at = 0.0
-        self.counts: dict[int, int] = {}
         self.blooms: list[tuple[int, int]] = []  # (topic, bloom as int)
-        self.total = 0
         self.matches: collections.OrderedDict[bytes, list[int]] = collections.OrderedDict()
 
     def refresh(self, conn: sqlite3.Connection) -> None:
         gen = int(conn.execute("SELECT value FROM meta WHERE key = 'topic_gen'").fetchone()[0])
-        # counts only steer the planner, so they may be a little stale; the topic set may not
-        if gen == self.gen and time.monotonic() - self.loaded_at < 5.0:
+        if gen == self.gen:
             return
-        rows = conn.execute("SELECT topic, n FROM topics WHERE n > 0").fetchall()
-        self.counts = {int(t): int(n) for t, n in rows}
-        self.total = sum(self.counts.values())
-        if gen != self.gen:
-            self.blooms = [(t, int.from_bytes(topic_to_bloom(topic_bytes(t)), "big")) for t in self.counts]
-            self.matches.clear()
+        rows = conn.execute("SELECT topic FROM topics").fetchall()
+        self.blooms = [(int(t), int.from_bytes(topic_to_bloom(topic_bytes(int(t))), "big")) for (t,) in rows]
+        self.matches.clear()
         self.gen = gen
-        self.loaded_at = time.monotonic()
 
     def matching(self, bloom: bytes) -> list[int]:
         """Stored topics whose bloom is covered by ``bloom`` (geth BloomFilterMatch)."""
@@ -364,8 +353,7 @@ class SqliteArchive(Archive):
         self.on_durable = on_durable
         self.max_pending = max_pending_envelopes or max(20_000, 10 * flush_max_envelopes)
         self.wal_autocheckpoint_pages = wal_autocheckpoint_pages
-        #: query planner thresholds (see _select); tests force one path or the other
-        self.scan_density = SCAN_DENSITY
+        #: query planner threshold (see _select); tests force one path or the other
         self.max_topic_ranges = MAX_TOPIC_RANGES
         self.health_reason = "ok"
         #: envelopes actually added (not duplicates) by this instance since open
@@ -646,8 +634,12 @@ class SqliteArchive(Archive):
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             added = self._insert_one_by_one(conn, rows)
-        topics = collections.Counter(r[1] for r in added)
-        conn.executemany(COUNT_TOPICS_SQL, topics.items())
+        last: dict[int, int] = {}
+        for r in added:
+            last[r[1]] = max(last.get(r[1], r[0]), r[0])
+        conn.executemany(TOPIC_SEEN_SQL, ((t, key_bucket(k)) for t, k in last.items()))
+        if added:
+            conn.execute(ADD_COUNT_SQL, (len(added),))
         conn.execute("COMMIT")
         self.inserted_total += len(added)
         self.archived_bytes += sum(len(r[4]) for r in added)
@@ -706,7 +698,7 @@ class SqliteArchive(Archive):
         with contextlib.suppress(sqlite3.Error):  # copy committed frames home; the WAL restarts in place
             conn.execute("PRAGMA wal_checkpoint(RESTART)")
         try:
-            total = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
+            total = int(conn.execute(COUNT_SQL).fetchone()[0])
             if total == 0:
                 return False
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
@@ -764,7 +756,11 @@ class SqliteArchive(Archive):
         conn.execute("BEGIN IMMEDIATE")
         try:
             cur = conn.execute("DELETE FROM envelopes WHERE id <= ?", (bound,))
-            conn.execute("DELETE FROM topics WHERE n <= 0")
+            conn.execute(ADD_COUNT_SQL, (-cur.rowcount,))
+            conn.execute(
+                f"DELETE FROM topics WHERE last_bucket < "
+                f"coalesce((SELECT min(id) FROM envelopes) >> {BUCKET_SHIFT}, {2**62})"
+            )
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -848,7 +844,7 @@ class SqliteArchive(Archive):
                 oldest = conn.execute("SELECT min(id) FROM envelopes").fetchone()[0]
                 if oldest is not None and oldest < cutoff_key:
                     return "max_age", self._delete_oldest(conn, PRUNE_BATCH, cutoff_key)
-        total = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
+        total = int(conn.execute(COUNT_SQL).fetchone()[0])
         if p.max_count > 0 and total > p.max_count:
             return "max_count", self._delete_oldest(conn, min(PRUNE_BATCH, total - p.max_count), None)
         if p.max_bytes > 0 and total > 0:
@@ -1020,7 +1016,6 @@ class SqliteArchive(Archive):
         cache: _TopicCache = self._reader_local.topics
         if q.topics:
             topics = sorted({topic_int(t) for t in q.topics})
-            cache.refresh(conn)
         elif q.bloom is None or q.bloom == b"" or is_full(q.bloom):
             topics = None
         else:
@@ -1033,16 +1028,15 @@ class SqliteArchive(Archive):
             ).fetchall()
         if not topics:
             return []
-        matching_rows = sum(cache.counts.get(t, 0) for t in topics)
-        if len(topics) > self.max_topic_ranges or matching_rows >= self.scan_density * cache.total:
-            # dense: walking the time range finds n matches within ~n/density rows
+        if len(topics) > self.max_topic_ranges:
+            # a bloom matching many topics matches many rows: walking the time range finds n soon
             marks = ",".join("?" * len(topics))
             return conn.execute(
                 f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id BETWEEN ? AND ? AND +topic IN ({marks}) "
                 f"ORDER BY id {order} LIMIT ?",
                 (lo, hi, *topics, n),
             ).fetchall()
-        # sparse: walk the time buckets in order through the (bucket, topic) index
+        # a few topics: walk the time buckets in order through the (bucket, topic) index
         first, last = conn.execute(MIN_MAX_SQL).fetchone()
         if first is None:
             return []
@@ -1105,8 +1099,8 @@ class SqliteArchive(Archive):
         def work(conn: sqlite3.Connection) -> ArchiveStats:
             conn.execute("BEGIN")
             try:
-                count = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
-                topics = int(conn.execute("SELECT count(*) FROM topics WHERE n > 0").fetchone()[0])
+                count = int(conn.execute(COUNT_SQL).fetchone()[0])
+                topics = int(conn.execute("SELECT count(*) FROM topics").fetchone()[0])
                 lo, hi = conn.execute(MIN_MAX_SQL).fetchone()
                 page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
                 pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
@@ -1149,11 +1143,15 @@ class SqliteArchive(Archive):
             if version != SCHEMA_VERSION:
                 problems.append(f"schema version {version}, expected {SCHEMA_VERSION}")
             rows = int(conn.execute("SELECT count(*) FROM envelopes").fetchone()[0])
-            counted = int(conn.execute("SELECT coalesce(sum(n), 0) FROM topics").fetchone()[0])
+            counted = int(conn.execute(COUNT_SQL).fetchone()[0])
             if rows != counted:
-                problems.append(f"topic counters say {counted} envelopes but the table holds {rows}")
-            if conn.execute("SELECT count(*) FROM topics WHERE n < 0").fetchone()[0]:
-                problems.append("negative topic counters")
+                problems.append(f"the envelope counter says {counted} but the table holds {rows}")
+            missing = conn.execute(
+                "SELECT count(*) FROM (SELECT DISTINCT topic FROM envelopes) "
+                "WHERE topic NOT IN (SELECT topic FROM topics)"
+            ).fetchone()[0]
+            if missing:
+                problems.append(f"{missing} stored topics are missing from the topics table")
             return problems
 
         return await self._read(work)

@@ -71,7 +71,7 @@ def test_check_and_vacuum(tmp_path: Path) -> None:
     vac = pimail("vacuum", "--data-dir", str(node), "--json")
     assert vac.returncode == 0 and json.loads(vac.stdout)["freed_bytes"] >= 0
     conn = sqlite3.connect(node / "archive.sqlite")
-    conn.execute("UPDATE topics SET n = n + 1")
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'count'")
     conn.commit()
     conn.close()
     bad = pimail("check", "--data-dir", str(node), "--json")

@@ -92,7 +92,7 @@ def test_kill_9_never_loses_durable_envelopes_or_corrupts(tmp_path: Path) -> Non
                 assert _present(conn, high), f"run {run}: envelope {high} was reported durable but is gone"
             reported += sum(c for _, _, c in durable)
             rows = conn.execute("SELECT count(*) FROM envelopes").fetchone()[0]
-            counted = conn.execute("SELECT sum(n) FROM topics").fetchone()[0]
+            counted = conn.execute("SELECT value FROM meta WHERE key = 'count'").fetchone()[0]
             assert rows == counted and rows >= reported
         finally:
             conn.close()
