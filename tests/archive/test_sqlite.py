@@ -201,13 +201,16 @@ def test_check_reports_counter_damage(tmp_path: Path) -> None:
     descending=st.booleans(),
     wanted=st.lists(st.integers(0, 30), min_size=1, max_size=4),
     by_bloom=st.booleans(),
+    spread=st.sampled_from([1, 7001]),  # 7001 s apart: the envelopes fall into several index buckets
 )
 def test_both_query_plans_page_correctly(mode: str, specs: list[tuple[int, int]], page: int,
-                                         descending: bool, wanted: list[int], by_bloom: bool) -> None:
+                                         descending: bool, wanted: list[int], by_bloom: bool,
+                                         spread: int) -> None:
     """The planner walks the time range or the (bucket, topic) index; both must page the same way."""
-    envs = [make_envelope(i, BASE + s, topic_n(t)) for i, (s, t) in enumerate(specs)]
+    envs = [make_envelope(i, BASE + s * spread, topic_n(t)) for i, (s, t) in enumerate(specs)]
     topics = tuple(topic_n(t) for t in wanted)
     bloom = topics_to_bloom(topics) if by_bloom else None
+    lower, upper = BASE + spread, BASE + 4 * spread
 
     def matches(e: object) -> bool:
         topic = e.topic  # type: ignore[attr-defined]
@@ -220,10 +223,11 @@ def test_both_query_plans_page_correctly(mode: str, specs: list[tuple[int, int]]
         elif mode == "ranges":
             a.max_topic_ranges = 1000
         await a.open()
-        await a.submit(envs)
-        q = HistoryQuery(BASE + 1, BASE + 4, () if bloom else topics, bloom, page, None, descending)
+        await a.submit([e for e in envs if e.sent >= BASE + 3 * spread])  # newer first,
+        await a.submit([e for e in envs if e.sent < BASE + 3 * spread])  # then older ones
+        q = HistoryQuery(lower, upper, () if bloom else topics, bloom, page, None, descending)
         got = [e async for e in a.iterate(q, page_size=page)]
-        expect = sorted((e for e in envs if BASE + 1 <= e.sent <= BASE + 4 and matches(e)),
+        expect = sorted((e for e in envs if lower <= e.sent <= upper and matches(e)),
                         key=lambda e: e.cursor, reverse=descending)
         assert [e.hash for e in got] == [e.hash for e in expect]
         await a.close()
