@@ -16,11 +16,12 @@ Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelop
     topic, which is what keeps the bytes written per archived byte low.
 ``envelopes_hash`` index (bucket, first four hash bytes, id)
     serves ``contains(hash)`` (one probe per stored bucket), bucketed for the same reason.
-``topics(topic, last_bucket)``
+``topics(topic, first_bucket, last_bucket)``
     the distinct stored topics: a bloom is turned into the set of stored topics it matches (geth
-    BloomFilterMatch). A row is written only when a topic first appears or reaches a new bucket,
-    so a quiet node's commits do not rewrite it; topics whose last bucket is older than the
-    oldest envelope are dropped by retention. The envelope count lives in ``meta``.
+    BloomFilterMatch), and a query walks only the buckets between the first and last of them. A
+    row is written only when a topic first appears or reaches a new bucket, so a quiet node's
+    commits do not rewrite it; topics whose last bucket is older than the oldest envelope are
+    dropped by retention. The envelope count lives in ``meta``.
 
 Threads: the event loop only queues work. One writer thread owns the only writing connection: it
 groups submitted envelopes into one transaction (every ``flush_interval_ms`` or
@@ -150,7 +151,8 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"topic", "ttl", "raw"},
     )
-    db.table("topics").create({"topic": int, "last_bucket": int}, pk="topic", not_null={"last_bucket"})
+    db.table("topics").create({"topic": int, "first_bucket": int, "last_bucket": int}, pk="topic",
+                              not_null={"first_bucket", "last_bucket"})
     db.table("meta").create({"key": str, "value": int}, pk="key", not_null={"value"})
     db.table("meta").insert_all([{"key": "topic_gen", "value": 0}, {"key": "count", "value": 0}])
     db.execute(f"CREATE INDEX envelopes_topic ON envelopes({BUCKET_EXPR}, topic)")
@@ -239,8 +241,10 @@ ROW_COLUMNS = "id, topic, ttl, arr, raw"
 INSERT_SQL = f"INSERT OR IGNORE INTO envelopes({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 # written only when a topic is new or reaches a later bucket (a no-op upsert writes no page)
 TOPIC_SEEN_SQL = (
-    "INSERT INTO topics(topic, last_bucket) VALUES (?, ?) ON CONFLICT(topic) DO UPDATE "
-    "SET last_bucket = excluded.last_bucket WHERE excluded.last_bucket > topics.last_bucket"
+    "INSERT INTO topics(topic, first_bucket, last_bucket) VALUES (?, ?, ?) ON CONFLICT(topic) DO UPDATE "
+    "SET first_bucket = min(first_bucket, excluded.first_bucket), "
+    "last_bucket = max(last_bucket, excluded.last_bucket) "
+    "WHERE excluded.first_bucket < topics.first_bucket OR excluded.last_bucket > topics.last_bucket"
 )
 COUNT_SQL = "SELECT value FROM meta WHERE key = 'count'"
 ADD_COUNT_SQL = "UPDATE meta SET value = value + ? WHERE key = 'count'"
@@ -634,10 +638,11 @@ class SqliteArchive(Archive):
             conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             added = self._insert_one_by_one(conn, rows)
-        last: dict[int, int] = {}
-        for r in added:
-            last[r[1]] = max(last.get(r[1], r[0]), r[0])
-        conn.executemany(TOPIC_SEEN_SQL, ((t, key_bucket(k)) for t, k in last.items()))
+        spans: dict[int, tuple[int, int]] = {}  # topic -> (first, last) key among the added rows
+        for key, topic, *_ in added:
+            span = spans.get(topic)
+            spans[topic] = (key, key) if span is None else (min(span[0], key), max(span[1], key))
+        conn.executemany(TOPIC_SEEN_SQL, ((t, key_bucket(a), key_bucket(b)) for t, (a, b) in spans.items()))
         if added:
             conn.execute(ADD_COUNT_SQL, (len(added),))
         conn.execute("COMMIT")
@@ -1043,8 +1048,13 @@ class SqliteArchive(Archive):
         lo, hi = max(lo, int(first)), min(hi, int(last))
         if lo > hi:
             return []
-        buckets = range(key_bucket(lo), key_bucket(hi) + 1)
         marks = ",".join("?" * len(topics))
+        span = conn.execute(  # read in this snapshot: the readers' topic cache may be older
+            f"SELECT min(first_bucket), max(last_bucket) FROM topics WHERE topic IN ({marks})", topics
+        ).fetchone()
+        if span[0] is None:
+            return []
+        buckets = range(max(key_bucket(lo), int(span[0])), min(key_bucket(hi), int(span[1])) + 1)
         sql = (f"SELECT id FROM envelopes WHERE {BUCKET_EXPR} = ? AND topic IN ({marks}) "
                f"AND id BETWEEN ? AND ? ORDER BY id {order} LIMIT ?")
         ids: list[int] = []
