@@ -291,7 +291,7 @@ class PostgresArchive(Archive):
             timeout=POOL_WAIT_S,
             max_waiting=MAX_WAITING,
             kwargs={"connect_timeout": max(1, int(connect_timeout_s := self._connect_timeout_s)),
-                    "application_name": "pimail"},
+                    "application_name": f"pimail/{self.schema}"},  # which fleet, in pg_stat_activity
             name="pimail-archive",
         )
         try:

@@ -124,7 +124,9 @@ def test_open_creates_schema_partitions_and_version(pg_url: str, schema: str) ->
     run(scenario())
     rows = admin(pg_url, schema, "SELECT version FROM schema_version")
     assert rows == [(SCHEMA_VERSION,)]
-    default = admin(pg_url, schema, "SELECT relname FROM pg_class WHERE relname = 'envelopes_default'")
+    default = admin(pg_url, schema, "SELECT c.relname FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'envelopes_default'",
+                    (schema,))
     assert default == [("envelopes_default",)]
 
 
@@ -345,8 +347,9 @@ def test_lost_server_connections_are_replaced(pg_url: str, schema: str) -> None:
         try:
             await a.submit([make_env(5000)])
             # the DBA restarts the server / a network blip: every pimail backend is killed
-            admin(pg_url, schema, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                  " WHERE application_name = 'pimail' AND pid <> pg_backend_pid()")
+            killed = admin(pg_url, schema, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                           " WHERE application_name = %s AND pid <> pg_backend_pid()", (f"pimail/{schema}",))
+            assert killed and all(ok for (ok,) in killed)
             outcomes = []
             for i in range(3):  # a batch may fail with ArchiveError while the pool notices
                 try:
