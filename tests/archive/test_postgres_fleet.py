@@ -172,3 +172,34 @@ def test_run_with_an_unreachable_or_bad_archive_url_exits_with_one_line(tmp_path
     assert "s3cret" not in r.stderr
     r = pimail(*common, "--archive-url", "mysql://x@y/z", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("pimail: error:")
+
+
+def test_archive_cli_on_a_postgres_config(tmp_path: Path, fleet_db: str) -> None:
+    """`pimail archive stats|prune|migrate` on a node whose config points at PostgreSQL."""
+    from pimail.archive.base import RetentionPolicy
+    from pimail.archive.sqlite import SqliteArchive
+    from tests.archive.conftest import make_envelope, run
+
+    node = tmp_path / "node"
+    node.mkdir()
+    (node / "pimail.toml").write_text(f'[archive]\nurl = "{fleet_db}"\nmax_age = "0"\nmax_count = 3\n')
+    old = tmp_path / "old-pi"
+
+    async def fill() -> None:
+        a = SqliteArchive(old / "archive.sqlite", retention=RetentionPolicy(), prune_interval_s=0)
+        await a.open()
+        await a.submit([make_envelope(i, 1_700_000_000 + i) for i in range(5)])
+        await a.close()
+
+    run(fill())
+    stats = pimail("archive", "stats", "--data-dir", str(node), "--json", cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["count"] == 0
+    assert json.loads(stats.stdout)["extra"]["backend"] == "postgresql"
+    mig = pimail("archive", "migrate", "--data-dir", str(node), "--from", str(old), "--to", fleet_db,
+                 "--json", cwd=tmp_path)
+    assert mig.returncode == 0, mig.stderr
+    assert json.loads(mig.stdout)["verify"]["matched"] == 5
+    pruned = pimail("archive", "prune", "--data-dir", str(node), "--json", cwd=tmp_path)
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["deleted"] == 2 and json.loads(pruned.stdout)["count"] == 3
