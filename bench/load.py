@@ -121,12 +121,13 @@ class ServerProc:
         env["NOTIFY_SOCKET"] = addr
         self.env = env
         prefix, self.limits = cpu_limit_prefix() if self.cpu_limited else ([], "")
+        log = open(self.root / "stderr.log", "wb")  # noqa: SIM115 — the child keeps it
         try:
             t0 = time.perf_counter()
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "pimail", "run", "--config",
                  str(server_config(self.root, self.rate_limit)), "--data-dir", str(self.data_dir)],
-                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(self.root / "stderr.log", "wb"),
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
             )
             if self.cpu_limited:
                 self.limits += ", " + cgroup_limit(self.proc.pid)
@@ -139,11 +140,13 @@ class ServerProc:
                 except TimeoutError:
                     if self.proc.poll() is not None:
                         tail = (self.root / "stderr.log").read_text(errors="replace")[-500:]
-                        raise RuntimeError(f"pimail run exited {self.proc.returncode} before READY=1: {tail}")
+                        raise RuntimeError(
+                            f"pimail run exited {self.proc.returncode} before READY=1: {tail}") from None
                     if time.perf_counter() > deadline:
                         raise RuntimeError("pimail run: no READY=1 in time") from None
         finally:
             sock.close()
+            log.close()
         # the advertised address may be the LAN one; the bench dials loopback
         url = str(self.status()["enode"])
         self.enode = url.split("@")[0] + "@127.0.0.1:" + url.rsplit(":", 1)[1].split("?")[0]
@@ -346,7 +349,7 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: int, con
     m.notes["history"] = f"{n:,} envelopes in {hsecs:.2f} s" + ("" if completed else ", no 125 (quiet end)")
     samples = []
     for _ in range(pages):
-        got, psecs, _, _ = await history(enode, lower, upper, limit=100, stop_after=100)
+        _, psecs, _, _ = await history(enode, lower, upper, limit=100, stop_after=100)
         samples.append(psecs * 1000)
     samples.sort()
     m.values["page_p95_ms"] = samples[max(0, int(len(samples) * 0.95) - 1)] if samples else 0.0
