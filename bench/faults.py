@@ -275,6 +275,9 @@ def fault_peers(peers: int, clients: int) -> Outcome:
 # -- fuzzing ---------------------------------------------------------------------------------------
 
 
+FuzzTarget = tuple[str, Callable[[bytes], object], tuple[type[BaseException], ...], bytes]
+
+
 def _mutate(rng: random.Random, sample: bytes) -> bytes:
     op = rng.randrange(6)
     b = bytearray(sample)
@@ -296,7 +299,7 @@ def _mutate(rng: random.Random, sample: bytes) -> bytes:
     return bytes(b)
 
 
-def _fuzz_targets() -> list[tuple[str, Callable[[bytes], object], tuple[type[BaseException], ...], bytes]]:
+def _fuzz_targets() -> list[FuzzTarget]:
     from pimail.config import WhisperConfig
     from pimail.crypto.keys import NodeKey
     from pimail.devp2p.messages import Disconnect, Hello, MessageError
@@ -342,29 +345,32 @@ def _fuzz_targets() -> list[tuple[str, Callable[[bytes], object], tuple[type[Bas
     ]
 
 
-def fuzz_inprocess(n: int, seed: int = 1) -> tuple[int, dict[str, str], float]:
+def fuzz_inprocess(n: int, seed: int = 1, targets: list[FuzzTarget] | None = None
+                   ) -> tuple[int, dict[str, str], float]:
     """(inputs, {target: first unexpected exception}, RSS growth MB)."""
     rng = random.Random(seed)
-    targets = _fuzz_targets()
+    targets = targets if targets is not None else _fuzz_targets()
     bad: dict[str, str] = {}
     # warm up allocator and caches before the baseline
-    for _, fn, allowed, sample in targets:
+    def one(name: str, fn: Callable[[bytes], object], allowed: tuple[type[BaseException], ...],
+            data: bytes) -> None:
+        try:
+            fn(data)
+        except allowed:
+            pass
+        except Exception as exc:
+            bad.setdefault(name, f"{type(exc).__name__}: {exc} on {data[:24].hex()}")
+
+    for name, fn, allowed, sample in targets:
         for _ in range(200):
-            with contextlib.suppress(*allowed):
-                fn(_mutate(rng, sample))
+            one(name, fn, allowed, _mutate(rng, sample))
     base = _rss_self_mb()
     weights = [1 if name == "handshake" else 10 for name, *_ in targets]  # ECIES attempts are slow
     total_w = sum(weights)
     done = 0
     for (name, fn, allowed, sample), w in zip(targets, weights, strict=True):
         for _ in range(n * w // total_w):
-            data = _mutate(rng, sample)
-            try:
-                fn(data)
-            except allowed:
-                pass
-            except Exception as exc:
-                bad.setdefault(name, f"{type(exc).__name__}: {exc} on {data[:24].hex()}")
+            one(name, fn, allowed, _mutate(rng, sample))
             done += 1
     return done, bad, _rss_self_mb() - base
 
