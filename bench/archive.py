@@ -24,7 +24,7 @@ from pathlib import Path
 import rlp
 
 from bench.common import Result, print_table
-from pimail.archive.base import ArchivedEnvelope, HistoryQuery
+from pimail.archive.base import Archive, ArchivedEnvelope, HistoryQuery
 from pimail.archive.sqlite import SqliteArchive
 from pimail.crypto.hashing import keccak256
 from pimail.whisper.bloom import topics_to_bloom
@@ -66,7 +66,7 @@ def make_envelopes(start: int, n: int, total: int, t0: int, topics: list[bytes])
     return out
 
 
-async def ingest(archive: SqliteArchive, total: int, t0: int, topics: list[bytes]
+async def ingest(archive: Archive, total: int, t0: int, topics: list[bytes]
                  ) -> tuple[float, float, int, int]:
     """Wall and CPU seconds spent ingesting (generation excluded), raw bytes archived, bytes written."""
     busy = 0.0

@@ -31,59 +31,27 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import rlp
-
+from bench import archive as archive_bench
 from bench.common import Result, print_table
-from pimail.archive.base import Archive, ArchivedEnvelope, HistoryQuery, RetentionPolicy
+from pimail.archive.base import Archive, HistoryQuery, RetentionPolicy
 from pimail.archive.postgres import PostgresArchive
 from pimail.archive.sqlite import SqliteArchive
-from pimail.crypto.hashing import keccak256
 from pimail.whisper.bloom import topics_to_bloom
 
 AREA = "postgres"
 PG_ENV = "PIMAIL_TEST_PG_URL"
 DAY_S = 86400
-ENVELOPE_BYTES = 300
-TOPICS = 5000
-SPAN_S = 30 * DAY_S
-CHUNK = 50_000  # envelopes generated at a time (generation is not timed)
-SUBMIT_BATCH = 500
-IN_FLIGHT = 16
-PAGE = 100
-
-
-def make_envelopes(start: int, n: int, total: int, t0: int, topics: list[bytes]) -> list[ArchivedEnvelope]:
-    """Envelopes start..start+n of ``total`` spread over SPAN_S from t0, each ENVELOPE_BYTES of RLP."""
-    rng = random.Random(start)
-    out = []
-    ttl = 86400
-    for i in range(start, start + n):
-        sent = t0 + i * SPAN_S // total
-        topic = topics[rng.randrange(len(topics))]
-        fields: list[object] = [sent + ttl, ttl, topic, b"", i]
-        fields[3] = i.to_bytes(8, "big") * ((ENVELOPE_BYTES - len(rlp.encode(fields))) // 8 + 1)
-        raw: bytes = rlp.encode(fields)
-        cut = len(raw) - ENVELOPE_BYTES
-        if cut > 0:
-            fields[3] = fields[3][:-cut]  # type: ignore[index]
-            raw = rlp.encode(fields)
-        out.append(ArchivedEnvelope(sent, keccak256(raw), topic, sent + ttl, raw, sent + 1))
-    return out
+# the same data and ingest loop as bench/archive.py, so the two backends are compared like for like
+ENVELOPE_BYTES = archive_bench.ENVELOPE_BYTES
+SPAN_S = archive_bench.SPAN_S
+TOPICS = archive_bench.TOPICS
+PAGE = archive_bench.PAGE
+make_envelopes = archive_bench.make_envelopes
 
 
 async def ingest(archive: Archive, total: int, t0: int, topics: list[bytes]) -> float:
     """Seconds spent ingesting ``total`` envelopes (generation excluded), until all are durable."""
-    busy = 0.0
-    for start in range(0, total, CHUNK):
-        envs = make_envelopes(start, min(CHUNK, total - start), total, t0, topics)
-        t = time.perf_counter()
-        window: list[asyncio.Future[None]] = []
-        for i in range(0, len(envs), SUBMIT_BATCH):  # like a relay: a bounded number in flight
-            window.append(archive.submit(envs[i : i + SUBMIT_BATCH]))
-            if len(window) >= IN_FLIGHT:
-                await window.pop(0)
-        await asyncio.gather(*window)
-        busy += time.perf_counter() - t
+    busy, _cpu, _raw, _written = await archive_bench.ingest(archive, total, t0, topics)
     return busy
 
 
