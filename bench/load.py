@@ -72,19 +72,53 @@ def cpu_limit_prefix() -> tuple[list[str], str]:
     return [], "no taskset"
 
 
+def _cpu_cgroup_root() -> tuple[Path, int] | None:
+    """(mount point, version) of a cgroup hierarchy with the cpu controller, from /proc/mounts."""
+    found: tuple[Path, int] | None = None
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        where, fstype, opts = Path(parts[1]), parts[2], parts[3].split(",")
+        if fstype == "cgroup2":
+            try:
+                if "cpu" in (where / "cgroup.controllers").read_text().split():
+                    return where, 2
+            except OSError:
+                continue
+        elif fstype == "cgroup" and "cpu" in opts and found is None:
+            found = (where, 1)
+    return found
+
+
+def cgroup_path(pid: int) -> Path | None:
+    root = _cpu_cgroup_root()
+    return None if root is None else root[0] / f"pimail-bench-{os.getpid()}-{pid}"
+
+
 def cgroup_limit(pid: int, quota_pct: int = 50) -> str:
-    """Put ``pid`` in a fresh cgroup v2 with cpu.max = quota_pct% of one core, if we may."""
-    base = Path("/sys/fs/cgroup")
-    group = base / f"pimail-bench-{os.getpid()}-{pid}"
+    """Put ``pid`` in a fresh cpu cgroup limited to quota_pct% of one core, if we may (v2 or v1)."""
+    root = _cpu_cgroup_root()
+    if root is None:
+        return "no cpu cgroup mounted, no quota"
+    group = root[0] / f"pimail-bench-{os.getpid()}-{pid}"
     try:
         group.mkdir()
-        (group / "cpu.max").write_text(f"{quota_pct * 1000} 100000\n")
+        if root[1] == 2:
+            (group / "cpu.max").write_text(f"{quota_pct * 1000} 100000\n")
+        else:
+            (group / "cpu.cfs_period_us").write_text("100000\n")
+            (group / "cpu.cfs_quota_us").write_text(f"{quota_pct * 1000}\n")
         (group / "cgroup.procs").write_text(f"{pid}\n")
     except OSError as exc:
         with contextlib.suppress(OSError):
             group.rmdir()
         return f"no cgroup quota ({exc.strerror or exc})"
-    return f"cgroup cpu.max {quota_pct}%"
+    return f"cgroup v{root[1]} cpu quota {quota_pct}% of one core"
 
 
 @dataclass
@@ -159,7 +193,10 @@ class ServerProc:
         return result
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            self._drop_cgroup()
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -167,6 +204,14 @@ class ServerProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        finally:
+            self._drop_cgroup()
+
+    def _drop_cgroup(self) -> None:
+        group = cgroup_path(self.pid) if self.cpu_limited else None
+        if group is not None:
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
 
 def proc_status_kb(pid: int, key: str) -> int:
@@ -420,7 +465,7 @@ ROWS = [  # key, name, unit, higher is better
 def run_load(quick: bool, target: str | None = None, target_pid: int | None = None,
              cpu_limited: bool = False, *, n: int | None = None, prefill_n: int | None = None
              ) -> list[Result]:
-    n = n or (5_000 if quick else 50_000)
+    n = n or (20_000 if quick else 100_000)
     conns = 4 if quick else 8
     pages = 10 if quick else 40
     prefill_n = prefill_n or (100_000 if quick else 1_000_000)
