@@ -66,7 +66,8 @@ def _rss_self_mb() -> float:
 
 async def _post_tracking(enode: str, raws: list[bytes], acked: set[bytes], stop: asyncio.Event) -> None:
     """Post batches over two connections; add each acknowledged batch's envelope hashes to ``acked``."""
-    from pimail.crypto.keys import Enode, keccak256
+    from pimail.crypto.hashing import keccak256
+    from pimail.crypto.keys import Enode
     from pimail.whisper import status as st
     from pimail.whisper.client import client_session
     from pimail.whisper.envelope import encode_envelope_list
@@ -98,7 +99,7 @@ async def _post_tracking(enode: str, raws: list[bytes], acked: set[bytes], stop:
 
 
 def _archive_hashes(data_dir: Path) -> tuple[str, set[bytes]]:
-    from pimail.crypto.keys import keccak256
+    from pimail.crypto.hashing import keccak256
 
     con = sqlite3.connect(f"file:{data_dir / 'archive.sqlite'}?mode=ro", uri=True, timeout=30)
     try:

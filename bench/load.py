@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +277,8 @@ async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks:
 
     Without acks (a server that sends none), the time is to the last send.
     """
-    from pimail.crypto.keys import Enode, keccak256
+    from pimail.crypto.hashing import keccak256
+    from pimail.crypto.keys import Enode
     from pimail.whisper import status as st
     from pimail.whisper.client import client_session
     from pimail.whisper.envelope import encode_envelope_list
@@ -343,6 +344,7 @@ async def history(enode_url: str, lower: int, upper: int, limit: int = 1000,
             n, first = 0, 0.0
             t0 = time.perf_counter()
             gen = HistoryClient(key, cw, cn).fetch(enode, opts, summary)
+            assert isinstance(gen, AsyncGenerator)
             try:
                 async for _ in gen:
                     n += 1
