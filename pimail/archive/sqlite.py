@@ -431,6 +431,9 @@ class SqliteArchive(Archive):
             conn.execute(f"PRAGMA journal_size_limit = {WAL_AUTOCHECKPOINT_PAGES * PAGE_SIZE}")
             conn.execute("PRAGMA cache_size = -16000")
             migrate(conn, self.path)
+            # A WAL left behind by a crash is only reset by a checkpoint; if the node is killed again
+            # before the next automatic one (a crash loop), the WAL would grow without bound.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ArchiveError(f"cannot open the archive {self.path}: {exc}") from exc

@@ -97,3 +97,36 @@ def test_kill_9_never_loses_durable_envelopes_or_corrupts(tmp_path: Path) -> Non
         finally:
             conn.close()
     print(f"{KILLS} kills, {reported} envelopes reported durable, all present")
+
+
+def test_open_after_a_crash_resets_the_wal(tmp_path: Path) -> None:
+    """A crash loop must not grow the WAL: opening copies a crashed run's WAL home and truncates it."""
+    from pimail.archive.sqlite import SqliteArchive
+
+    db = tmp_path / "archive.sqlite"
+    wal = db.with_name(db.name + "-wal")
+    lines: list[str] = []
+    ready = threading.Event()
+    pid, fd = _start_writer(db, 0)
+    reader = threading.Thread(target=_read_lines, args=(fd, lines, ready), daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(60), "the writer never reported a durable batch"
+        time.sleep(0.3)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        reader.join(10)
+    assert wal.exists() and wal.stat().st_size > 0  # what the killed writer left behind
+
+    async def reopen() -> int:
+        archive = SqliteArchive(db)
+        await archive.open()
+        try:
+            size = wal.stat().st_size if wal.exists() else 0
+            assert (await archive.stats()).count > 0
+            return size
+        finally:
+            await archive.close()
+
+    assert asyncio.run(reopen()) == 0
