@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--areas", help=f"comma-separated subset of {','.join(ALL_AREAS)}")
     ap.add_argument("--target", help="enode of another mailserver to run the same load against")
     ap.add_argument("--target-pid", type=int, help="its process id (for RSS and bytes written)")
+    ap.add_argument("--target-form", choices=("direct", "envelope", "legacy"), default="direct",
+                    help="how to ask the target for history: direct (pimail, status-go), envelope "
+                    "(status-go RPC form) or legacy (go-ethereum wnode); default direct")
+    ap.add_argument("--target-password", default="status-offline-inbox",
+                    help="the target's mailserver password for the envelope forms (wnode -test: wwww)")
     ap.add_argument("--cpu-limited", action="store_true", help="also run the load on one CPU-limited core")
     a = ap.parse_args(argv)
     if a.areas:
@@ -66,7 +71,8 @@ def run_area(name: str, a: argparse.Namespace) -> list[Result]:
     if name == "load":
         from bench.load import run_load
 
-        out = run_load(a.quick, a.target, a.target_pid)
+        out = run_load(a.quick, a.target, a.target_pid, target_form=a.target_form,
+                       target_password=a.target_password)
         if a.cpu_limited:
             out += run_load(a.quick, None, None, cpu_limited=True)
         return out

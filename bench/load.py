@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Result, print_table
+from pimail.mailserver.client import client_whisper_config
 
 AREA = "load"
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,10 @@ WINDOW = 32  # unacknowledged packets per connection (the server allows 64; its 
 POW_TARGET = 0.000002  # pimail's (and status-go's) default min_pow
 TOPIC = b"\xbe\x4c\x00\x01"
 QUIET_S = 2.0
+DEFAULT_PASSWORD = "status-offline-inbox"  # Status's mailserver password (pimail's default)
+# The posting peers, like history clients, take whatever the server relays back (go-ethereum 1.8
+# sends megabyte Messages packets under load).
+LOAD_CLIENT = client_whisper_config()
 
 
 # -- the server under test -------------------------------------------------------------------------
@@ -287,7 +292,8 @@ async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks:
     shares = [raws[i::conns] for i in range(conns)]
     acked = 0
     async with contextlib.AsyncExitStack() as stack:
-        sessions = [await stack.enter_async_context(client_session(enode, timeout=30)) for _ in range(conns)]
+        sessions = [await stack.enter_async_context(client_session(enode, LOAD_CLIENT, timeout=30))
+                    for _ in range(conns)]
 
         async def drive(idx: int) -> int:
             s = sessions[idx]
@@ -326,9 +332,10 @@ async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks:
 
 
 async def history(enode_url: str, lower: int, upper: int, limit: int = 1000,
-                  stop_after: int | None = None, form: str = "direct") -> tuple[int, float, float, bool]:
+                  stop_after: int | None = None, form: str = "direct",
+                  password: str = DEFAULT_PASSWORD) -> tuple[int, float, float, bool]:
     """(envelopes, seconds, seconds to first envelope, completed with 125) for one history fetch."""
-    from pimail.config import NodeConfig, WhisperConfig
+    from pimail.config import NodeConfig
     from pimail.crypto.keys import Enode, NodeKey
     from pimail.mailserver.client import HistoryClient, HistoryOptions, HistorySummary, connect_trusted
     from pimail.node.server import NodeServer
@@ -337,13 +344,14 @@ async def history(enode_url: str, lower: int, upper: int, limit: int = 1000,
     enode = Enode.parse(enode_url)
     with tempfile.TemporaryDirectory(prefix="pimail-hist-") as tmp:
         key = NodeKey.generate()
-        cw = WhisperService(WhisperConfig(), archive=None, clock_trusted=lambda: True)
+        cw = WhisperService(client_whisper_config(), archive=None, clock_trusted=lambda: True)
         cn = NodeServer(key, NodeConfig(listen="127.0.0.1:0", data_dir=Path(tmp)), [cw])
         await cn.start()
         try:
             await connect_trusted(cn, cw, enode)
             summary = HistorySummary()
-            opts = HistoryOptions(form=form, lower=lower, upper=upper, limit=limit, quiet_s=QUIET_S)
+            opts = HistoryOptions(form=form, password=password, lower=lower, upper=upper, limit=limit,
+                                  quiet_s=QUIET_S)
             n, first = 0, 0.0
             t0 = time.perf_counter()
             gen = HistoryClient(key, cw, cn).fetch(enode, opts, summary)
@@ -377,7 +385,10 @@ class Measures:
 
 
 async def measure(enode: str, pid: int | None, raws: list[bytes], sent: int, conns: int, pages: int,
-                  label: str, data_dir: Path | None, acks: bool) -> Measures:
+                  label: str, data_dir: Path | None, acks: bool, form: str = "direct",
+                  password: str = DEFAULT_PASSWORD) -> Measures:
+    """The same measurements against any mailserver; ``form``/``password`` are how history is asked
+    (go-ethereum's wnode only understands the legacy form, with its own password)."""
     m = Measures(label)
     w0 = proc_write_bytes(pid) if pid else None
     secs, acked = await post_load(enode, raws, conns, want_acks=acks)
@@ -392,7 +403,7 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: int, con
         # holds everything or stops growing (the settle time counts as ingest time)
         t_settle, prev = time.perf_counter(), -1
         while True:
-            held = (await history(enode, lower, upper))[0]
+            held = (await history(enode, lower, upper, form=form, password=password))[0]
             if held >= len(raws) or (held == prev and held > 0) or time.perf_counter() - t_settle > 60:
                 break
             prev = held
@@ -400,7 +411,7 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: int, con
         secs += time.perf_counter() - t_settle
         m.notes["ingest"] = (f"counted through history: {held:,} of {len(raws):,}, time to last "
                              f"{'ack' if acks else 'send'} + settle, {conns} connections")
-    n, hsecs, first, completed = await history(enode, lower, upper)
+    n, hsecs, first, completed = await history(enode, lower, upper, form=form, password=password)
     m.values["ingest"] = min(held, len(raws)) / secs
     m.values["ingest_held"] = held
     m.values["history_rate"] = n / hsecs
@@ -408,7 +419,8 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: int, con
     m.notes["history"] = f"{n:,} envelopes in {hsecs:.2f} s" + ("" if completed else ", no 125 (quiet end)")
     samples = []
     for _ in range(pages):
-        _, psecs, _, _ = await history(enode, lower, upper, limit=100, stop_after=100)
+        _, psecs, _, _ = await history(enode, lower, upper, limit=100, stop_after=100, form=form,
+                                       password=password)
         samples.append(psecs * 1000)
     samples.sort()
     m.values["page_p95_ms"] = samples[max(0, int(len(samples) * 0.95) - 1)] if samples else 0.0
@@ -468,8 +480,8 @@ ROWS = [  # key, name, unit, higher is better
 
 
 def run_load(quick: bool, target: str | None = None, target_pid: int | None = None,
-             cpu_limited: bool = False, *, n: int | None = None, prefill_n: int | None = None
-             ) -> list[Result]:
+             cpu_limited: bool = False, *, n: int | None = None, prefill_n: int | None = None,
+             target_form: str = "direct", target_password: str = DEFAULT_PASSWORD) -> list[Result]:
     n = n or (20_000 if quick else 100_000)
     conns = 4 if quick else 8
     pages = 10 if quick else 40
@@ -508,7 +520,7 @@ def run_load(quick: bool, target: str | None = None, target_pid: int | None = No
     if target:
         other_raws, other_sent = preseal(n)
         other = asyncio.run(measure(target, target_pid, other_raws, other_sent, conns, pages, "target",
-                                    None, False))
+                                    None, False, target_form, target_password))
         for key, name, unit, hib in ROWS:
             if key in mine.values and key in other.values and other.values[key] > 0:
                 results.append(Result("compare", f"{name} pimail/other", mine.values[key] / other.values[key],
@@ -530,6 +542,9 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--target")
     ap.add_argument("--target-pid", type=int)
+    ap.add_argument("--target-form", choices=("direct", "envelope", "legacy"), default="direct")
+    ap.add_argument("--target-password", default=DEFAULT_PASSWORD)
     ap.add_argument("--cpu-limited", action="store_true")
     a = ap.parse_args()
-    print_table(run_load(a.quick, a.target, a.target_pid, a.cpu_limited))
+    print_table(run_load(a.quick, a.target, a.target_pid, a.cpu_limited, target_form=a.target_form,
+                         target_password=a.target_password))

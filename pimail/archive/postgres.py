@@ -538,14 +538,14 @@ class PostgresArchive(Archive):
                         p.future.set_exception(ArchiveError(reason))
                 continue
             self._clear(HEALTH_WRITE)
-            for p in taken:
-                if not p.future.done():
-                    p.future.set_result(None)
-            if self._on_durable is not None:
+            if self._on_durable is not None:  # before the futures, as in SqliteArchive
                 try:
                     self._on_durable(envs)
                 except Exception:
                     log.exception("archive: durable callback failed")
+            for p in taken:
+                if not p.future.done():
+                    p.future.set_result(None)
 
     async def _write(self, envs: list[ArchivedEnvelope]) -> None:
         first, last = self._partition_window(int(time.time()))

@@ -575,13 +575,14 @@ class SqliteArchive(Archive):
             error = ArchiveError(f"archive write failed: {exc}")
         with self._cond:
             self._queued_envelopes -= len(envelopes)
-        for p in batch:
-            _post(p.loop, p.future, None, error)
+        # the callback runs before the futures resolve, so whoever awaits them sees its effects
         if error is None and self.on_durable is not None:
             try:
                 self.on_durable(envelopes)
             except Exception:
                 log.exception("archive durable callback failed")
+        for p in batch:
+            _post(p.loop, p.future, None, error)
 
     def _write_with_recovery(self, envelopes: list[ArchivedEnvelope]) -> None:
         """Insert durably; on a full disk evict the oldest envelopes and retry; never raise sqlite3."""

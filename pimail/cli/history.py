@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pimail.config import NodeConfig, WhisperConfig
+from pimail.config import NodeConfig
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
 from pimail.mailserver.client import (
@@ -25,6 +25,7 @@ from pimail.mailserver.client import (
     HistoryError,
     HistoryOptions,
     HistorySummary,
+    client_whisper_config,
     open_with_password,
 )
 from pimail.whisper.envelope import Envelope
@@ -165,7 +166,7 @@ async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
         key = NodeKey.generate()
     summary = HistorySummary()
     with tempfile.TemporaryDirectory(prefix="pimail-history-") as tmp:
-        whisper = WhisperService(WhisperConfig(), archive=None, clock_trusted=lambda: True,
+        whisper = WhisperService(client_whisper_config(), archive=None, clock_trusted=lambda: True,
                                  health=None, trusted=set())
         node = NodeServer(key, NodeConfig(listen="127.0.0.1:0", data_dir=Path(tmp), max_peers=4),
                           [whisper])

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from pimail.archive.base import MAX_QUERY_LIMIT
+from pimail.config import WhisperConfig
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.node.capability import PeerLike
 from pimail.whisper.bloom import FULL_BLOOM, topics_to_bloom
@@ -100,35 +101,49 @@ def seal_request_envelope(payload: bytes, sym_key: bytes, signing_key: bytes, no
     return best
 
 
+def client_whisper_config() -> WhisperConfig:
+    """Whisper settings for a history client: it relays nothing, so it takes whatever its mailserver
+    sends. go-ethereum 1.8 pushes every envelope in its pool to a new peer in ONE Messages packet,
+    megabytes on a busy node, which a relay's 1 MiB limit (rightly) answers with a disconnect."""
+    return WhisperConfig(min_pow=0.0, max_message_size=(1 << 24) - 1, rate_limit_packets_per_s=1e6)
+
+
+COLLECTOR_STALL_S = 10.0  # a consumer that does not take a packet for this long has stopped
+
+
 class _Collector:
     """The Whisper listener: collects 127/125 from the one mailserver we talk to."""
 
-    def __init__(self, server_node_id: bytes, max_queue: int = 4096) -> None:
+    def __init__(self, server_node_id: bytes, max_queue: int = 4096,
+                 stall_s: float = COLLECTOR_STALL_S) -> None:
         self.server_node_id = server_node_id
         self.queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue(max_queue)
+        self.stall_s = stall_s
         self.overflowed = False
 
-    def _put(self, kind: str, item: object) -> None:
+    async def _put(self, kind: str, item: object) -> None:
+        # A full queue holds the mailserver's connection (WhisperService awaits us, the transport
+        # stops reading, TCP pushes back): go-ethereum sends history as fast as it can, one envelope
+        # per packet. Only a consumer that stopped for good makes the fetch fail — never silently.
         try:
-            self.queue.put_nowait((kind, item))
-        except asyncio.QueueFull:
-            # never lose envelopes silently: the fetch fails instead
+            await asyncio.wait_for(self.queue.put((kind, item)), self.stall_s)
+        except TimeoutError:
             self.overflowed = True
 
-    def on_p2p_envelopes(self, peer: PeerLike, envs: Sequence[object]) -> None:
+    async def on_p2p_envelopes(self, peer: PeerLike, envs: Sequence[object]) -> None:
         if peer.node_id != self.server_node_id:
             return
-        self._put("envelopes", list(envs))
+        await self._put("envelopes", list(envs))
 
-    def on_request_complete(self, peer: PeerLike, payload: bytes) -> None:
+    async def on_request_complete(self, peer: PeerLike, payload: bytes) -> None:
         if peer.node_id != self.server_node_id:
             return
         try:
             resp = decode_request_complete(payload)
         except ResponseError as exc:
-            self._put("bad", str(exc))
+            await self._put("bad", str(exc))
             return
-        self._put("complete", resp)
+        await self._put("complete", resp)
 
 
 def decode_request_complete(payload: bytes) -> Response:

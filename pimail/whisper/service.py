@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import re
 import time
@@ -271,11 +272,11 @@ class WhisperService(Capability):
                     await self.request_handler.handle(peer, code, payload)
             elif code == st.P2P_REQUEST_COMPLETE:
                 if self._is_trusted(peer, "request-complete (125)"):
-                    self._notify("on_request_complete", peer, payload)
+                    await self._notify_async("on_request_complete", peer, payload)
             elif code == st.P2P_MESSAGE and self._is_trusted(peer, "P2P message (127)"):
                 envs = _decode_p2p(payload)
                 self.counters["p2p_envelopes_in"] += len(envs)
-                self._notify("on_p2p_envelopes", peer, envs)
+                await self._notify_async("on_p2p_envelopes", peer, envs)
             # Unknown codes (including 20, rate limits) are ignored, as EIP-627 asks.
         except st.StatusError as exc:
             raise ProtocolError(f"bad shh message {code}: {exc}") from exc
@@ -524,6 +525,23 @@ class WhisperService(Capability):
                 continue
             try:
                 fn(*args)
+            except Exception:
+                log.exception("whisper listener %s failed", hook)
+
+    async def _notify_async(self, hook: str, *args: object) -> None:
+        """``_notify`` for trusted-peer deliveries (127, 125): a listener may return an awaitable.
+
+        Awaiting it holds this peer's next message, so a consumer that falls behind (the history
+        client) slows the sending mailserver down through TCP instead of losing envelopes.
+        """
+        for listener in list(self.listeners):
+            fn = getattr(listener, hook, None)
+            if fn is None:
+                continue
+            try:
+                result = fn(*args)
+                if inspect.isawaitable(result):
+                    await result
             except Exception:
                 log.exception("whisper listener %s failed", hook)
 
