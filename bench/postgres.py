@@ -55,31 +55,17 @@ async def ingest(archive: Archive, total: int, t0: int, topics: list[bytes]) -> 
     return busy
 
 
-async def page_latency(archive: Archive, topics: list[bytes], rounds: int) -> list[float]:
-    rng = random.Random(7)
-    samples: list[float] = []
-    for r in range(rounds):
-        bloom = topics_to_bloom(rng.sample(topics, rng.randint(1, 3)))
-        cursor = None
-        for _ in range(3):
-            q = HistoryQuery(0, 2**32 - 1, (), bloom, PAGE, cursor, descending=bool(r % 2))
-            t = time.perf_counter()
-            page = await archive.query(q)
-            samples.append(time.perf_counter() - t)
-            cursor = page.next_cursor
-            if cursor is None:
-                break
-    return samples
-
-
-async def topic_latency(archive: Archive, topics: list[bytes], rounds: int) -> list[float]:
-    rng = random.Random(11)
+async def page_latency(archive: Archive, topics: list[bytes], rounds: int, *, by_topics: bool = False,
+                       seed: int = 7) -> list[float]:
+    """Seconds per 100-envelope page, filtered by the bloom of 1–3 topics (or the topics themselves)."""
+    rng = random.Random(seed)
     samples: list[float] = []
     for r in range(rounds):
         chosen = tuple(rng.sample(topics, rng.randint(1, 3)))
+        exact, bloom = (chosen, None) if by_topics else ((), topics_to_bloom(chosen))
         cursor = None
         for _ in range(3):
-            q = HistoryQuery(0, 2**32 - 1, chosen, None, PAGE, cursor, descending=bool(r % 2))
+            q = HistoryQuery(0, 2**32 - 1, exact, bloom, PAGE, cursor, descending=bool(r % 2))
             t = time.perf_counter()
             page = await archive.query(q)
             samples.append(time.perf_counter() - t)
@@ -102,7 +88,7 @@ async def one_backend(archive: Archive, total: int, t0: int, topics: list[bytes]
         count = (await archive.stats()).count
         assert count == total, f"stored {count} of {total}"
         bloom = await page_latency(archive, topics, rounds)
-        topic = await topic_latency(archive, topics, rounds)
+        topic = await page_latency(archive, topics, rounds, by_topics=True, seed=11)
         archive.set_retention(RetentionPolicy(max_age_s=int(time.time()) - t0 - DAY_S))
         t = time.perf_counter()
         pruned = await archive.prune()
