@@ -280,7 +280,8 @@ async def _next_item(collector: _Collector, peer: PeerLike, timeout: float) -> t
     deadline = time.monotonic() + timeout
     while True:
         if collector.overflowed:
-            raise HistoryError("the history client fell behind the mailserver and lost packets")
+            raise HistoryError("the history client stopped taking packets from the mailserver; "
+                               "some were lost")
         if collector.queue.empty() and peer.closed:
             raise HistoryError("the mailserver closed the connection (does it understand this request "
                                "form? go-ethereum needs --form legacy)")
