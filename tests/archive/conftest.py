@@ -76,6 +76,24 @@ def postgres_backend(tmp: Path, **options: Any) -> Archive:
 BACKENDS: dict[str, BackendFactory] = {"sqlite": sqlite_backend, "postgres": postgres_backend}
 
 
+@pytest.fixture
+def pg_url() -> str:
+    """The test PostgreSQL server (fails under CI when missing, else skips)."""
+    return pg_url_or_skip()
+
+
+@pytest.fixture
+def schema(pg_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema per test (several test runs may share one server), dropped after."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"pimail_t_{uuid.uuid4().hex[:16]}"
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
     """The factory of one backend; tests call it with ``tmp_path`` and options."""
@@ -105,6 +123,3 @@ def topic_n(n: int) -> bytes:
     # spread across all four bytes so the blooms of different topics differ
     return bytes([(n * 37) & 0xFF, (n * 101 + 7) & 0xFF, (n * 53 + 3) & 0xFF, n & 0xFF])
 
-
-def pg_url() -> str | None:
-    return os.environ.get(PG_URL_ENV) or None

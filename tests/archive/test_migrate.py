@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +20,9 @@ from pimail.archive.base import ArchivedEnvelope, HistoryQuery, RetentionPolicy
 from pimail.archive.migrate import Checkpoint, copy_archive, describe_endpoint, verify_copy
 from pimail.archive.postgres import PostgresArchive
 from pimail.archive.sqlite import SqliteArchive
-from tests.archive.conftest import make_envelope, pg_url_or_skip, run, topic_n
+from tests.archive.conftest import make_envelope, run, topic_n
 
 BASE = 1_750_000_000
-
-
-@pytest.fixture
-def pg_url() -> str:
-    return pg_url_or_skip()
-
-
-@pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
-    name = f"pimail_t_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 def envelopes(n: int, start: int = 0) -> list[ArchivedEnvelope]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import psycopg
@@ -39,7 +38,6 @@ from pimail.archive.postgres import (
 from pimail.config import ArchiveConfig
 from pimail.whisper.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
 from pimail.whisper.envelope import Envelope
-from tests.archive.conftest import pg_url_or_skip
 
 T = TypeVar("T")
 TIMEOUT_S = 60.0
@@ -50,20 +48,6 @@ def run(coro: Awaitable[T]) -> T:
         return await asyncio.wait_for(coro, TIMEOUT_S)
 
     return asyncio.run(bounded())
-
-
-@pytest.fixture
-def pg_url() -> str:
-    return pg_url_or_skip()
-
-
-@pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL schema per test (several test runs may share one server)."""
-    name = f"pimail_t_{uuid.uuid4().hex[:16]}"
-    yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(psycopg.sql.Identifier(name)))
 
 
 def admin(pg_url: str, schema: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
