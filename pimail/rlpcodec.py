@@ -10,7 +10,6 @@ dozen lines of work, so the node uses this module and the test suite checks it a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TypeAlias
 
 from pimail.whisper.rlpscan import RlpError, list_header, scan_item
@@ -18,14 +17,14 @@ from pimail.whisper.rlpscan import RlpError, list_header, scan_item
 __all__ = ["MAX_DEPTH", "Item", "RlpError", "decode", "encode"]
 
 Item: TypeAlias = "bytes | list[Item]"
-Encodable: TypeAlias = "bytes | bytearray | memoryview | int | Sequence[Encodable]"
 
 #: nesting deeper than this is refused (no message of ours nests more than 4 levels)
 MAX_DEPTH = 32
 
 
-def encode(obj: Encodable) -> bytes:
-    """RLP of byte strings, unsigned integers (minimal big-endian; bools as 0/1) and sequences."""
+def encode(obj: object) -> bytes:
+    """RLP of byte strings, unsigned integers (minimal big-endian; bools as 0/1) and lists/tuples of
+    them; anything else raises ``TypeError`` (structures are built ad hoc, so ``object`` is honest)."""
     out: list[bytes] = []
     _encode_into(obj, out, 0)
     return b"".join(out)
@@ -38,7 +37,7 @@ def _string_header(length: int) -> bytes:
     return bytes((0xB7 + n,)) + length.to_bytes(n, "big")
 
 
-def _encode_into(obj: Encodable, out: list[bytes], depth: int) -> None:
+def _encode_into(obj: object, out: list[bytes], depth: int) -> None:
     if isinstance(obj, (bytes, bytearray, memoryview)):
         data = bytes(obj)
     elif isinstance(obj, int):  # bool is an int: True -> 0x01, False -> 0x80 (as the rlp package)

@@ -17,7 +17,7 @@ trees = st.recursive(leaves, lambda kids: st.lists(kids, max_size=6), max_leaves
 @settings(max_examples=500, deadline=None)
 @given(trees)
 def test_encode_matches_rlp_package(obj: object) -> None:
-    ours = encode(obj)  # type: ignore[arg-type]
+    ours = encode(obj)
     assert ours == rlp.encode(obj)
     assert decode(ours) == rlp.decode(ours)
 
@@ -78,4 +78,4 @@ def test_encode_refuses_what_rlp_cannot_carry() -> None:
     with pytest.raises(ValueError, match="negative"):
         encode(-1)
     with pytest.raises(TypeError):
-        encode("text")  # type: ignore[arg-type]
+        encode("text")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import rlp
-
+from pimail import rlpcodec
 from pimail.whisper.bloom import BLOOM_LEN, FULL_BLOOM
 from pimail.whisper.envelope import UINT64_MAX, EnvelopeError, decode_uint
 from pimail.whisper.pow import pow_from_bits, pow_to_bits
@@ -42,8 +41,8 @@ class StatusError(ValueError):
 
 def _decode(payload: bytes, what: str) -> object:
     try:
-        return rlp.decode(payload, strict=True)
-    except Exception as exc:  # the rlp package raises several DecodingError subclasses
+        return rlpcodec.decode(payload)
+    except rlpcodec.RlpError as exc:
         raise StatusError(f"{what} is not valid RLP: {exc}") from exc
 
 
@@ -115,7 +114,7 @@ class StatusPacket:
                                self.confirmations]
         if self.rate_limits is not None:
             items.append(self.rate_limits.to_rlp())
-        encoded: bytes = rlp.encode(items)
+        encoded: bytes = rlpcodec.encode(items)
         return encoded
 
     @classmethod
@@ -137,7 +136,7 @@ class StatusPacket:
 
 
 def encode_pow_requirement(value: float) -> bytes:
-    encoded: bytes = rlp.encode(pow_to_bits(value))
+    encoded: bytes = rlpcodec.encode(pow_to_bits(value))
     return encoded
 
 
@@ -146,7 +145,7 @@ def decode_pow_requirement(payload: bytes) -> float:
 
 
 def encode_bloom_exchange(bloom: bytes) -> bytes:
-    encoded: bytes = rlp.encode(bloom)
+    encoded: bytes = rlpcodec.encode(bloom)
     return encoded
 
 
@@ -159,7 +158,7 @@ def decode_bloom_exchange(payload: bytes) -> bytes:
 
 
 def encode_batch_ack(batch_hash: bytes) -> bytes:
-    encoded: bytes = rlp.encode(batch_hash)
+    encoded: bytes = rlpcodec.encode(batch_hash)
     return encoded
 
 
@@ -188,7 +187,7 @@ class MessageResponse:
 
     def encode(self) -> bytes:
         errs = [[e.hash, e.code, e.description.encode()] for e in self.errors]
-        encoded: bytes = rlp.encode([MESSAGE_RESPONSE_VERSION, [self.batch_hash, errs]])
+        encoded: bytes = rlpcodec.encode([MESSAGE_RESPONSE_VERSION, [self.batch_hash, errs]])
         return encoded
 
     @classmethod
