@@ -64,9 +64,11 @@ from pimail.archive.base import (
     RetentionPolicy,
     SchemaTooNew,
     decode_cursor,
+    encode_cursor,
 )
 from pimail.crypto.hashing import keccak256
 from pimail.whisper.bloom import BLOOM_LEN, is_full, topic_to_bloom
+from pimail.whisper.keccak import keccak256 as _read_keccak  # ~3x cheaper per call on the read path
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +231,7 @@ def _row_to_envelope(row: Row) -> ArchivedEnvelope:
     raw = bytes(raw)
     return ArchivedEnvelope(
         sent=sent,
-        hash=keccak256(raw),
+        hash=_read_keccak(raw),
         topic=topic_bytes(topic),
         expiry=sent + ttl,
         raw=raw,
@@ -238,6 +240,7 @@ def _row_to_envelope(row: Row) -> ArchivedEnvelope:
 
 
 ROW_COLUMNS = "id, topic, ttl, arr, raw"
+RAW_COLUMNS = "id, raw"  # what streaming history needs (query_raw)
 INSERT_SQL = f"INSERT OR IGNORE INTO envelopes({ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
 # written only when a topic is new or reaches a later bucket (a no-op upsert writes no page)
 TOPIC_SEEN_SQL = (
@@ -251,6 +254,20 @@ ADD_COUNT_SQL = "UPDATE meta SET value = value + ? WHERE key = 'count'"
 Row = tuple[int, int, int, int | None, bytes]
 # two subqueries: "SELECT min(id), max(id)" in one query would scan the whole table
 MIN_MAX_SQL = "SELECT (SELECT min(id) FROM envelopes), (SELECT max(id) FROM envelopes)"
+
+
+@dataclass(frozen=True)
+class RawHistoryPage:
+    """One history page as stored bytes (``SqliteArchive.query_raw``)."""
+
+    raws: list[bytes]  # envelope RLP exactly as stored, in the query's order
+    last_cursor: bytes | None  # cursor (sent ‖ hash) of the last envelope; None when empty
+    more: bool  # more rows match after this page
+
+    @property
+    def next_cursor(self) -> bytes | None:
+        """As ``HistoryPage.next_cursor``: where the next page starts; None ⇒ no more pages."""
+        return self.last_cursor if self.more else None
 
 
 @dataclass
@@ -983,6 +1000,21 @@ class SqliteArchive(Archive):
             return await loop.run_in_executor(self._readers, work)
 
     async def query(self, q: HistoryQuery) -> HistoryPage:
+        self._check_query(q)
+        return await self._read(lambda conn: self._query_sync(conn, q))
+
+    async def query_raw(self, q: HistoryQuery) -> RawHistoryPage:
+        """``query`` for streaming: the stored bytes of one page and the cursor of its last envelope.
+
+        Same rows, order, errors and paging as ``query``, without building an ``ArchivedEnvelope``
+        (and hashing) per row: only the last row is hashed, for its cursor. The mailserver streams
+        history through this when the backend offers it.
+        """
+        self._check_query(q)
+        return await self._read(lambda conn: self._query_raw_sync(conn, q))
+
+    @staticmethod
+    def _check_query(q: HistoryQuery) -> None:
         if not 1 <= q.limit <= MAX_QUERY_LIMIT:
             raise ValueError(f"limit must be 1..{MAX_QUERY_LIMIT} (got {q.limit})")
         if q.cursor is not None and q.cursor != b"":
@@ -991,12 +1023,28 @@ class SqliteArchive(Archive):
             raise ValueError(f"bloom must be {BLOOM_LEN} bytes (got {len(q.bloom)})")
         if any(len(t) != 4 for t in q.topics):
             raise ValueError("topics must be 4 bytes each")
-        return await self._read(lambda conn: self._query_sync(conn, q))
 
     def _query_sync(self, conn: sqlite3.Connection, q: HistoryQuery) -> HistoryPage:
+        rows = self._page_rows(conn, q, ROW_COLUMNS)
+        more = len(rows) > q.limit
+        envs = [_row_to_envelope(r) for r in rows[: q.limit]]
+        return HistoryPage(envs, envs[-1].cursor if more and envs else None)
+
+    def _query_raw_sync(self, conn: sqlite3.Connection, q: HistoryQuery) -> RawHistoryPage:
+        rows: list[tuple[int, bytes]] = self._page_rows(conn, q, RAW_COLUMNS)
+        more = len(rows) > q.limit
+        del rows[q.limit :]
+        if not rows:
+            return RawHistoryPage([], None, False)
+        key, raw = rows[-1]
+        last = encode_cursor(key_sent(int(key)), _read_keccak(bytes(raw)))
+        return RawHistoryPage([r[1] for r in rows], last, more)
+
+    def _page_rows(self, conn: sqlite3.Connection, q: HistoryQuery, columns: str) -> list[Any]:
+        """Up to ``q.limit + 1`` rows (``columns``, id first) of the page ``q`` asks for."""
         lower, upper = max(0, q.lower), min(SENT_MAX, q.upper)
         if lower > upper:
-            return HistoryPage([], None)
+            return []
         lo_key, hi_key = make_key(lower, 0), make_key(upper, LOW_MASK)  # inclusive bounds
         conn.execute("BEGIN")  # one snapshot for the cursor lookup and the page
         try:
@@ -1009,17 +1057,15 @@ class SqliteArchive(Archive):
                     hi_key = min(hi_key, ckey - 1)
                 else:
                     lo_key = max(lo_key, ckey + 1)
-            rows: list[Row] = []
+            rows: list[Any] = []
             if lo_key <= hi_key:
-                rows = self._select(conn, q, lo_key, hi_key, q.limit + 1)
+                rows = self._select(conn, q, lo_key, hi_key, q.limit + 1, columns)
         finally:
             conn.execute("COMMIT")
-        more = len(rows) > q.limit
-        envs = [_row_to_envelope(r) for r in rows[: q.limit]]
-        return HistoryPage(envs, envs[-1].cursor if more and envs else None)
+        return rows
 
-    def _select(self, conn: sqlite3.Connection, q: HistoryQuery, lo: int, hi: int, n: int
-                ) -> list[Row]:
+    def _select(self, conn: sqlite3.Connection, q: HistoryQuery, lo: int, hi: int, n: int,
+                columns: str = ROW_COLUMNS) -> list[Any]:
         order = "DESC" if q.descending else "ASC"
         topics: list[int] | None
         cache: _TopicCache = self._reader_local.topics
@@ -1032,7 +1078,7 @@ class SqliteArchive(Archive):
             topics = cache.matching(q.bloom)
         if topics is None:
             return conn.execute(
-                f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id BETWEEN ? AND ? ORDER BY id {order} LIMIT ?",
+                f"SELECT {columns} FROM envelopes WHERE id BETWEEN ? AND ? ORDER BY id {order} LIMIT ?",
                 (lo, hi, n),
             ).fetchall()
         if not topics:
@@ -1041,7 +1087,7 @@ class SqliteArchive(Archive):
             # a bloom matching many topics matches many rows: walking the time range finds n soon
             marks = ",".join("?" * len(topics))
             return conn.execute(
-                f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id BETWEEN ? AND ? AND +topic IN ({marks}) "
+                f"SELECT {columns} FROM envelopes WHERE id BETWEEN ? AND ? AND +topic IN ({marks}) "
                 f"ORDER BY id {order} LIMIT ?",
                 (lo, hi, *topics, n),
             ).fetchall()
@@ -1069,7 +1115,7 @@ class SqliteArchive(Archive):
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        found = conn.execute(f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id IN ({marks})", ids).fetchall()
+        found = conn.execute(f"SELECT {columns} FROM envelopes WHERE id IN ({marks})", ids).fetchall()
         found.sort(key=lambda r: int(r[0]), reverse=q.descending)
         return found
 

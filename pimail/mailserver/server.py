@@ -18,12 +18,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 from pimail.archive.base import (
     Archive,
-    ArchivedEnvelope,
     ArchiveError,
-    HistoryPage,
     HistoryQuery,
     InvalidCursor,
 )
@@ -57,6 +56,7 @@ STREAM_PAGE_SIZE = 500  # most envelopes fetched per archive query while streami
 FIRST_PAGE_SIZE = 100  # a small first page: the first envelope goes out sooner
 PAGE_BYTES_BUDGET = 4 * 1024 * 1024  # later pages are sized so that one holds about this many bytes
 MIN_PAGE_SIZE = 8
+YIELD_EVERY_PACKETS = 64  # single-envelope packets written between two yields to the event loop
 STALL_TIMEOUT_S = 60.0  # status-go processRequestTimeout: give up on a client that stops reading
 MAX_ACTIVE_DELIVERIES = 256  # over all peers; beyond this new requests get "mailserver is busy"
 LIMITER_PURGE_INTERVAL_S = 1.0  # status-go purges its limiter every second
@@ -81,6 +81,35 @@ class DeliveryStats:
     bytes_sent: int = 0
     sync_served: int = 0
     by_form: dict[str, int] = field(default_factory=dict)
+
+
+class RawPage(Protocol):
+    """A page of stored envelope bytes (``SqliteArchive.query_raw`` returns one)."""
+
+    @property
+    def raws(self) -> list[bytes]: ...
+
+    @property
+    def last_cursor(self) -> bytes | None: ...  # cursor of the last envelope in ``raws``
+
+    @property
+    def more(self) -> bool: ...  # more envelopes match after this page
+
+    @property
+    def next_cursor(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class _Page:
+    """``RawPage`` built from an ``Archive.query`` page (backends without ``query_raw``)."""
+
+    raws: list[bytes]
+    last_cursor: bytes | None
+    more: bool
+
+    @property
+    def next_cursor(self) -> bytes | None:
+        return self.last_cursor if self.more else None
 
 
 SyncResponseSink = Callable[[PeerLike, SyncResponse], None]
@@ -333,65 +362,94 @@ class MailServer:
         )
 
     async def _stream(self, peer: PeerLike, req: HistoryRequest) -> tuple[bytes, bytes | None, int]:
-        """Send every matching envelope; return (last hash, next cursor, count)."""
+        """Send every matching envelope; return (last hash, next cursor, count).
+
+        Stored bytes go out as they are (never re-encoded): one list packet per page (split at
+        ``max_message_size``) for batching clients, else one packet per envelope, written without
+        an await while the peer's write buffer has room.
+        """
         remaining = req.limit if req.limit != UNLIMITED else None
-        last_hash = b"\x00" * 32
+        last_cursor: bytes | None = None
         count = 0
         next_cursor: bytes | None = None
-        bundle: list[bytes] = []
-        bundle_size = 0
-
         page_n = min(FIRST_PAGE_SIZE, self.page_size)
 
-        async def fetch(cursor: bytes | None, want: int | None) -> HistoryPage:
+        def fetch(cursor: bytes | None, want: int | None) -> asyncio.Future[RawPage]:
             n = page_n if want is None else min(page_n, want)
-            return await self.archive.query(
-                HistoryQuery(req.lower, req.upper, req.topics, req.bloom, n, cursor, self.newest_first)
-            )
+            q = HistoryQuery(req.lower, req.upper, req.topics, req.bloom, n, cursor, self.newest_first)
+            return asyncio.ensure_future(self._fetch_page(q))
 
-        cursor = req.cursor
-        pending: asyncio.Task[HistoryPage] | None = asyncio.ensure_future(fetch(cursor, remaining))
+        pending: asyncio.Future[RawPage] | None = fetch(req.cursor, remaining)
         try:
             while pending is not None:
                 page = await pending
                 pending = None
-                envs: list[ArchivedEnvelope] = page.envelopes
+                raws = page.raws
                 if remaining is not None:
-                    envs = envs[:remaining]
-                    remaining -= len(envs)
-                more = page.next_cursor is not None and (remaining is None or remaining > 0)
-                if envs:  # size pages by bytes, so big envelopes cannot make a page huge
-                    avg = max(1, sum(len(e.raw) for e in envs) // len(envs))
+                    if len(raws) > remaining:  # never asked for: the cursor would not match
+                        raise ArchiveError(f"archive returned {len(raws)} envelopes, {remaining} asked")
+                    remaining -= len(raws)
+                more = page.more and (remaining is None or remaining > 0)
+                size = sum(map(len, raws))
+                if raws:  # size pages by bytes, so big envelopes cannot make a page huge
+                    avg = max(1, size // len(raws))
                     page_n = max(MIN_PAGE_SIZE, min(self.page_size, PAGE_BYTES_BUDGET // avg))
                 if more:  # prefetch the next page while this one goes out
-                    pending = asyncio.ensure_future(fetch(page.next_cursor, remaining))
-                for env in envs:
-                    raw = env.raw
-                    count += 1
-                    last_hash = env.hash
-                    if not req.batch:
-                        await self._send(peer, CODE_P2P_MESSAGE, raw)
-                        self.stats.envelopes_sent += 1
-                        self.stats.bytes_sent += len(raw)
-                        continue
-                    if bundle and bundle_size + len(raw) >= self.max_message_size:
-                        await self._flush(peer, bundle, bundle_size)
-                        bundle, bundle_size = [], 0
-                    bundle.append(raw)
-                    bundle_size += len(raw)
-                if remaining == 0 and page.next_cursor is not None and envs:
-                    # status-go: the limit-th envelope is sent and its key becomes the cursor
-                    next_cursor = envs[-1].cursor
-                if bundle and pending is not None:
-                    # send what this page produced while the next one is read
-                    await self._flush(peer, bundle, bundle_size)
-                    bundle, bundle_size = [], 0
-            if bundle:
-                await self._flush(peer, bundle, bundle_size)
+                    pending = fetch(page.next_cursor, remaining)
+                if req.batch:
+                    await self._send_bundles(peer, raws, size)
+                else:
+                    await self._send_each(peer, raws)
+                if raws:
+                    count += len(raws)
+                    last_cursor = page.last_cursor
+                    if remaining == 0 and page.more:
+                        # status-go: the limit-th envelope is sent and its key becomes the cursor
+                        next_cursor = page.last_cursor
         finally:
             if pending is not None:
                 pending.cancel()
+        last_hash = last_cursor[4:] if last_cursor is not None else b"\x00" * 32
         return last_hash, next_cursor, count
+
+    async def _fetch_page(self, q: HistoryQuery) -> RawPage:
+        """One page as stored bytes: the backend's ``query_raw`` when it has one, else ``query``."""
+        query_raw = getattr(self.archive, "query_raw", None)
+        if query_raw is not None:
+            page: RawPage = await query_raw(q)
+            return page
+        full = await self.archive.query(q)
+        envs = full.envelopes
+        return _Page([e.raw for e in envs], envs[-1].cursor if envs else None, full.next_cursor is not None)
+
+    async def _send_bundles(self, peer: PeerLike, raws: list[bytes], size: int) -> None:
+        """List packets of whole envelopes, each under ``max_message_size`` (one if the page fits)."""
+        if size < self.max_message_size:
+            if raws:
+                await self._flush(peer, raws, size)
+            return
+        bundle: list[bytes] = []
+        bundle_size = 0
+        for raw in raws:
+            if bundle and bundle_size + len(raw) >= self.max_message_size:
+                await self._flush(peer, bundle, bundle_size)
+                bundle, bundle_size = [], 0
+            bundle.append(raw)
+            bundle_size += len(raw)
+        if bundle:
+            await self._flush(peer, bundle, bundle_size)
+
+    async def _send_each(self, peer: PeerLike, raws: list[bytes]) -> None:
+        """One packet per envelope (go-ethereum clients); waits only when the write buffer is full,
+        and lets other tasks run every ``YIELD_EVERY_PACKETS`` packets."""
+        cap, stats = self.capability, self.stats
+        for i, raw in enumerate(raws, 1):
+            if not peer.send(cap, CODE_P2P_MESSAGE, raw):
+                await asyncio.wait_for(peer.send_wait(cap, CODE_P2P_MESSAGE, raw), self.stall_timeout_s)
+            elif i % YIELD_EVERY_PACKETS == 0:
+                await asyncio.sleep(0)
+            stats.envelopes_sent += 1
+            stats.bytes_sent += len(raw)
 
     async def _flush(self, peer: PeerLike, bundle: list[bytes], size: int) -> None:
         await self._send(peer, CODE_P2P_MESSAGE, encode_list_of_raw(bundle))

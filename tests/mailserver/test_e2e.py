@@ -468,14 +468,20 @@ def test_big_request_to_a_stalled_client_reads_only_a_bounded_part_of_the_archiv
                     for i in range(10_000)]  # ~40 MB in 20 pages of 500
             await ms.fill(envs)
             pages = 0
-            real_query = ms.archive.query
+            real_query, real_query_raw = ms.archive.query, ms.archive.query_raw
 
             async def counting_query(q: object) -> object:
                 nonlocal pages
                 pages += 1
                 return await real_query(q)  # type: ignore[arg-type]
 
+            async def counting_query_raw(q: object) -> object:
+                nonlocal pages
+                pages += 1
+                return await real_query_raw(q)  # type: ignore[arg-type]
+
             ms.archive.query = counting_query  # type: ignore[method-assign]
+            ms.archive.query_raw = counting_query_raw  # type: ignore[method-assign]
             peer = await c.connect(ms.enode)
             peer._transport.pause_reading()  # type: ignore[attr-defined]
             legacy = LegacyRequestPayload(NOW - 10_000, NOW, FULL_BLOOM).encode()
