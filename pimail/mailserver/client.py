@@ -126,6 +126,11 @@ class _Collector:
         # stops reading, TCP pushes back): go-ethereum sends history as fast as it can, one envelope
         # per packet. Only a consumer that stopped for good makes the fetch fail — never silently.
         try:
+            self.queue.put_nowait((kind, item))  # the usual case: no timer, no task
+            return
+        except asyncio.QueueFull:
+            pass
+        try:
             await asyncio.wait_for(self.queue.put((kind, item)), self.stall_s)
         except TimeoutError:
             self.overflowed = True
@@ -277,6 +282,8 @@ async def _next_item(collector: _Collector, peer: PeerLike, timeout: float) -> t
 
     Raises HistoryError if the mailserver disconnects (e.g. it did not understand the request form).
     """
+    if not collector.queue.empty() and not collector.overflowed:
+        return collector.queue.get_nowait()  # the usual case while a delivery streams in
     deadline = time.monotonic() + timeout
     while True:
         if collector.overflowed:
