@@ -5,9 +5,11 @@ open and validate it (status-go's checks and ``ERROR=`` texts), apply the rate l
 for the next page with a cursor we just issued is exempt), then stream the matching envelopes
 oldest-first from the archive page by page and finish with code 125. Delivery runs in its own
 task per request, so the peer's read loop (and every other peer) keeps going; each packet goes
-out through ``peer.send_wait`` (backpressure), so a huge request holds at most two archive pages
-(after the first, each sized to about 4 MiB) in memory, and a client that stops reading is given
-up after ``stall_timeout_s``.
+out through ``peer.send`` and, when the write buffer is full, ``peer.send_wait`` (backpressure),
+so a huge request holds at most two archive pages (after the first, each sized to about 4 MiB) in
+memory, and a client that stops reading is given up after ``stall_timeout_s``. Pages are read as
+stored bytes (``query_raw`` where the backend has it) and passed through without re-encoding; the
+loop gets a turn after every page of lists or every ``YIELD_EVERY_PACKETS`` single packets.
 """
 
 from __future__ import annotations
@@ -398,6 +400,7 @@ class MailServer:
                     pending = fetch(page.next_cursor, remaining)
                 if req.batch:
                     await self._send_bundles(peer, raws, size)
+                    await asyncio.sleep(0)  # one page (≤ page_size envelopes) per slice of the loop
                 else:
                     await self._send_each(peer, raws)
                 if raws:
