@@ -1,16 +1,23 @@
 """Mailserver benchmark: history delivery to real clients over 127.0.0.1.
 
 A SQLite archive is filled with N envelopes (1M; quick mode 100k) of ~300 B and a pimail node in
-this process serves it. The clients run in a second process, as a phone would be another machine,
-so the figures are what the server delivers (client decoding does not steal its CPU):
+this process serves it on uvloop, as ``pimail run`` does, with the default request limits (1 s
+between requests, token bucket; next-page requests carrying our cursor are exempt). The clients
+run in a second process, as a phone is another machine, and are lean (``_LeanShh``: pimail's
+RLPx/devp2p transport, then only count and hash the raw envelopes), so the figures are what the
+server delivers. Every fetch is checked: the number of distinct envelopes and the XOR of their
+hashes must equal what the archive holds in the requested window.
 
 * one 100k-envelope request (quick: 20k), in the Status form (direct MessagesRequest, list
   packets, 1000 per page, following cursors) and in the go-ethereum form (legacy payload without
-  a limit: one request, one envelope per packet);
-* time to first envelope for a 100-envelope request (median of 20);
+  a limit: one request, one envelope per packet); the Status form again through pimail's own
+  history client (``pimail history``: Whisper service, Envelope objects), for comparison;
+* time to first envelope for a 100-envelope request (median of 20, a fresh peer each);
 * 20 concurrent clients, each fetching its own 5k (quick: 1k) envelopes.
 
-Targets: ≥ 30,000 envelopes/s delivered; first envelope ≤ 50 ms.
+Targets: ≥ 30,000 envelopes/s delivered; first envelope ≤ 50 ms. "per second of server CPU" rows
+divide by the CPU time of this process (all threads) during the fetch: on a shared machine they
+are steadier than wall-clock rates.
 """
 
 from __future__ import annotations
@@ -214,18 +221,22 @@ async def _client_main(spec: dict[str, Any]) -> dict[str, Any]:
         out["n"], out["secs"] = sum(g[0] for g in got), time.perf_counter() - t0
         out["digests"] = [g[2] for g in got]
     elif spec["kind"] == "first":
-        _, shh, cn, peer = await lean(99)
         samples = []
-        for i in range(20):
-            shh.first.clear()
-            lo = spec["lo"] + 37 * i
-            req = MessagesRequest(i.to_bytes(32, "big"), lo, lo + 100 // PER_SECOND - 1, 100, b"", FULL_BLOOM)
-            t0 = time.perf_counter()
-            await peer.send_wait("shh", 126, req.encode())
-            await asyncio.wait_for(shh.first.wait(), 10)
-            samples.append((time.perf_counter() - t0) * 1000)
-            await asyncio.wait_for(shh.completes.get(), 10)
-        await cn.stop()
+        for i in range(20):  # a fresh peer each time, as a phone coming online (and the rate limits)
+            _, shh, cn, peer = await lean(100 + i)
+            try:
+                lo = spec["lo"] + 37 * i
+                req = MessagesRequest(i.to_bytes(32, "big"), lo, lo + 100 // PER_SECOND - 1, 100, b"",
+                                      FULL_BLOOM)
+                t0 = time.perf_counter()
+                await peer.send_wait("shh", 126, req.encode())
+                await asyncio.wait_for(shh.first.wait(), 10)
+                samples.append((time.perf_counter() - t0) * 1000)
+                resp = decode(await asyncio.wait_for(shh.completes.get(), 10))
+                if not isinstance(resp, RequestComplete):
+                    raise RuntimeError(f"mailserver refused: {resp.message}")
+            finally:
+                await cn.stop()
         out["samples_ms"] = samples
     return out
 
@@ -304,7 +315,9 @@ async def _run(quick: bool) -> list[Result]:
         fill_s = await _fill(archive, stored)
         results.append(Result(AREA, f"archive fill ({stored:,} stored)", stored / fill_s, "env/s",
                               note="setup, not a target"))
-        cfg = MailserverConfig(min_request_interval_s=0, bucket_rate_per_s=0, max_concurrent_per_peer=4)
+        # the daemon's default limits (1 s between requests, token bucket): next-page requests with
+        # the cursor of our 125 are exempt, which is what lets a phone page at full speed
+        cfg = MailserverConfig()
         key = NodeKey.generate()
         ms = await create_mailserver(archive, cfg, private_key=key.private)
         sw = WhisperService(WhisperConfig(), archive=archive, clock_trusted=lambda: True)
