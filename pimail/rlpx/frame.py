@@ -8,19 +8,15 @@ decrypted; any failure raises a ``FrameError`` and leaves the codec unusable (th
 
 from __future__ import annotations
 
-from hmac import compare_digest
+from typing import Protocol
 
-from Crypto.Cipher import AES
-
+from pimail.rlpx import _ffi
 from pimail.rlpx.handshake import Secrets
-from pimail.rlpx.mac import FrameMac
+from pimail.rlpx.mac import PortableEgress, PortableIngress
 
 MAX_FRAME_SIZE = (1 << 24) - 1  # the header's frame-size field is 24 bits
 HEADER_LEN = 16
 MAC_LEN = 16
-_HEADER_DATA = b"\xc2\x80\x80"  # rlp([capability-id 0, context-id 0]) as geth sends it
-_ZERO16 = bytes(16)
-_HEADER_TAIL = _HEADER_DATA + bytes(10)  # header = size(3) || c2 80 80 || zero padding to 16
 
 
 class FrameError(Exception):
@@ -45,6 +41,15 @@ class FrameTooLarge(FrameError):
     send_disconnect = True
 
 
+class Egress(Protocol):
+    def seal(self, frame_data: bytes) -> bytes: ...
+
+
+class Ingress(Protocol):
+    def open_header(self, header_ct: bytes, header_mac: bytes) -> int: ...
+    def open_body(self, body_ct: bytes, frame_mac: bytes, size: int) -> bytes | None: ...
+
+
 class FrameCodec:
     """Encrypts/authenticates outgoing frames and decodes the incoming stream incrementally."""
 
@@ -53,15 +58,21 @@ class FrameCodec:
         if not 0 < max_frame_size <= MAX_FRAME_SIZE:
             raise ValueError(f"max_frame_size must be in 1..{MAX_FRAME_SIZE}")
         self.max_frame_size = max_frame_size
-        # One continuous CTR keystream per direction, zero IV, 128-bit big-endian counter (Go's NewCTR).
-        self._enc = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).encrypt
-        self._dec = AES.new(secrets.aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).decrypt
-        self._egress = FrameMac(secrets.egress_mac, secrets.mac_secret, direct=direct_mac)
-        self._ingress = FrameMac(secrets.ingress_mac, secrets.mac_secret, direct=direct_mac)
-        # Hot-path trick: every MAC update starts from digest() of the current sponge state, which is
-        # the digest we computed at the end of the previous update. Keeping it saves a keccak call.
-        self._egress_digest = self._egress.digest()
-        self._ingress_digest = self._ingress.digest()
+        # The direct path (pimail.rlpx._ffi) rebuilds the handshake's MAC sponges in C states of its
+        # own from the seed bytes and must reproduce their digests; otherwise the portable path
+        # (public API) takes the sponges over.
+        direct = _ffi.pair(secrets.aes_secret, secrets.mac_secret, secrets.egress_mac_seed,
+                           secrets.ingress_mac_seed, secrets.egress_mac.digest(),
+                           secrets.ingress_mac.digest()) if direct_mac else None
+        self._egress: Egress
+        self._ingress: Ingress
+        if direct is not None:
+            self._egress, self._ingress = direct
+        else:
+            self._egress = PortableEgress(secrets.aes_secret, secrets.mac_secret, secrets.egress_mac)
+            self._ingress = PortableIngress(secrets.aes_secret, secrets.mac_secret, secrets.ingress_mac)
+        self.direct_mac = direct is not None
+        self._seal = self._egress.seal
         self._buf = bytearray()
         self._pending_size = -1  # frame-size of a verified header whose body is not complete yet
         self._broken = False
@@ -70,23 +81,10 @@ class FrameCodec:
 
     def encode(self, frame_data: bytes) -> bytes:
         """Wire bytes for one frame: header-ct, header-mac, body-ct (padded to 16), body-mac."""
-        size = len(frame_data)
-        if size > MAX_FRAME_SIZE:
-            raise ValueError(f"frame of {size} bytes exceeds the 24-bit frame-size field")
-        egress = self._egress
-        pad = -size % 16
-        # CTR keystream does not depend on the data: header and body in one call
-        header = size.to_bytes(3, "big") + _HEADER_TAIL
-        ct = self._enc(b"".join((header, frame_data, _ZERO16[:pad])))
-        header_ct = ct[:HEADER_LEN]
-        body_ct = ct[HEADER_LEN:]
-        header_digest = egress.step(self._egress_digest, header_ct)
-        egress.update(body_ct)
-        seed = egress.digest()
-        body_digest = egress.step(seed, seed[:16])
-        self._egress_digest = body_digest
+        if len(frame_data) > MAX_FRAME_SIZE:
+            raise ValueError(f"frame of {len(frame_data)} bytes exceeds the 24-bit frame-size field")
         self.frames_out += 1
-        return b"".join((header_ct, header_digest[:MAC_LEN], body_ct, body_digest[:MAC_LEN]))
+        return self._seal(frame_data)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the frame-data of every frame completed by them."""
@@ -100,6 +98,7 @@ class FrameCodec:
             src = self._buf
         else:
             src = data
+        copy = type(src) is not bytes  # the C calls take bytes (a bytearray's slices are bytearrays)
         out: list[bytes] = []
         pos = 0
         end = len(src)
@@ -110,13 +109,13 @@ class FrameCodec:
                 if size < 0:
                     if end - pos < HEADER_LEN + MAC_LEN:
                         break
-                    header_ct = bytes(src[pos : pos + HEADER_LEN])
-                    digest = ingress.step(self._ingress_digest, header_ct)
-                    self._ingress_digest = digest
-                    if not compare_digest(digest[:MAC_LEN], bytes(src[pos + HEADER_LEN : pos + 2 * MAC_LEN])):
+                    header_ct = src[pos : pos + HEADER_LEN]
+                    header_mac = src[pos + HEADER_LEN : pos + HEADER_LEN + MAC_LEN]
+                    if copy:
+                        header_ct, header_mac = bytes(header_ct), bytes(header_mac)
+                    size = ingress.open_header(header_ct, header_mac)  # type: ignore[arg-type]
+                    if size < 0:
                         raise BadHeaderMac("frame header MAC mismatch")
-                    header = self._dec(header_ct)
-                    size = (header[0] << 16) | (header[1] << 8) | header[2]
                     pos += HEADER_LEN + MAC_LEN
                     if size > self.max_frame_size:
                         raise FrameTooLarge(f"frame of {size} bytes exceeds the cap of {self.max_frame_size}")
@@ -124,15 +123,14 @@ class FrameCodec:
                 padded = size + (-size % 16)
                 if end - pos < padded + MAC_LEN:
                     break
-                body_ct = bytes(src[pos : pos + padded])
-                ingress.update(body_ct)
-                seed = ingress.digest()
-                digest = ingress.step(seed, seed[:16])
-                self._ingress_digest = digest
-                if not compare_digest(digest[:MAC_LEN], bytes(src[pos + padded : pos + padded + MAC_LEN])):
+                body_ct = src[pos : pos + padded]
+                frame_mac = src[pos + padded : pos + padded + MAC_LEN]
+                if copy:
+                    body_ct, frame_mac = bytes(body_ct), bytes(frame_mac)
+                body = ingress.open_body(body_ct, frame_mac, size)  # type: ignore[arg-type]
+                if body is None:
                     raise BadFrameMac("frame MAC mismatch")
-                body = self._dec(body_ct)
-                out.append(body[:size] if padded != size else body)
+                out.append(body)
                 pos += padded + MAC_LEN
                 self._pending_size = -1
         except FrameError:
@@ -146,11 +144,6 @@ class FrameCodec:
             self._buf = bytearray(src[pos:])
         self.frames_in += len(out)
         return out
-
-    @property
-    def direct_mac(self) -> bool:
-        """Whether the MACs use the direct pycryptodome calls (see ``pimail.rlpx.mac``)."""
-        return self._egress.direct and self._ingress.direct
 
     @property
     def buffered(self) -> int:

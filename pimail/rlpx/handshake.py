@@ -63,6 +63,10 @@ class Secrets:
     ingress_mac: _keccak.Keccak_Hash
     eip8: bool  # format of the auth packet (the recipient replied in the same one)
     token: bytes  # keccak256(shared-secret); legacy, only used by vectors
+    #: the bytes absorbed into egress_mac/ingress_mac at creation: the frame codec rebuilds the
+    #: sponges in its own C states from them (and checks the result against the sponges' digests)
+    egress_mac_seed: bytes = b""
+    ingress_mac_seed: bytes = b""
 
 
 def derive_secrets(
@@ -88,10 +92,11 @@ def derive_secrets(
     shared = keccak256(ephemeral_key, keccak256(recipient_nonce, initiator_nonce))
     aes = keccak256(ephemeral_key, shared)
     mac = keccak256(ephemeral_key, aes)
-    mac_auth = keccak_sponge(strxor(mac, recipient_nonce) + auth_packet)
-    mac_ack = keccak_sponge(strxor(mac, initiator_nonce) + ack_packet)
-    egress, ingress = (mac_auth, mac_ack) if initiator else (mac_ack, mac_auth)
-    return Secrets(remote_pubkey, aes, mac, egress, ingress, eip8, keccak256(shared))
+    seed_auth = strxor(mac, recipient_nonce) + auth_packet
+    seed_ack = strxor(mac, initiator_nonce) + ack_packet
+    egress, ingress = (seed_auth, seed_ack) if initiator else (seed_ack, seed_auth)
+    return Secrets(remote_pubkey, aes, mac, keccak_sponge(egress), keccak_sponge(ingress), eip8,
+                   keccak256(shared), egress, ingress)
 
 
 def _eip8_padding(padding: bytes | None) -> bytes:

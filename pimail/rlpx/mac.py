@@ -1,138 +1,81 @@
-"""The running RLPx MAC of one direction: a keccak sponge plus AES-ECB on the mac-secret.
+"""The frame codec's portable path: pycryptodome's public API only.
 
-Per frame the codec makes ~10 tiny calls into pycryptodome (16-byte AES blocks, 16-byte absorbs,
-32-byte digests), so the Python wrapper around each C call costs more than the cryptography. The
-*direct* implementation calls the same pycryptodome C functions (``keccak_absorb``,
-``keccak_digest``, ``ECB_encrypt``) without the wrappers; it relies on pycryptodome internals, so it
-is used only with pycryptodome's cffi backend (which checks each call against the installed
-library's C declarations), is checked against the public API once per process, and the *portable*
-implementation (public API only) takes over if anything differs or is missing. Either way no
-cryptography is implemented here.
+Same interface as ``pimail.rlpx._ffi.Egress``/``Ingress``; used when the direct calls are unavailable
+(another pycryptodome build, no cffi), for sponges that cannot be rebuilt from seed bytes (the fake
+MAC of geth's test vector), and in the tests as the reference the direct path must match.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+from hmac import compare_digest
 from typing import Any
 
 from Crypto.Cipher import AES
-from Crypto.Hash import keccak as _keccak
 
-from pimail.crypto.hashing import keccak256, keccak_sponge
-
-log = logging.getLogger(__name__)
-
-Update = Callable[[bytes], None]
-Digest = Callable[[], bytes]
-Block = Callable[[bytes], bytes]
+_ZERO16 = bytes(16)
+_HEADER_TAIL = b"\xc2\x80\x80" + bytes(10)  # header = size(3) || rlp([0, 0]) || zero padding
 
 
 class FrameMac:
-    """``update``/``digest`` of the sponge and ``step`` (geth's updateMAC)."""
+    """The running MAC of one direction: the handshake's keccak sponge plus AES-ECB on mac-secret."""
 
-    def __init__(self, sponge: Any, mac_secret: bytes, *, direct: bool = True) -> None:
-        self._sponge = sponge  # keeps the C state alive for the direct functions
-        self._ecb = AES.new(mac_secret, AES.MODE_ECB)
-        funcs = _direct(sponge, self._ecb) if direct and direct_available() else None
-        self.direct = funcs is not None
-        if funcs is None:
-            funcs = _portable(sponge, self._ecb)
-        self.update, self.digest, self._block = funcs
+    def __init__(self, sponge: Any, mac_secret: bytes) -> None:
+        self._sponge = sponge
+        self._encrypt = AES.new(mac_secret, AES.MODE_ECB).encrypt
+        self._out = bytearray(16)
+        self.update = sponge.update
+        #: digest of the sponge's current state, kept so each step saves a keccak call
+        self.current: bytes = sponge.digest()
 
-    def step(self, state_digest: bytes, seed: bytes) -> bytes:
-        """Absorb AES(mac-secret, digest[:16]) ^ seed and return the new 32-byte digest.
+    def step(self, seed: bytes) -> bytes:
+        """Absorb AES(mac-secret, digest[:16]) ^ seed (geth's updateMAC); return the new digest."""
+        self._encrypt(self.current[:16], output=self._out)
+        t = int.from_bytes(self._out, "big") ^ int.from_bytes(seed, "big")
+        self._sponge.update(t.to_bytes(16, "big"))
+        self.current = self._sponge.digest()
+        return self.current
 
-        ``state_digest`` must be the digest of the sponge's current state (callers keep it).
-        """
-        t = int.from_bytes(self._block(state_digest[:16]), "big") ^ int.from_bytes(seed, "big")
-        self.update(t.to_bytes(16, "big"))
-        return self.digest()
-
-
-def _portable(sponge: Any, ecb: Any) -> tuple[Update, Digest, Block]:
-    out = bytearray(16)
-    encrypt = ecb.encrypt
-
-    def block(data: bytes) -> bytes:
-        encrypt(data, output=out)
-        return bytes(out)
-
-    return sponge.update, sponge.digest, block
+    def body(self, body_ct: bytes) -> bytes:
+        """Absorb a body-ct and return the frame MAC's digest."""
+        self._sponge.update(body_ct)
+        seed: bytes = self._sponge.digest()
+        self.current = seed
+        return self.step(seed[:16])
 
 
-def _direct(sponge: Any, ecb: Any) -> tuple[Update, Digest, Block] | None:
-    try:
-        from Crypto.Cipher import _mode_ecb
-        from Crypto.Util import _raw_api
+class PortableEgress:
+    def __init__(self, aes_secret: bytes, mac_secret: bytes, sponge: Any) -> None:
+        # one continuous CTR keystream per direction, zero IV, 128-bit big-endian counter
+        self._ctr = AES.new(aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).encrypt
+        self._mac = FrameMac(sponge, mac_secret)
 
-        if _raw_api.backend != "cffi":
-            # only cffi checks our calls against the C declarations of the installed pycryptodome
+    def mac_digest(self) -> bytes:
+        return self._mac.current
+
+    def seal(self, frame_data: bytes) -> bytes:
+        size = len(frame_data)
+        ct = self._ctr(b"".join((size.to_bytes(3, "big"), _HEADER_TAIL, frame_data, _ZERO16[:-size % 16])))
+        header_ct, body_ct = ct[:16], ct[16:]
+        header_mac = self._mac.step(header_ct)[:16]
+        return b"".join((header_ct, header_mac, body_ct, self._mac.body(body_ct)[:16]))
+
+
+class PortableIngress:
+    def __init__(self, aes_secret: bytes, mac_secret: bytes, sponge: Any) -> None:
+        self._ctr = AES.new(aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).decrypt
+        self._mac = FrameMac(sponge, mac_secret)
+
+    def mac_digest(self) -> bytes:
+        return self._mac.current
+
+    def open_header(self, header_ct: bytes, header_mac: bytes) -> int:
+        if not compare_digest(self._mac.step(header_ct)[:16], header_mac):
+            return -1
+        header = self._ctr(header_ct)
+        return (header[0] << 16) | (header[1] << 8) | header[2]
+
+    def open_body(self, body_ct: bytes, frame_mac: bytes, size: int) -> bytes | None:
+        if not compare_digest(self._mac.body(body_ct)[:16], frame_mac):
             return None
-
-        keccak_lib = _keccak._raw_keccak_lib
-        absorb, squeeze = keccak_lib.keccak_absorb, keccak_lib.keccak_digest
-        ecb_encrypt = _mode_ecb.raw_ecb_lib.ECB_encrypt
-        state = sponge._state.get()
-        ecb_state = ecb._state.get()
-        padding = _raw_api.c_ubyte(sponge._padding)
-        ptr, size_t, raw = _raw_api.c_uint8_ptr, _raw_api.c_size_t, _raw_api.get_raw_buffer
-        digest_buf = _raw_api.create_string_buffer(32)
-        block_buf = _raw_api.create_string_buffer(16)
-        n32, n16 = size_t(32), size_t(16)
-    except Exception:  # another pycryptodome layout, or a fake sponge in tests
-        return None
-
-    # The closures hold the Python objects that own the C states, so the states outlive every call.
-    owners = (sponge, ecb)
-
-    def update(data: bytes, _owners: tuple[Any, Any] = owners) -> None:
-        if absorb(state, ptr(data), size_t(len(data))):
-            raise ValueError("keccak absorb failed")
-
-    def digest(_owners: tuple[Any, Any] = owners) -> bytes:
-        if squeeze(state, digest_buf, n32, padding):
-            raise ValueError("keccak digest failed")
-        return raw(digest_buf)
-
-    def block(data: bytes, _owners: tuple[Any, Any] = owners) -> bytes:
-        if ecb_encrypt(ecb_state, ptr(data), block_buf, n16):
-            raise ValueError("AES-ECB failed")
-        return raw(block_buf)
-
-    return update, digest, block
-
-
-_DIRECT_OK: bool | None = None
-
-
-def direct_available() -> bool:
-    """Whether the direct functions agree with the public API (checked once per process)."""
-    global _DIRECT_OK
-    if _DIRECT_OK is None:
-        _DIRECT_OK = _self_test()
-        if not _DIRECT_OK:
-            log.info("RLPx MAC: using pycryptodome's public API (direct calls unavailable)")
-    return _DIRECT_OK
-
-
-def _self_test() -> bool:
-    try:
-        sponge = keccak_sponge(b"pimail")
-        key = bytes(range(32))
-        funcs = _direct(sponge, AES.new(key, AES.MODE_ECB))
-        if funcs is None:
-            return False
-        update, digest, block = funcs
-        first = digest()
-        update(b" rlpx")
-        second = digest()
-        update(b"x" * 300)
-        third = digest()
-        data = bytes(range(16))
-        return (first == keccak256(b"pimail") and second == keccak256(b"pimail rlpx")
-                and third == keccak256(b"pimail rlpx" + b"x" * 300)
-                and block(data) == AES.new(key, AES.MODE_ECB).encrypt(data)
-                and isinstance(sponge, _keccak.Keccak_Hash))
-    except Exception:
-        return False
+        body: bytes = self._ctr(body_ct)
+        return body[:size] if size != len(body) else body
