@@ -14,6 +14,10 @@ from pimail.rlpx import _ffi
 from pimail.rlpx.handshake import Secrets
 from pimail.rlpx.mac import PortableEgress, PortableIngress
 
+# Load and check the direct path at import (~50 ms, mostly cffi parsing the declarations), so the
+# first connection does not pay for it inside the event loop.
+_ffi.native()
+
 MAX_FRAME_SIZE = (1 << 24) - 1  # the header's frame-size field is 24 bits
 HEADER_LEN = 16
 MAC_LEN = 16
