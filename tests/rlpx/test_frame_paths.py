@@ -186,3 +186,26 @@ def test_codecs_free_their_c_states(monkeypatch: pytest.MonkeyPatch) -> None:
     gc.collect()
     # each codec: two MAC sponges, two ECB states, two CTR states (each AES cipher goes with its mode)
     assert freed == {"keccak_destroy": 40, "ecb_stop": 40, "ctr_stop": 40}
+
+
+@pytest.mark.usefixtures("fresh_native")
+@pytest.mark.parametrize("armv8", [False, True], ids=["no-aes-instructions", "armv8-without-its-library"])
+def test_without_aes_ni_the_portable_aes_library_works(monkeypatch: pytest.MonkeyPatch, armv8: bool) -> None:
+    # what a Raspberry Pi sees: no AES-NI; an ARMv8 CPU whose wheel may lack _raw_aes_armv8
+    from Crypto.Hash import keccak
+
+    monkeypatch.setattr(_cpu_features, "have_aes_ni", lambda: 0)
+    monkeypatch.setattr(_cpu_features, "have_aes_armv8", lambda: int(armv8))
+    # and a pycryptodome that chose an AVX2 keccak build which is not installed here
+    monkeypatch.setattr(keccak, "_raw_keccak_avx2_bmi2_lib", object())
+    assert _ffi._keccak_candidates() == ["Crypto.Hash._keccak_avx2_bmi2", "Crypto.Hash._keccak"]
+    assert [name for name, _ in _ffi._aes_candidates()] == (
+        ["Crypto.Cipher._raw_aes_armv8"] if armv8 else []) + ["Crypto.Cipher._raw_aes"]
+    n = _ffi.native()
+    assert n is not None
+    assert n.aes_lib_name == "Crypto.Cipher._raw_aes"
+    assert n.keccak_lib_name == "Crypto.Hash._keccak"
+    codec = FrameCodec(legacy_secrets(True))
+    assert codec.direct_mac
+    frame = h(LEGACY["decoded_frames"]["initiator_frame_data_hex"])
+    assert codec.encode(frame) == h(LEGACY["frames"]["initiator_hello_packet"])
