@@ -15,7 +15,7 @@ from pimail.rlpx.handshake import Secrets
 from tests.rlpx.test_frame_vectors import LEGACY, h, legacy_secrets
 
 BOTH = pytest.mark.parametrize("direct", [True, False], ids=["direct", "portable"])
-SIZES = [0, 1, 15, 16, 17, 100, 4095, 4096, 4097, 9000, 65536, _ffi.SCRATCH_KEEP + 5, 40]
+SIZES = [0, 1, 15, 16, 17, 100, 4095, 4096, 4097, 9000, 65536, 200_000, 210_000, _ffi.SCRATCH_KEEP + 5, 40]
 
 
 @pytest.fixture
@@ -58,6 +58,18 @@ def test_cross_decode_every_size(tx: bool, rx: bool) -> None:
     cut = len(wire) // 3
     assert receiver.feed(wire[:cut]) + receiver.feed(wire[cut:]) == frames
     assert receiver.buffered == 0
+
+
+def test_scratch_buffers_stay_bounded() -> None:
+    sender = FrameCodec(legacy_secrets(True))
+    receiver = FrameCodec(legacy_secrets(False))
+    egress, ingress = sender._egress, receiver._ingress
+    assert isinstance(egress, _ffi.Egress) and isinstance(ingress, _ffi.Ingress)
+    for size in SIZES:
+        frame = os.urandom(size)
+        assert receiver.feed(sender.encode(frame)) == [frame]
+        assert egress._cap <= _ffi.SCRATCH_KEEP and ingress._cap <= _ffi.SCRATCH_KEEP
+    assert egress._cap == ingress._cap == _ffi.SCRATCH_KEEP  # grown, but only up to the bound
 
 
 def test_feed_accepts_bytearray_and_memoryview() -> None:
