@@ -223,6 +223,16 @@ class Peer(asyncio.Protocol):
         host, port = self._remote_address
         return f"<Peer {ident} {host}:{port} {'in' if self._inbound else 'out'}>"
 
+    @property
+    def auth_received(self) -> bool:
+        """True once the RLPx auth/ack exchange completed (the session exists)."""
+        return self.session is not None
+
+    def evict(self, message: str) -> None:
+        """Drop a connection still in the RLPx handshake (the host needs its slot); never raises."""
+        if not self._closed:
+            self._fail(message, "pending_evicted")
+
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)

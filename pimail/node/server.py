@@ -30,7 +30,8 @@ HEALTH_LISTEN = "node.listen"
 #: counters that always exist (others appear when first incremented)
 COUNTER_NAMES = (
     "inbound_connections", "outbound_dials", "dial_failed", "peers_connected",
-    "pending_refused", "handshake_timeout", "handshake_undecryptable", "handshake_malformed",
+    "pending_refused", "pending_evicted", "handshake_timeout", "handshake_undecryptable",
+    "handshake_malformed",
     "bad_header_mac", "bad_frame_mac", "frame_too_large", "snappy_rejected", "protocol_breach",
     "unknown_message_id", "invalid_identity", "identity_mismatch", "useless_peer", "too_many_peers",
     "already_connected", "connected_to_self", "read_timeout", "subprotocol_error", "handler_error",
@@ -87,7 +88,7 @@ class NodeServer:
         self._specs = [CapabilitySpec(c.name, c.version, c.length) for c in capabilities]
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._peers: dict[bytes, Peer] = {}  # node_id → admitted peer
-        self._pending: set[Peer] = set()
+        self._pending: dict[Peer, None] = {}  # insertion-ordered: oldest first
         self._server: asyncio.Server | None = None
         self._listen_port = 0
         self._hello: Hello | None = None
@@ -250,12 +251,28 @@ class NodeServer:
         return self._caps[name]
 
     def accept_pending(self, peer: Peer) -> bool:
+        """Take a new connection into the pending-handshake slots.
+
+        At the cap, an inbound connection pushes out the oldest inbound one that has not yet
+        delivered a complete RLPx auth (an idle or half-open socket is the least likely to be a
+        phone; a phone's auth arrives within a round trip), so a flood of half-open connections
+        cannot lock real peers out until the handshake timeout. Only if every slot holds a
+        connection past its auth is the new one refused.
+        """
         if peer.inbound:
             self.count("inbound_connections")
-            if self._stopping or len(self._pending) >= self.config.max_pending_handshakes:
+            if self._stopping:
                 self.count("pending_refused")
                 return False
-        self._pending.add(peer)
+            if len(self._pending) >= self.config.max_pending_handshakes:
+                victim = next((p for p in self._pending if p.inbound and not p.auth_received), None)
+                if victim is None:
+                    self.count("pending_refused")
+                    return False
+                self.count("pending_evicted")
+                self._pending.pop(victim, None)
+                victim.evict("pending-handshake slot taken by a newer connection")
+        self._pending[peer] = None
         return True
 
     def admit(self, peer: Peer) -> DisconnectReason | None:
@@ -274,12 +291,12 @@ class NodeServer:
         return None
 
     def handshake_finished(self, peer: Peer) -> None:
-        self._pending.discard(peer)
+        self._pending.pop(peer, None)
         self._peers[peer.node_id] = peer
         self.count("peers_connected")
 
     def peer_closed(self, peer: Peer) -> None:
-        self._pending.discard(peer)
+        self._pending.pop(peer, None)
         if self._peers.get(peer.node_id) is peer:
             del self._peers[peer.node_id]
 

@@ -15,7 +15,7 @@ import inspect
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +38,8 @@ STATUS_TIMEOUT_S = 10.0  # a peer that never sends Status is useless
 POW_TOLERANCE_S = 10.0  # geth keeps the old requirement this long after a change
 NO_PEERS_GRACE_S = 120.0  # report "no peers" only after this long without any
 PACKET_HEADROOM = 1024  # keep forwarded packets this far under the size limit
+FORWARD_SLICE_BYTES = 256 * 1024  # packet bytes built per loop turn while forwarding
+FORWARD_EXAMINE_COST = 64  # an examined envelope counts as this many bytes of work
 MAX_PENDING_CONFIRMATIONS = 64  # per peer; beyond this the peer is flooding us
 
 
@@ -449,38 +451,72 @@ class WhisperService(Capability):
         return pow_meets(env.pows(), state.pow_requirement, state.formula)
 
     def forward_once(self) -> int:
-        """One transmission cycle: send each peer its pending envelopes. Returns envelopes sent."""
+        """One transmission cycle: send each peer its pending envelopes. Returns envelopes sent.
+
+        Runs the whole cycle in one go (tests, tools); the daemon's timer runs the same cycle in
+        slices of about ``FORWARD_SLICE_BYTES`` with a loop turn between them (``_forward_task``).
+        """
+        return sum(self.forward_slices(0))
+
+    def forward_slices(self, slice_bytes: int) -> Iterator[int]:
+        """One transmission cycle as a generator: yields envelopes sent after each slice of work.
+
+        A slice ends once about ``slice_bytes`` of packets were built (examined envelopes count
+        too), so a cycle that feeds 200 peers a megabyte each never holds the loop for long;
+        ``slice_bytes <= 0`` means one slice. Nothing is dropped: each peer still gets at most one
+        packet per cycle, and a peer that left between slices is skipped.
+        """
         sent = 0
+        work = 0
         limit = max(1024, self.config.max_message_size - PACKET_HEADROOM)
+        want_hash = any(getattr(x, "on_sent", None) is not None for x in self.listeners)
         for state in list(self.peers.values()):
-            if state.status is None or state.peer.closed or not state.outbox:
+            if self.peers.get(state.peer) is not state:
+                continue  # stopped while an earlier slice yielded
+            n, cost = self._forward_peer(state, limit, want_hash)
+            sent += n
+            work += cost
+            if slice_bytes > 0 and work >= slice_bytes:
+                yield sent
+                sent = work = 0
+        yield sent
+
+    def _forward_peer(self, state: PeerState, limit: int, want_hash: bool) -> tuple[int, int]:
+        """At most one packet of ``state``'s pending envelopes; (envelopes sent, work done)."""
+        if state.status is None or state.peer.closed or not state.outbox:
+            return 0, 0
+        batch: list[bytes] = []
+        hashes: list[bytes] = []
+        size = 0
+        examined = 0
+        outbox = state.outbox
+        known = state.known
+        pool_get = self.pool.get
+        while outbox:
+            h = outbox.popleft()
+            examined += 1
+            env = pool_get(h)
+            if env is None or h in known or not self._wants(state, env):
                 continue
-            batch: list[bytes] = []
-            hashes: list[bytes] = []
-            size = 0
-            while state.outbox:
-                h = state.outbox.popleft()
-                env = self.pool.get(h)
-                if env is None or h in state.known or not self._wants(state, env):
-                    continue
-                if batch and size + len(env.raw) > limit:
-                    state.outbox.appendleft(h)
-                    break
-                batch.append(env.raw)
-                hashes.append(h)
-                size += len(env.raw)
-            if not batch:
-                continue
-            payload = encode_envelope_list(batch)
-            if not state.peer.send(CAPABILITY, st.MESSAGES, payload):
-                state.outbox.extendleft(reversed(hashes))  # write buffer full: retry next cycle
-                continue
-            for h in hashes:
-                state.known.add(h)
-            sent += len(batch)
-            self.counters["envelopes_out"] += len(batch)
+            if batch and size + len(env.raw) > limit:
+                outbox.appendleft(h)
+                break
+            batch.append(env.raw)
+            hashes.append(h)
+            size += len(env.raw)
+        cost = size + examined * FORWARD_EXAMINE_COST
+        if not batch:
+            return 0, cost
+        payload = encode_envelope_list(batch)
+        if not state.peer.send(CAPABILITY, st.MESSAGES, payload):
+            outbox.extendleft(reversed(hashes))  # write buffer full: retry next cycle
+            return 0, cost
+        for h in hashes:
+            known.add(h)
+        self.counters["envelopes_out"] += len(batch)
+        if want_hash:  # the packet hash is what status-go acknowledges; only client tools listen
             self._notify("on_sent", state.peer, keccak256(payload), hashes)
-        return sent
+        return len(batch), cost
 
     def sweep_once(self) -> None:
         """Expiry sweep, status timeouts and the no-peers condition."""
@@ -501,9 +537,19 @@ class WhisperService(Capability):
         if self._tasks:
             return
         self._tasks = [
-            asyncio.create_task(self._every(self.config.forward_interval_s, self.forward_once)),
+            asyncio.create_task(self._forward_task()),
             asyncio.create_task(self._every(self.config.expiry_sweep_s, self.sweep_once)),
         ]
+
+    async def _forward_task(self) -> None:
+        """Transmission cycles every ``forward_interval_s``, each in slices with a loop turn between."""
+        while True:
+            await asyncio.sleep(self.config.forward_interval_s)
+            try:
+                for _ in self.forward_slices(FORWARD_SLICE_BYTES):
+                    await asyncio.sleep(0)
+            except Exception:
+                log.exception("whisper forwarding failed")
 
     async def _every(self, interval: float, fn: Callable[[], object]) -> None:
         while True:
