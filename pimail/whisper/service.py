@@ -118,6 +118,7 @@ class WhisperService(Capability):
         self.trusted: set[bytes] = set(trusted)
         self.request_handler: RequestHandler | None = None
         self.listeners: list[Any] = []
+        self.forward_slice_bytes = FORWARD_SLICE_BYTES  # work per loop turn while forwarding
         self._clock = clock
         self.pool = EnvelopePool(config.pool_max_bytes)
         self.peers: dict[PeerLike, PeerState] = {}
@@ -546,7 +547,7 @@ class WhisperService(Capability):
         while True:
             await asyncio.sleep(self.config.forward_interval_s)
             try:
-                for _ in self.forward_slices(FORWARD_SLICE_BYTES):
+                for _ in self.forward_slices(self.forward_slice_bytes):
                     await asyncio.sleep(0)
             except Exception:
                 log.exception("whisper forwarding failed")
