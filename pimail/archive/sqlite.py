@@ -18,10 +18,14 @@ Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelop
     serves ``contains(hash)`` (one probe per stored bucket), bucketed for the same reason.
 ``topics(topic, first_bucket, last_bucket)``
     the distinct stored topics: a bloom is turned into the set of stored topics it matches (geth
-    BloomFilterMatch), and a query walks only the buckets between the first and last of them. A
-    row is written only when a topic first appears or reaches a new bucket, so a quiet node's
-    commits do not rewrite it; topics whose last bucket is older than the oldest envelope are
-    dropped by retention. The envelope count lives in ``meta``.
+    BloomFilterMatch), and a query walks only the buckets between the first and last of them. The
+    span is rounded out to blocks of 16 buckets (3 days), so a row is written only when a topic
+    first appears or reaches a new block: with a few thousand busy topics, exact last buckets had
+    every commit rewrite the whole table (~0.17 bytes written per archived byte at 1M stored). A
+    query walks at most 15 empty buckets more per topic, and none past the newest envelope. Topics
+    whose span ends before the oldest envelope are dropped by retention. Spans stored exactly (by
+    an older pimail) are valid too, as is any span that covers the topic's envelopes. The
+    envelope count lives in ``meta``.
 
 Threads: the event loop only queues work. One writer thread owns the only writing connection: it
 groups submitted envelopes into one transaction (every ``flush_interval_ms`` or
@@ -137,6 +141,19 @@ BUCKET_EXPR = f"(id >> {BUCKET_SHIFT})"  # time bucket of sent time (leads both 
 
 def key_bucket(key: int) -> int:
     return key >> BUCKET_SHIFT
+
+
+TOPIC_SPAN_BITS = 4  # topics rows keep their bucket span rounded out to blocks of 16 buckets (3 days)
+
+
+def span_floor(bucket: int) -> int:
+    """First bucket of ``bucket``'s block (what ``topics.first_bucket`` stores)."""
+    return (bucket >> TOPIC_SPAN_BITS) << TOPIC_SPAN_BITS
+
+
+def span_ceiling(bucket: int) -> int:
+    """Last bucket of ``bucket``'s block (what ``topics.last_bucket`` stores)."""
+    return span_floor(bucket) + (1 << TOPIC_SPAN_BITS) - 1
 
 
 def hash_expr_values(envelope_hash: bytes) -> list[int]:
@@ -663,7 +680,8 @@ class SqliteArchive(Archive):
         for key, topic, *_ in added:
             span = spans.get(topic)
             spans[topic] = (key, key) if span is None else (min(span[0], key), max(span[1], key))
-        conn.executemany(TOPIC_SEEN_SQL, ((t, key_bucket(a), key_bucket(b)) for t, (a, b) in spans.items()))
+        conn.executemany(TOPIC_SEEN_SQL, ((t, span_floor(key_bucket(a)), span_ceiling(key_bucket(b)))
+                                          for t, (a, b) in spans.items()))
         if added:
             conn.execute(ADD_COUNT_SQL, (len(added),))
         conn.execute("COMMIT")

@@ -14,7 +14,18 @@ from hypothesis import strategies as st
 from pimail.archive import open_archive
 from pimail.archive.base import ArchivedEnvelope, ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
 from pimail.archive.retention import parse_duration, parse_size, policy_from_config
-from pimail.archive.sqlite import SCHEMA_VERSION, SqliteArchive
+from pimail.archive.sqlite import (
+    BUCKET_SHIFT,
+    SCHEMA_VERSION,
+    TOPIC_SPAN_BITS,
+    SqliteArchive,
+    key_bucket,
+    make_key,
+    span_ceiling,
+    span_floor,
+    topic_bytes,
+    topic_int,
+)
 from pimail.config import ArchiveConfig
 from pimail.errors import UserError
 from pimail.whisper.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
@@ -330,6 +341,52 @@ def test_retention_drops_topics_that_have_no_envelopes_left(tmp_path: Path) -> N
         assert s.count == 5 and s.extra["distinct_topics"] == 1
         assert (await a.query(HistoryQuery(*ALL, bloom=topic_to_bloom(topic_n(1))))).envelopes == []
         assert len((await a.query(HistoryQuery(*ALL, topics=(topic_n(2),)))).envelopes) == 5
+        assert await a.check() == []
+        await a.close()
+
+    run(main())
+
+
+def test_topic_spans_are_rounded_to_blocks_and_rarely_rewritten(tmp_path: Path) -> None:
+    """topics rows hold block-aligned spans: a commit that keeps every topic inside its block
+    writes no topics row; queries still find every envelope on both sides of a block edge."""
+    block_s = 1 << (BUCKET_SHIFT - 32 + TOPIC_SPAN_BITS)  # seconds of sent time per block
+    edge = (BASE // block_s + 1) * block_s  # a block boundary of sent time
+    a_topic, b_topic = topic_n(1), topic_n(2)
+    early = [make_envelope(i, edge - 100 - i, a_topic) for i in range(3)]  # last block before the edge
+    same_block = [make_envelope(10 + i, edge - 3 * 16384 - i, a_topic) for i in range(3)]  # older buckets
+    late = [make_envelope(20 + i, edge + 50 + i, a_topic) for i in range(3)]  # first block after it
+    far = [make_envelope(30 + i, edge + 3 * block_s + i, b_topic) for i in range(3)]
+
+    def block_of(sent: int) -> int:
+        return key_bucket(make_key(sent, 0)) >> TOPIC_SPAN_BITS
+
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1, prune_interval_s=0)
+        await a.open()
+        await a.submit(early + far)
+        conn = sqlite3.connect(tmp_path / "a.sqlite")
+        spans = {topic_bytes(t): (lo, hi) for t, lo, hi in conn.execute("SELECT * FROM topics")}
+        first, last = spans[a_topic]
+        assert first == span_floor(first) and last == span_ceiling(last) and last - first == 15
+        assert first >> TOPIC_SPAN_BITS == block_of(edge - 1)
+        assert a._wconn is not None
+        changes = a._wconn.total_changes
+        await a.submit(same_block)  # a known topic, inside its block: envelopes and the counter only
+        assert a._wconn.total_changes - changes == len(same_block) + 1
+        await a.submit(late)  # the next block: the row grows by one block
+        (last2,) = conn.execute("SELECT last_bucket FROM topics WHERE topic = ?",
+                                (topic_int(a_topic),)).fetchone()
+        assert last2 == last + 16 and last2 >> TOPIC_SPAN_BITS == block_of(edge)
+        conn.close()
+        want = sorted(early + same_block + late, key=lambda e: e.cursor)
+        for descending in (False, True):
+            for q in (HistoryQuery(*ALL, topics=(a_topic,), limit=2, descending=descending),
+                      HistoryQuery(*ALL, bloom=topic_to_bloom(a_topic), limit=2, descending=descending),
+                      HistoryQuery(edge - 150, edge + 51, topics=(a_topic,), limit=1, descending=descending)):
+                got = [e.hash async for e in a.iterate(q, page_size=q.limit)]
+                expect = [e.hash for e in want if q.lower <= e.sent <= q.upper]
+                assert got == (expect[::-1] if descending else expect)
         assert await a.check() == []
         await a.close()
 
