@@ -29,7 +29,7 @@ from typing import Any
 from pimail import __version__
 from pimail.appliance import control
 from pimail.appliance.clock import ClockTrust
-from pimail.appliance.health import HealthModel, HealthState, LoopLagMonitor, Severity
+from pimail.appliance.health import LOOP_TICK_S, HealthModel, HealthState, LoopLagMonitor, Severity
 from pimail.appliance.leds import LedPanel
 from pimail.appliance.metrics import NodeMetrics
 from pimail.appliance.pairing import PairingController
@@ -668,6 +668,7 @@ class Daemon:
             "mailserver": mailserver,
             "pairing": self.pairing.snapshot() if self.pairing is not None else None,
             "loop_lag_ms": round(self.loop_monitor.lag_s * 1000, 1),
+            "loop": self._loop_snapshot(),
             "systemd": {"notify": self.notifier.backend, "watchdog_s": self.notifier.watchdog_s},
             "metrics_url": self._metrics_url(),
             "leds": {
@@ -675,6 +676,18 @@ class Daemon:
                 "why_off": self.leds.disabled_reason if self.leds else "",
                 "patterns": {k: v.mode for k, v in self.leds.patterns.items()} if self.leds else {},
             },
+        }
+
+    def _loop_snapshot(self) -> dict[str, object]:
+        """Event-loop lag: worst since start and the latest ticks (lateness, loop-thread CPU), so a
+        poller that reads every few seconds sees every tick (``tick`` numbers the last entry)."""
+        mon = self.loop_monitor
+        return {
+            "tick_s": LOOP_TICK_S,
+            "tick": mon.ticks,
+            "max_lag_ms": round(mon.max_lag_s * 1000, 1),
+            "recent_lag_ms": [round(lag * 1000, 1) for lag, _ in mon.recent],
+            "recent_cpu_ms": [round(cpu * 1000, 1) for _, cpu in mon.recent],
         }
 
     def _metrics_url(self) -> str | None:

@@ -8,6 +8,7 @@ page all read.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -163,6 +164,7 @@ LOOP_HEALTH_KEY = "loop.stalled"
 LOOP_TICK_S = 0.25  # how often the loop proves it is alive
 LOOP_STALL_S = 5.0  # no tick for this long = the loop is stalled (FAILING)
 LOOP_RECOVER_TICKS = 8  # on-time ticks after a stall before the condition clears
+LOOP_RECENT_TICKS = 64  # ticks kept for ``pimail status`` (16 s at the default tick)
 
 
 class LoopLagMonitor:
@@ -191,6 +193,10 @@ class LoopLagMonitor:
         self._stalled = False
         self.lag_s = 0.0  # lateness of the last tick
         self.max_lag_s = 0.0  # worst lateness since start
+        self.ticks = 0  # ticks since start; the last entry of ``recent`` is tick number ``ticks``
+        # (lateness s, loop-thread CPU s over the tick's interval) of the latest ticks: lateness
+        # with little CPU means the process waited for a core (or the GIL), not a busy loop
+        self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=LOOP_RECENT_TICKS)
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -217,10 +223,13 @@ class LoopLagMonitor:
     async def _ticker(self) -> None:
         while True:
             expected = time.monotonic() + self._tick_s
+            cpu0 = time.thread_time()
             await asyncio.sleep(self._tick_s)
             now = time.monotonic()
             self.lag_s = max(0.0, now - expected)
             self.max_lag_s = max(self.max_lag_s, self.lag_s)
+            self.ticks += 1
+            self.recent.append((self.lag_s, time.thread_time() - cpu0))
             self._last_tick = now
             if self.lag_s >= self._stall_s:
                 self._mark_stalled(self.lag_s)
