@@ -94,6 +94,7 @@ BUSY_TIMEOUT_MS = 5000
 WAL_MIN_PAGES = 64
 PAGE_SIZE = 8192  # fewer, fuller pages than 4096 for ~300 B rows (see bench/archive.py)
 WAL_AUTOCHECKPOINT_PAGES = 2000  # 16 MB: index pages reach the main file once per checkpoint
+GROUP_CAP_FACTOR = 4  # a due group takes up to 4 × flush_max envelopes already waiting (see _collect)
 RESERVE_BYTES = 1024 * 1024  # <archive>.reserve: given up on a full disk so eviction has room to run
 
 SQLITE_FULL = 13
@@ -568,20 +569,29 @@ class SqliteArchive(Archive):
         self._shutdown_writer()
 
     def _collect(self, next_prune: float) -> tuple[list[_Pending], list[_Job], bool]:
-        """Wait for a group of envelopes (M of them, or N ms after the first) or other work."""
+        """Wait for a group of envelopes (M of them, or N ms after the first) or other work.
+
+        When the group is due, it takes everything already waiting (up to GROUP_CAP_FACTOR × M):
+        under load the queue fills while the previous group commits, and one commit of all of it
+        makes those envelopes durable no later and dirties the index pages once instead of once
+        per M (bench/archive at 1M stored: 2.98 → 2.70 bytes written per archived byte)."""
         batch: list[_Pending] = []
         count = 0
+        cap = GROUP_CAP_FACTOR * self.flush_max
         with self._cond:
             first_at: float | None = None
             while True:
                 busy = self._prune_run is not None or self._prune_asked
-                while self._queue and count < self.flush_max:
+                due = self._stopping or bool(self._jobs) or busy
+                while self._queue and (count < self.flush_max or (due and count < cap)):
                     p = self._queue.popleft()
                     batch.append(p)
                     count += len(p.envelopes)
                     if first_at is None:
                         first_at = time.monotonic()
-                if self._stopping or self._jobs or count >= self.flush_max or busy:
+                    if count >= self.flush_max:
+                        due = True
+                if due or count >= self.flush_max:
                     break
                 now = time.monotonic()
                 if first_at is not None:

@@ -391,3 +391,24 @@ def test_topic_spans_are_rounded_to_blocks_and_rarely_rewritten(tmp_path: Path) 
         await a.close()
 
     run(main())
+
+
+def test_a_due_group_takes_what_is_already_waiting(tmp_path: Path) -> None:
+    """Once flush_max envelopes are waiting, one commit takes all that wait (up to 4 × flush_max)."""
+    groups: list[int] = []
+
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=10_000, flush_max_envelopes=100,
+                          prune_interval_s=0, on_durable=lambda envs: groups.append(len(envs)))
+        await a.open()
+        for total, expect in ((350, [350]), (1000, [400, 400, 200])):
+            groups.clear()
+            envs = [make_envelope(total * 10 + i, BASE + i) for i in range(total)]
+            with a._cond:  # the writer sees them all queued at once, as after a long commit
+                futs = [a.submit(envs[i : i + 100]) for i in range(0, total, 100)]
+            await asyncio.gather(*futs)
+            assert groups == expect
+        assert (await a.stats()).count == 1350
+        await a.close()
+
+    run(main())
