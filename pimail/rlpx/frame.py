@@ -45,11 +45,11 @@ class FrameTooLarge(FrameError):
     send_disconnect = True
 
 
-class Egress(Protocol):
+class EgressPath(Protocol):
     def seal(self, frame_data: bytes) -> bytes: ...
 
 
-class Ingress(Protocol):
+class IngressPath(Protocol):
     def open_header(self, header_ct: bytes, header_mac: bytes) -> int: ...
     def open_body(self, body_ct: bytes, frame_mac: bytes, size: int) -> bytes | None: ...
 
@@ -68,8 +68,8 @@ class FrameCodec:
         direct = _ffi.pair(secrets.aes_secret, secrets.mac_secret, secrets.egress_mac_seed,
                            secrets.ingress_mac_seed, secrets.egress_mac.digest(),
                            secrets.ingress_mac.digest()) if direct_mac else None
-        self._egress: Egress
-        self._ingress: Ingress
+        self._egress: EgressPath
+        self._ingress: IngressPath
         if direct is not None:
             self._egress, self._ingress = direct
         else:
