@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from pimail.whisper.envelope import Envelope
 
@@ -107,6 +107,15 @@ class KnownSet:
         self._items[h] = None
         if len(self._items) > self.limit:
             self._items.popitem(last=False)
+
+    def add_many(self, hashes: Iterable[bytes]) -> None:
+        """``add`` for each hash, in order (one call per forwarded packet)."""
+        items, limit = self._items, self.limit
+        for h in hashes:
+            if h not in items:
+                items[h] = None
+                if len(items) > limit:
+                    items.popitem(last=False)
 
     def discard(self, h: bytes) -> None:
         self._items.pop(h, None)

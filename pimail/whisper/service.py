@@ -22,11 +22,11 @@ from typing import Any, Protocol
 from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.config import WhisperConfig
-from pimail.crypto.hashing import keccak256
 from pimail.node.capability import Capability, DisconnectReason, PeerLike, ProtocolError
 from pimail.whisper import status as st
 from pimail.whisper.bloom import FULL_BLOOM, bloom_matches, is_full
 from pimail.whisper.envelope import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
+from pimail.whisper.keccak import keccak256
 from pimail.whisper.pool import EnvelopePool, KnownSet, PacketRateLimiter
 from pimail.whisper.pow import PowFormula
 from pimail.whisper.validation import Outcome, Rules, judge, pow_meets
@@ -493,11 +493,21 @@ class WhisperService(Capability):
         outbox = state.outbox
         known = state.known
         pool_get = self.pool.get
+        # the peer's filters, once per packet instead of once per envelope (same rules as _wants)
+        every_topic = is_full(state.bloom)
+        wanted_bits = int.from_bytes(state.bloom, "big")
+        requirement, formula = state.pow_requirement, state.formula
         while outbox:
             h = outbox.popleft()
             examined += 1
             env = pool_get(h)
-            if env is None or h in known or not self._wants(state, env):
+            if env is None or h in known:
+                continue
+            if not every_topic:  # bloom_matches: every bit of the envelope's bloom is wanted
+                bits = int.from_bytes(env.bloom, "big")
+                if wanted_bits | bits != wanted_bits:
+                    continue
+            if requirement > 0 and not pow_meets(env.pows(), requirement, formula):
                 continue
             if batch and size + len(env.raw) > limit:
                 outbox.appendleft(h)
@@ -512,8 +522,7 @@ class WhisperService(Capability):
         if not state.peer.send(CAPABILITY, st.MESSAGES, payload):
             outbox.extendleft(reversed(hashes))  # write buffer full: retry next cycle
             return 0, cost
-        for h in hashes:
-            known.add(h)
+        known.add_many(hashes)
         self.counters["envelopes_out"] += len(batch)
         if want_hash:  # the packet hash is what status-go acknowledges; only client tools listen
             self._notify("on_sent", state.peer, keccak256(payload), hashes)

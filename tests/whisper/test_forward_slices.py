@@ -109,3 +109,18 @@ async def test_timer_gives_the_loop_a_turn_between_slices(tmp_path: Path) -> Non
         for server, _ in raws:
             await server.stop()
         await node.stop()
+
+
+def test_known_set_add_many_matches_add() -> None:
+    import random
+
+    from pimail.whisper.pool import KnownSet
+
+    rng = random.Random(7)
+    one, many = KnownSet(50), KnownSet(50)
+    for _ in range(40):
+        batch = [rng.randrange(120).to_bytes(2, "big") for _ in range(rng.randrange(0, 70))]
+        for h in batch:
+            one.add(h)
+        many.add_many(batch)
+        assert list(one._items) == list(many._items) and len(many) <= 50
