@@ -8,6 +8,7 @@ from functools import cached_property
 import rlp
 
 from pimail.whisper import pow as powmod
+from pimail.whisper.bloom import _BLOOM_CACHE as _BLOOMS
 from pimail.whisper.bloom import TOPIC_LEN, cached_topic_bloom
 from pimail.whisper.keccak import keccak256
 from pimail.whisper.rlpscan import RlpError, list_header, list_items, scan_item, top_level_list
@@ -56,6 +57,17 @@ class Envelope:
     @classmethod
     def decode(cls, raw: bytes) -> Envelope:
         """Decode one envelope, strictly (canonical RLP and integers, exactly 5 fields)."""
+        n = len(raw)
+        if n > 57:  # a list header of 2 or 3 bytes (envelopes are at least 16 bytes of payload)
+            b0 = raw[0]
+            if b0 == 0xF8 and raw[1] > 55 and raw[1] + 2 == n:
+                env = _fast_fields(raw, 2, n)
+            elif b0 == 0xF9 and raw[1] and ((raw[1] << 8) | raw[2]) + 3 == n:
+                env = _fast_fields(raw, 3, n)
+            else:
+                env = None
+            if env is not None:
+                return env
         try:
             is_list, start, end = scan_item(raw, 0, len(raw))
             if end != len(raw):
@@ -193,47 +205,89 @@ def _uint_at(raw: bytes, pos: int, max_len: int) -> tuple[int, int] | None:
     return None
 
 
+_LIST_HEADERS = tuple(list_header(n) for n in range(256))
+
+
 def _fast_fields(raw: bytes, start: int, end: int) -> Envelope | None:
     """Decode the common, canonical envelope shape quickly; None means "use the checked path"
-    (which then either succeeds identically or reports exactly what is wrong)."""
+    (which then either succeeds identically or reports exactly what is wrong).
+
+    The usual encodings (4-byte expiry, 1-byte TTL, 0x84 topic, string data, 8-byte nonce) are read
+    inline; anything else goes through ``_uint_at``/``scan_item``. Every field boundary comes from
+    its header, and the last one must land exactly on ``end``, so a short buffer cannot pass.
+    """
     try:
-        r = _uint_at(raw, start, 4)
-        if r is None:
-            return None
-        expiry, pos = r
-        r = _uint_at(raw, pos, 4)
-        if r is None:
-            return None
-        ttl, pos = r
+        # Expiry: a current timestamp is 4 bytes with a non-zero first byte.
+        if raw[start] == 0x84 and raw[start + 1]:
+            expiry = int.from_bytes(raw[start + 1 : start + 5], "big")
+            pos = start + 5
+        else:
+            r = _uint_at(raw, start, 4)
+            if r is None:
+                return None
+            expiry, pos = r
+        b = raw[pos]
+        if 0 < b < 0x80:  # TTL below 128 s is one byte
+            ttl = b
+            pos += 1
+        else:
+            r = _uint_at(raw, pos, 4)
+            if r is None:
+                return None
+            ttl, pos = r
         if raw[pos] != 0x84:
             return None
         topic = raw[pos + 1 : pos + 5]
-        is_list, ds, de = scan_item(raw, pos + 5, end)
-        if is_list:
-            return None
-        npos = de
-        r = _uint_at(raw, npos, 8)
-        if r is None:
-            return None
-        nonce, pos = r
+        pos += 5
+        b = raw[pos]
+        if b == 0xB8:  # data of 56..255 bytes
+            n = raw[pos + 1]
+            if n <= 55:
+                return None
+            ds = pos + 2
+            de = ds + n
+        elif b == 0xB9:  # data of 256..65535 bytes
+            if not raw[pos + 1]:
+                return None
+            ds = pos + 3
+            de = ds + ((raw[pos + 1] << 8) | raw[pos + 2])
+        else:
+            is_list, ds, de = scan_item(raw, pos, end)
+            if is_list:
+                return None
+        b = raw[de]
+        if 0x81 < b < 0x89 and raw[de + 1]:  # nonce of 2..8 bytes, no leading zero
+            pos = de + b - 0x7F
+            nonce = int.from_bytes(raw[de + 1 : pos], "big")
+        else:
+            r = _uint_at(raw, de, 8)
+            if r is None:
+                return None
+            nonce, pos = r
     except (IndexError, RlpError):
         return None
-    if pos != end or len(topic) != TOPIC_LEN:
+    if pos != end:
         return None
+    n = de - start
     env = object.__new__(Envelope)
     # hash and bloom are filled in now: every received envelope needs them, and reading them from
     # the instance dict skips functools.cached_property's lock.
-    env.__dict__.update(
-        expiry=expiry,
-        ttl=ttl,
-        topic=topic,
-        data=raw[ds:de],
-        nonce=nonce,
-        raw=raw,
-        rlp_without_nonce=list_header(npos - start) + raw[start:npos],
-        hash=keccak256(raw),
-        bloom=cached_topic_bloom(topic),
-    )
+    d = env.__dict__
+    d["expiry"] = expiry
+    d["ttl"] = ttl
+    d["topic"] = topic
+    d["data"] = raw[ds:de]
+    d["nonce"] = nonce
+    d["raw"] = raw
+    if n < 256:
+        header = _LIST_HEADERS[n]
+    elif n < 65536:
+        header = bytes((0xF9, n >> 8, n & 0xFF))
+    else:
+        header = list_header(n)
+    d["rlp_without_nonce"] = header + raw[start:de]
+    d["hash"] = keccak256(raw)
+    d["bloom"] = _BLOOMS.get(topic) or cached_topic_bloom(topic)
     return env
 
 

@@ -10,10 +10,11 @@ import enum
 import math
 import struct
 
-from pimail.whisper.keccak import keccak256
+from pimail.whisper.keccak import keccak256, keccak256_pair
 
 ENVELOPE_HEADER_LEN = 20  # geth EnvelopeHeaderLength
 _ZERO24 = b"\x00" * 24
+_TRAILING_ZEROS = bytes((b & -b).bit_length() - 1 if b else 0 for b in range(256))
 
 
 class PowFormula(enum.Enum):
@@ -53,12 +54,18 @@ def current_pow(rlp_no_nonce: bytes, nonce: int, ttl: int, diff: int = 0) -> flo
 def both_pows(
     rlp_no_nonce: bytes, nonce: int, data_len: int, ttl: int, diff: int = 0
 ) -> tuple[float, float]:
-    """(legacy, current) PoW of one envelope."""
+    """(legacy, current) PoW of one envelope.
+
+    keccak(rlp-no-nonce) (legacy) and keccak(rlp-no-nonce‖nonce) (current) come from one absorption
+    of the shared prefix.
+    """
     nb = nonce.to_bytes(8, "big")
     t = ttl + diff
-    h = int.from_bytes(keccak256(keccak256(rlp_no_nonce) + _ZERO24 + nb), "big")
-    legacy_bits = (h & -h).bit_length() - 1 if h else 0
-    current_bits = 256 - int.from_bytes(keccak256(rlp_no_nonce + nb), "big").bit_length()
+    seed, current_hash = keccak256_pair(rlp_no_nonce, nb)
+    # Trailing zero bits of the big-endian legacy hash: whole zero bytes, then the last non-zero one.
+    rest = keccak256(seed + _ZERO24 + nb).rstrip(b"\x00")
+    legacy_bits = (32 - len(rest)) * 8 + _TRAILING_ZEROS[rest[-1]] if rest else 0
+    current_bits = 256 - int.from_bytes(current_hash, "big").bit_length()
     if t <= 0:
         return 0.0, 0.0
     return (

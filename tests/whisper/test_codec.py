@@ -214,3 +214,55 @@ def test_mutated_envelopes_fast_and_checked_paths_agree(pos: int, value: int, cu
     assert fast == outcome(lambda: Envelope._from_scan_checked(raw, is_list, s, e))
     if fast != "error":
         assert rlp.encode(rlp.decode(raw, strict=True)) == raw  # only canonical encodings pass
+
+
+def _env_bytes(fields: list[bytes]) -> bytes:
+    body = b"".join(fields)
+    n = len(body)
+    header = bytes((0xC0 + n,)) if n <= 55 else bytes((0xF7 + (n.bit_length() + 7) // 8,)) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return header + body
+
+
+_EXPIRY = b"\x84\x65\x00\x00\x01"
+_TOPIC = b"\x84abcd"
+_DATA300 = b"\xb9\x01\x2c" + bytes(300)
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ([b"\x84\x00\x00\x00\x01", b"\x0f", _TOPIC, _DATA300, b"\x01"], "expiry leading zero"),
+        ([_EXPIRY, b"\x00", _TOPIC, _DATA300, b"\x01"], "ttl as a zero byte"),
+        ([_EXPIRY, b"\x81\x0f", _TOPIC, _DATA300, b"\x01"], "ttl byte < 0x80 with a header"),
+        ([_EXPIRY, b"\x0f", _TOPIC, b"\xb8\x10" + bytes(16), b"\x01"], "long form for short data"),
+        ([_EXPIRY, b"\x0f", _TOPIC, b"\xb9\x00\x40" + bytes(64), b"\x01"], "data length leading zero"),
+        ([_EXPIRY, b"\x0f", _TOPIC, _DATA300, b"\x88\x00" + bytes(7)], "nonce leading zero (8 bytes)"),
+        ([_EXPIRY, b"\x0f", _TOPIC, _DATA300, b"\x82\x00\x01"], "nonce leading zero (2 bytes)"),
+        ([_EXPIRY, b"\x0f", _TOPIC, _DATA300, b"\x81\x05"], "nonce byte < 0x80 with a header"),
+        ([_EXPIRY, b"\x0f", _TOPIC, _DATA300, b"\x89\x01" + bytes(8)], "nonce of 9 bytes"),
+        ([_EXPIRY, b"\x0f", b"\x83abc", _DATA300, b"\x01"], "3-byte topic"),
+        ([_EXPIRY, b"\x0f", _TOPIC, b"\xc0", b"\x01"], "data as a list"),
+        ([_EXPIRY, b"\x0f", _TOPIC, _DATA300], "four fields"),
+        ([_EXPIRY, b"\x0f", _TOPIC, _DATA300, b"\x01", b"\x01"], "six fields"),
+    ],
+)
+def test_fast_decode_refuses_each_non_canonical_field(fields: list[bytes], why: str) -> None:
+    raw = _env_bytes(fields)
+    with pytest.raises(EnvelopeError):
+        Envelope.decode(raw)
+    with pytest.raises(EnvelopeError):
+        decode_envelope_list(encode_envelope_list([raw]))
+
+
+@pytest.mark.parametrize("nonce", [0, 1, 0x7F, 0x80, 0xFF, 0x100, 2**32 + 5, 2**56 - 1, 2**56, 2**64 - 1])
+@pytest.mark.parametrize("data_len", [0, 1, 55, 56, 255, 256, 65535, 65536])
+def test_fast_decode_common_shapes_round_trip(nonce: int, data_len: int) -> None:
+    data = bytes((i * 3 + 1) & 0xFF for i in range(data_len))
+    raw = rlp.encode([1_700_000_000, 15, b"abcd", data, nonce])
+    env = Envelope.decode(raw)
+    assert (env.expiry, env.ttl, env.topic, env.data, env.nonce) == (1_700_000_000, 15, b"abcd", data, nonce)
+    assert env.rlp_without_nonce == rlp.encode([1_700_000_000, 15, b"abcd", data])
+    for cut in (1, 9):
+        with pytest.raises(EnvelopeError):
+            Envelope.decode(raw[:-cut])

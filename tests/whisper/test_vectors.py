@@ -4,18 +4,21 @@ topic_from_name, and the geth-sealed envelopes (decrypt, verify signer, hash, Po
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rlp
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from pimail.crypto.hashing import keccak256 as reference_keccak
 from pimail.whisper import payload as pl
 from pimail.whisper.bloom import topic_to_bloom
 from pimail.whisper.envelope import Envelope
-from pimail.whisper.keccak import FAST, keccak256
-from pimail.whisper.pow import PowFormula, current_pow, leading_zero_bits, legacy_pow, pow_to_bits
+from pimail.whisper.keccak import FAST, FAST_PAIR, keccak256, keccak256_pair
+from pimail.whisper.pow import PowFormula, both_pows, current_pow, leading_zero_bits, legacy_pow, pow_to_bits
 from pimail.whisper.status import StatusPacket
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -145,3 +148,48 @@ def test_wrong_key_fails_cleanly() -> None:
     asym = Envelope.decode(bytes.fromhex(CASES["asym_signed_message"]["envelope_rlp"]))
     with pytest.raises(pl.PayloadError):
         pl.open_asymmetric(bytes.fromhex(GEN["signer_private_key"]), asym.data)
+
+
+def test_keccak_pair_matches_reference_across_block_edges() -> None:
+    assert FAST_PAIR  # one absorption of the shared prefix for both PoW hashes
+    for n in (0, 1, 127, 128, 135, 136, 137, 271, 272, 273, 2000):
+        prefix = bytes((i * 13 + 5) & 0xFF for i in range(n))
+        for suffix in (b"", b"\x01", bytes(range(8)), bytes(136), bytes(300)):
+            expected = (reference_keccak(prefix), reference_keccak(prefix + suffix))
+            assert keccak256_pair(prefix, suffix) == expected
+
+
+def test_keccak_pair_per_thread_state_under_concurrency() -> None:
+    inputs = [(bytes([i]) * (50 + 37 * i), i.to_bytes(8, "big")) for i in range(24)]
+    expected = [(reference_keccak(p), reference_keccak(p + s)) for p, s in inputs]
+
+    def work(_: int) -> bool:
+        pairs = list(zip(inputs, expected, strict=True)) * 200
+        return all(keccak256_pair(p, s) == e for (p, s), e in pairs)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(8)))
+
+
+@pytest.mark.parametrize("case", V["pow_legacy_geth_1_8"]["cases"] + V["pow_eip627_style_geth_1_9"]["cases"])
+def test_decoded_envelope_pows_match_vectors(case: dict[str, Any]) -> None:
+    """The received path (fast decode, shared-prefix hashing, byte-wise trailing zeros)."""
+    built = _env(case)
+    env = Envelope.decode(built.raw)
+    assert (env.hash, env.rlp_without_nonce) == (reference_keccak(built.raw), built.rlp_without_nonce)
+    legacy, current = env.pows()
+    assert legacy == legacy_pow(built.rlp_without_nonce, built.nonce, len(built.data), built.ttl)
+    assert current == current_pow(built.rlp_without_nonce, built.nonce, built.ttl)
+    assert (legacy, current)[0 if case in V["pow_legacy_geth_1_8"]["cases"] else 1] == pytest.approx(
+        case["pow"], rel=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=hs.binary(max_size=700), nonce=hs.integers(0, 2**64 - 1), ttl=hs.integers(1, 2**32 - 1),
+       diff=hs.integers(0, 30))
+def test_both_pows_equals_the_single_formulas(data: bytes, nonce: int, ttl: int, diff: int) -> None:
+    env = Envelope.decode(Envelope.build(1_700_000_000, ttl, b"\x01\x02\x03\x04", data, nonce).raw)
+    assert both_pows(env.rlp_without_nonce, nonce, len(data), ttl, diff) == (
+        legacy_pow(env.rlp_without_nonce, nonce, len(data), ttl, diff),
+        current_pow(env.rlp_without_nonce, nonce, ttl, diff),
+    )
