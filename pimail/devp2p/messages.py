@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-import rlp
+from pimail import rlpcodec
 
 BASE_PROTOCOL_VERSION = 5  # geth baseProtocolVersion; ≥ 5 enables snappy
 BASE_PROTOCOL_LENGTH = 16  # ids 0x00-0x0f are reserved for p2p; capabilities start at 16
@@ -48,7 +48,9 @@ def encode_msg_id(code: int) -> bytes:
         return b"\x80"
     if code < 0x80:
         return bytes((code,))
-    return rlp.encode(code)  # type: ignore[no-any-return]
+    if code < 0x100:  # shh/6 ids from offset 16 reach 143 (p2p response 127 + 16)
+        return bytes((0x81, code))
+    return rlpcodec.encode(code)
 
 
 def decode_msg_id(frame_data: bytes) -> tuple[int, int]:
@@ -95,7 +97,7 @@ class Hello:
 
     def encode(self) -> bytes:
         caps = [[name.encode(), ver] for name, ver in self.capabilities]
-        return rlp.encode(  # type: ignore[no-any-return]
+        return rlpcodec.encode(
             [self.version, self.client_id.encode(), caps, self.listen_port, self.node_id]
         )
 
@@ -103,8 +105,8 @@ class Hello:
     def decode(cls, payload: bytes) -> Hello:
         """Decode a Hello payload, ignoring any extra trailing elements (EIP-8)."""
         try:
-            items = rlp.decode(payload)
-        except rlp.exceptions.DecodingError as exc:
+            items = rlpcodec.decode(payload)
+        except rlpcodec.RlpError as exc:
             raise MessageError(f"Hello is not RLP: {exc}") from exc
         if not isinstance(items, list) or len(items) < 5:
             raise MessageError("Hello must be a list of at least 5 elements")
@@ -135,13 +137,13 @@ class Disconnect:
     reason: int
 
     def encode(self) -> bytes:
-        return rlp.encode([self.reason])  # type: ignore[no-any-return]
+        return rlpcodec.encode([self.reason])
 
     @classmethod
     def decode(cls, payload: bytes) -> Disconnect:
         try:
-            item = rlp.decode(payload, strict=False)
-        except rlp.exceptions.DecodingError as exc:
+            item = rlpcodec.decode(payload, strict=False)
+        except rlpcodec.RlpError as exc:
             raise MessageError(f"Disconnect is not RLP: {exc}") from exc
         if isinstance(item, list):
             if not item:

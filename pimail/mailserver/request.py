@@ -18,8 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-import rlp
-
+from pimail import rlpcodec
 from pimail.archive.base import CURSOR_LEN, MAX_QUERY_LIMIT
 from pimail.whisper.bloom import BLOOM_LEN, FULL_BLOOM, TOPIC_LEN
 from pimail.whisper.envelope import UINT32_MAX, Envelope, EnvelopeError, decode_uint
@@ -111,7 +110,7 @@ class MessagesRequest:
         items: list[object] = [self.id, self.lower, self.upper, self.limit, self.cursor, self.bloom]
         if self.topics is not None:
             items.append(list(self.topics))
-        encoded: bytes = rlp.encode(items)
+        encoded: bytes = rlpcodec.encode(items)
         return encoded
 
     @classmethod
@@ -162,15 +161,15 @@ class MessagesRequestPayload:
             items = [self.lower, self.upper, self.bloom, self.limit, self.cursor]
         else:
             raise ValueError("payload shape must have 5, 6 or 7 fields")
-        encoded: bytes = rlp.encode(items)
+        encoded: bytes = rlpcodec.encode(items)
         return encoded
 
     @classmethod
     def decode(cls, raw: bytes) -> MessagesRequestPayload:
         """Decode; ``ValueError`` if it is not one of the three shapes."""
         try:
-            items = rlp.decode(raw, strict=True)
-        except Exception as exc:
+            items = rlpcodec.decode(raw)
+        except rlpcodec.RlpError as exc:
             raise ValueError(f"not RLP: {exc}") from exc
         if not isinstance(items, list) or len(items) not in (5, 6, 7):
             raise ValueError("payload must be an RLP list of 5, 6 or 7 fields")
@@ -250,8 +249,8 @@ class ParsedRequest:
 def parse_p2p_request(payload: bytes) -> ParsedRequest:
     """Decode a code-126 payload: Envelope first, then a bare MessagesRequest."""
     try:
-        items = rlp.decode(payload, strict=True)
-    except Exception as exc:
+        items: object = rlpcodec.decode(payload)
+    except rlpcodec.RlpError as exc:
         raise MalformedRequest(f"p2p request is not valid RLP: {exc}") from exc
     if not isinstance(items, list):
         raise MalformedRequest("p2p request must be an RLP list")

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import rlp
-
+from pimail import rlpcodec
 from pimail.archive.base import CURSOR_LEN
 
 HASH_LEN = 32
@@ -58,7 +57,7 @@ class RequestComplete:
 
     def encode(self) -> bytes:
         """The code-125 packet payload: ``rlp(body)``."""
-        encoded: bytes = rlp.encode(self.body())
+        encoded: bytes = rlpcodec.encode(self.body())
         return encoded
 
 
@@ -78,7 +77,7 @@ class RequestFailed:
         return ERROR_PREFIX + self.request_id + text
 
     def encode(self) -> bytes:
-        encoded: bytes = rlp.encode(self.body())
+        encoded: bytes = rlpcodec.encode(self.body())
         return encoded
 
 
@@ -109,8 +108,8 @@ def parse_body(body: bytes) -> Response:
 def decode(payload: bytes) -> Response:
     """Decode a code-125 packet payload (``rlp(byte string)``)."""
     try:
-        body = rlp.decode(payload, strict=True)
-    except Exception as exc:  # rlp raises several DecodingError subclasses
+        body = rlpcodec.decode(payload)
+    except rlpcodec.RlpError as exc:
         raise ResponseError(f"request-complete payload is not valid RLP: {exc}") from exc
     if not isinstance(body, bytes):
         raise ResponseError("request-complete payload must be an RLP byte string, not a list")

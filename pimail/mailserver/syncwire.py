@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import rlp
-
+from pimail import rlpcodec
 from pimail.archive.base import CURSOR_LEN, MAX_QUERY_LIMIT
 from pimail.whisper.bloom import BLOOM_LEN
 from pimail.whisper.envelope import UINT32_MAX, EnvelopeError, decode_uint
@@ -32,8 +31,8 @@ def _u32(raw: object, what: str) -> int:
 
 def _rlp_list(payload: bytes, what: str) -> list[object]:
     try:
-        items = rlp.decode(payload, strict=True)
-    except Exception as exc:
+        items: object = rlpcodec.decode(payload)
+    except rlpcodec.RlpError as exc:
         raise SyncWireError(f"{what} is not valid RLP: {exc}") from exc
     if not isinstance(items, list):
         raise SyncWireError(f"{what} must be an RLP list")
@@ -49,7 +48,7 @@ class SyncMailRequest:
     cursor: bytes = b""
 
     def encode(self) -> bytes:
-        encoded: bytes = rlp.encode([self.lower, self.upper, self.bloom, self.limit, self.cursor])
+        encoded: bytes = rlpcodec.encode([self.lower, self.upper, self.bloom, self.limit, self.cursor])
         return encoded
 
     @classmethod
@@ -95,7 +94,7 @@ class SyncResponse:
     error: str = ""
 
     def encode(self) -> bytes:
-        rest: bytes = rlp.encode([self.cursor, self.final, self.error.encode()])
+        rest: bytes = rlpcodec.encode([self.cursor, self.final, self.error.encode()])
         # splice the raw envelopes in as the first element without decoding them
         head = encode_list_of_raw(self.envelopes)
         rest_body = _strip_list_header(rest)
@@ -109,7 +108,7 @@ class SyncResponse:
         envs, cursor, final, error = items
         if not isinstance(envs, list) or not isinstance(cursor, bytes) or not isinstance(error, bytes):
             raise SyncWireError("sync response fields have the wrong types")
-        raws = [rlp.encode(e) for e in envs]
+        raws = [rlpcodec.encode(e) for e in envs]
         try:
             fin = _bool(final, "Final")
         except ValueError as exc:

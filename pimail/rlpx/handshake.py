@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import coincurve
-import rlp
 from Crypto.Hash import keccak as _keccak
 from Crypto.Util.strxor import strxor
 
+from pimail import rlpcodec
 from pimail.crypto import ecies
 from pimail.crypto.hashing import keccak256, keccak_sponge
 from pimail.crypto.keys import KeyError_, NodeKey, ecdh_x, import_pubkey, pubkey_from_private, recover, sign
@@ -160,8 +160,8 @@ class _PacketReader:
 
 def _rlp_list(plain: bytes, what: str, min_items: int) -> list[Any]:
     try:
-        items = rlp.decode(plain, strict=False)
-    except rlp.exceptions.DecodingError as exc:
+        items = rlpcodec.decode(plain, strict=False)
+    except rlpcodec.RlpError as exc:
         raise HandshakeFormatError(f"{what} body is not RLP: {exc}") from exc
     if not isinstance(items, list) or len(items) < min_items:
         raise HandshakeFormatError(f"{what} body must be a list of at least {min_items} items")
@@ -204,7 +204,7 @@ class Initiator:
             static_shared = ecdh_x(self._key.private, self.remote_pubkey)
             sig = sign(self._eph, strxor(static_shared, self.nonce))
             if self.eip8:
-                body = rlp.encode([sig, self._key.public, self.nonce, HANDSHAKE_VERSION])
+                body = rlpcodec.encode([sig, self._key.public, self.nonce, HANDSHAKE_VERSION])
             else:
                 eph_pub = pubkey_from_private(self._eph)
                 body = sig + keccak256(eph_pub) + self._key.public + self.nonce + b"\x00"
@@ -292,7 +292,7 @@ class Recipient:
             raise HandshakeFormatError(f"auth key or signature unusable: {exc}") from exc
         eph_pub = pubkey_from_private(self._eph)
         if eip8:
-            body = rlp.encode([eph_pub, self.nonce, HANDSHAKE_VERSION])
+            body = rlpcodec.encode([eph_pub, self.nonce, HANDSHAKE_VERSION])
         else:
             body = eph_pub + self.nonce + b"\x00"
         ack = _seal(remote_pub, body, eip8, self._padding)

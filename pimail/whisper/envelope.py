@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import rlp
-
+from pimail import rlpcodec
 from pimail.whisper import pow as powmod
 from pimail.whisper.bloom import _BLOOM_CACHE as _BLOOMS
 from pimail.whisper.bloom import TOPIC_LEN, cached_topic_bloom
@@ -51,7 +50,7 @@ class Envelope:
         """Create an envelope from fields, encoding it canonically."""
         if len(topic) != TOPIC_LEN:
             raise EnvelopeError("topic must be 4 bytes")
-        raw: bytes = rlp.encode([expiry, ttl, topic, data, nonce])
+        raw: bytes = rlpcodec.encode([expiry, ttl, topic, data, nonce])
         return cls(expiry, ttl, topic, data, nonce, raw)
 
     @classmethod
@@ -155,7 +154,7 @@ class Envelope:
 
     @cached_property
     def rlp_without_nonce(self) -> bytes:
-        encoded: bytes = rlp.encode([self.expiry, self.ttl, self.topic, self.data])
+        encoded: bytes = rlpcodec.encode([self.expiry, self.ttl, self.topic, self.data])
         return encoded
 
     def pows(self, diff: int = 0) -> tuple[float, float]:
