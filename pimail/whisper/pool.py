@@ -1,7 +1,12 @@
 """The envelope pool: accepted envelopes cached until they expire (PROTOCOL.md §3.6–3.7).
 
-Deduplicates by hash, is bounded by bytes (evicting the earliest expiry first) and is swept of
+Deduplicates by hash, is bounded by memory (evicting the earliest expiry first) and is swept of
 expired envelopes by the service every second. Sans-I/O: the caller passes the time.
+
+The bound counts what a pooled envelope really costs in RAM, not just its wire size: a decoded
+``Envelope`` holds its raw bytes plus copies of Data and of the RLP without the nonce (≈ 3 × raw)
+and ~1.1 KB of fixed Python objects (instance dict, hash, topic, PoW pair). Measured with
+tracemalloc at 82 B–4 KB envelopes; tests/whisper/test_logic.py keeps the estimate honest.
 """
 
 from __future__ import annotations
@@ -12,12 +17,19 @@ from collections.abc import Iterable, Iterator
 
 from pimail.whisper.envelope import Envelope
 
+ENVELOPE_OBJECT_BYTES = 1100  # fixed per-envelope Python overhead (dict, hash, topic, ints, pows)
+
+
+def footprint(env: Envelope) -> int:
+    """Estimated bytes of memory one pooled envelope occupies."""
+    return 3 * len(env.raw) + ENVELOPE_OBJECT_BYTES
+
 
 class EnvelopePool:
     def __init__(self, max_bytes: int) -> None:
         if max_bytes <= 0:
             raise ValueError("pool max_bytes must be positive")
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes  # memory budget, counted by ``footprint``
         self._by_hash: dict[bytes, Envelope] = {}
         self._heap: list[tuple[int, bytes]] = []  # (expiry, hash); stale entries skipped lazily
         self.bytes = 0
@@ -41,7 +53,7 @@ class EnvelopePool:
         h = env.hash
         if h in self._by_hash:
             return False, []
-        size = len(env.raw)
+        size = footprint(env)
         if size > self.max_bytes:
             return False, []
         self._by_hash[h] = env
@@ -61,7 +73,7 @@ class EnvelopePool:
             _, h = heapq.heappop(self._heap)
             env = self._by_hash.pop(h, None)
             if env is not None:
-                self.bytes -= len(env.raw)
+                self.bytes -= footprint(env)
                 return h
         return None
 
@@ -69,7 +81,7 @@ class EnvelopePool:
         env = self._by_hash.pop(envelope_hash, None)
         if env is None:
             return False
-        self.bytes -= len(env.raw)
+        self.bytes -= footprint(env)
         if len(self._heap) > 2 * len(self._by_hash) + 64:  # keep lazy deletions bounded
             self._heap = [(e.expiry, h) for h, e in self._by_hash.items()]
             heapq.heapify(self._heap)
@@ -82,7 +94,7 @@ class EnvelopePool:
             _, h = heapq.heappop(self._heap)
             env = self._by_hash.pop(h, None)
             if env is not None:
-                self.bytes -= len(env.raw)
+                self.bytes -= footprint(env)
                 gone.append(h)
         self.expired += len(gone)
         return gone

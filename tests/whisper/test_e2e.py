@@ -15,6 +15,7 @@ from pimail.config import WhisperConfig
 from pimail.crypto.hashing import keccak256
 from pimail.whisper import status as st
 from pimail.whisper.envelope import Envelope, encode_envelope_list
+from pimail.whisper.pool import footprint
 from pimail.whisper.pow import pow_to_bits
 from pimail.whisper.seal import seal
 
@@ -413,7 +414,7 @@ async def test_very_old_and_recently_expired_keep_the_peer(tmp_path: Path) -> No
 async def test_pool_is_bounded_by_bytes_evicting_earliest_expiry(tmp_path: Path) -> None:
     now = int(time.time())
     envs = [Envelope.build(now + 100 + i, 100 + i, TOPIC, bytes([i]) * 500, 0) for i in range(20)]
-    cap = len(envs[0].raw) * 5 + 10
+    cap = footprint(envs[0]) * 5 + 10
     n = await start_node(tmp_path / "n", WhisperConfig(min_pow=0.0, pool_max_bytes=cap))
     try:
         for e in reversed(envs):  # latest expiry first
