@@ -157,22 +157,10 @@ def _open(ffi: Any, modules: list[str]) -> tuple[str, Any]:
     raise OSError("; ".join(errors))
 
 
-class Egress:
-    """Seals outgoing frames: CTR keystream and egress MAC in C states of our own."""
+class _Direction:
+    """One direction's C states: CTR keystream, ECB on the mac-secret, MAC sponge, its digest."""
 
-    __slots__ = (
-        "_blk",
-        "_buf",
-        "_buf16",
-        "_cap",
-        "_ctr",
-        "_dig",
-        "_dview",
-        "_ecb",
-        "_mac",
-        "_n",
-        "_view",
-    )
+    __slots__ = ("_blk", "_buf", "_cap", "_ctr", "_dig", "_dview", "_ecb", "_mac", "_n", "_view")
 
     def __init__(self, n: Native, aes_secret: bytes, mac_secret: bytes, mac_seed: bytes) -> None:
         self._n = n
@@ -188,16 +176,24 @@ class Egress:
         self._scratch(4096)
 
     def _scratch(self, size: int) -> None:
-        ffi = self._n.ffi
-        self._buf = ffi.new("uint8_t[]", size)
-        self._buf16 = self._buf + 16
-        self._view = ffi.buffer(self._buf)
+        self._buf = self._n.ffi.new("uint8_t[]", size)
+        self._view = self._n.ffi.buffer(self._buf)
         self._cap = size
 
     def mac_digest(self) -> bytes:
-        """Digest of the egress MAC's current state."""
+        """Digest of this direction's MAC state."""
         digest: bytes = self._dview[:]
         return digest
+
+
+class Egress(_Direction):
+    """Seals outgoing frames: CTR keystream and egress MAC in C states of our own."""
+
+    __slots__ = ("_buf16",)
+
+    def _scratch(self, size: int) -> None:
+        super()._scratch(size)
+        self._buf16 = self._buf + 16
 
     def seal(self, frame_data: bytes) -> bytes:
         """header-ct || header-mac || body-ct (padded to 16) || body-mac."""
@@ -243,46 +239,14 @@ class Egress:
             self._buf, self._buf16, self._view, self._cap = keep
 
 
-class Ingress:
+class Ingress(_Direction):
     """Checks and decrypts incoming headers and bodies (the caller keeps the stream position)."""
 
-    __slots__ = (
-        "_blk",
-        "_buf",
-        "_cap",
-        "_ctr",
-        "_dig",
-        "_dview",
-        "_ecb",
-        "_hdr",
-        "_mac",
-        "_n",
-        "_view",
-    )
+    __slots__ = ("_hdr",)
 
     def __init__(self, n: Native, aes_secret: bytes, mac_secret: bytes, mac_seed: bytes) -> None:
-        self._n = n
-        self._ctr = n.ctr(aes_secret)
-        self._ecb = n.ecb(mac_secret)
-        self._mac = n.sponge(mac_seed)
-        ffi = n.ffi
-        self._dig = ffi.new("uint8_t[32]")
-        self._dview = ffi.buffer(self._dig)
-        self._blk = ffi.new("uint8_t[16]")
-        self._hdr = ffi.new("uint8_t[16]")
-        n.digest(self._mac, self._dig, 32, _KECCAK_PADDING)
-        self._cap = 0
-        self._scratch(4096)
-
-    def _scratch(self, size: int) -> None:
-        self._buf = self._n.ffi.new("uint8_t[]", size)
-        self._view = self._n.ffi.buffer(self._buf)
-        self._cap = size
-
-    def mac_digest(self) -> bytes:
-        """Digest of the ingress MAC's current state."""
-        digest: bytes = self._dview[:]
-        return digest
+        self._hdr = n.ffi.new("uint8_t[16]")
+        super().__init__(n, aes_secret, mac_secret, mac_seed)
 
     def open_header(self, header_ct: bytes, header_mac: bytes) -> int:
         """The frame-size of a 16-byte header-ct, or -1 if ``header_mac`` does not match."""
