@@ -14,7 +14,7 @@ from pimail.config import WhisperConfig
 from pimail.node.server import NodeServer
 from pimail.whisper.envelope import Envelope
 
-from .nodes import RawShh, raw_peer, start_node, until
+from .nodes import Node, RawShh, raw_peer, start_node, until
 
 TOPIC = b"\x05\x06\x07\x08"
 STATUS = bytes(rlp.encode([6, 0, b"\xff" * 64, False, True, [0, 0, 0]]))
@@ -37,16 +37,23 @@ class SentLog:
         self.events.append("sent")
 
 
+async def connect_raw_peers(tmp_path: Path, node: Node, n: int,
+                            raws: list[tuple[NodeServer, RawShh]]) -> None:
+    """Add ``n`` raw shh peers connected to ``node`` (each having sent its Status) to ``raws``,
+    one by one, so the caller's ``finally`` stops every one that was started."""
+    for i in range(n):
+        server, cap, peer = await raw_peer(tmp_path / f"r{i}", node)
+        peer.send("shh", 0, STATUS)
+        raws.append((server, cap))
+    await until(lambda: len(node.whisper.peers) == n
+                and all(s.status for s in node.whisper.peers.values()), what="statuses")
+
+
 async def test_cycle_in_slices_sends_everything_once(tmp_path: Path) -> None:
     node = await start_node(tmp_path / "b", WhisperConfig(min_pow=0.000002, forward_interval_s=3600))
     raws: list[tuple[NodeServer, RawShh]] = []
     try:
-        for i in range(4):
-            server, cap, peer = await raw_peer(tmp_path / f"r{i}", node)
-            peer.send("shh", 0, STATUS)
-            raws.append((server, cap))
-        await until(lambda: len(node.whisper.peers) == 4
-                    and all(s.status for s in node.whisper.peers.values()), what="statuses")
+        await connect_raw_peers(tmp_path, node, 4, raws)
         posted = envelopes(30)  # ~31 KB per peer
         for e in posted:
             assert node.whisper.post(e)
@@ -81,12 +88,7 @@ async def test_timer_gives_the_loop_a_turn_between_slices(tmp_path: Path) -> Non
     node.whisper.listeners.append(SentLog(events))
     raws: list[tuple[NodeServer, RawShh]] = []
     try:
-        for i in range(3):
-            server, cap, peer = await raw_peer(tmp_path / f"r{i}", node)
-            peer.send("shh", 0, STATUS)
-            raws.append((server, cap))
-        await until(lambda: len(node.whisper.peers) == 3
-                    and all(s.status for s in node.whisper.peers.values()), what="statuses")
+        await connect_raw_peers(tmp_path, node, 3, raws)
         stop = asyncio.Event()
 
         async def ticker() -> None:
