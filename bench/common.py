@@ -57,3 +57,23 @@ def print_table(results: Iterable[Result]) -> None:
     for r in rows:
         tgt = "" if r.target is None else (("≥ " if r.higher_is_better else "≤ ") + f"{r.target:g}")
         print(f"{r.area:<11} {r.name:<52} {r.value:>14,.2f} {r.unit:<10} {tgt:>12}  {r.verdict} {r.note}")
+
+
+def best_cpu_rate(fn: Callable[[], object], *, min_seconds: float, batch: int = 1, windows: int = 3) -> float:
+    """Operations per CPU-second of this process (the machine is shared: wall time would lie).
+
+    The best of ``windows`` windows of ``min_seconds / windows``: on a shared machine a busy
+    neighbour slows our CPU-seconds too (caches, SMT siblings, clock), never speeds them up.
+    """
+    best = 0.0
+    for _ in range(windows):
+        n = 0
+        start = time.process_time()
+        while True:
+            fn()
+            n += batch
+            used = time.process_time() - start
+            if used >= min_seconds / windows:
+                break
+        best = max(best, n / used)
+    return best

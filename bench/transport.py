@@ -20,14 +20,13 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import rlp
 from Crypto.Cipher import AES
 from Crypto.Hash import keccak
 
-from bench.common import Result, print_table
+from bench.common import Result, best_cpu_rate, print_table
 from pimail.config import NodeConfig
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.devp2p.capabilities import CapabilitySpec
@@ -45,26 +44,6 @@ TARGET_HANDSHAKES = 300.0
 TARGET_MB_64K = 150.0
 
 
-def cpu_rate(fn: Callable[[], object], *, min_seconds: float, batch: int = 1, windows: int = 3) -> float:
-    """Operations per CPU-second of this process (the machine is shared: wall time would lie).
-
-    The best of ``windows`` windows of ``min_seconds / windows``: on a shared machine a busy
-    neighbour slows our CPU-seconds too (caches, SMT siblings, clock), never speeds them up.
-    """
-    best = 0.0
-    for _ in range(windows):
-        n = 0
-        start = time.process_time()
-        while True:
-            fn()
-            n += batch
-            used = time.process_time() - start
-            if used >= min_seconds / windows:
-                break
-        best = max(best, n / used)
-    return best
-
-
 def primitive_ceiling(secs: float) -> list[Result]:
     """pycryptodome's keccak absorb and AES-CTR speeds, and what they allow at 64 KiB.
 
@@ -77,8 +56,8 @@ def primitive_ceiling(secs: float) -> list[Result]:
     ctr = AES.new(bytes(32), AES.MODE_CTR, nonce=b"", initial_value=0)
     out = bytearray(len(chunk))
     # more, shorter windows: a ceiling should be the undisturbed speed
-    k = cpu_rate(lambda: sponge.update(chunk), min_seconds=secs, windows=8) * len(chunk) / MB
-    c = cpu_rate(lambda: ctr.encrypt(chunk, output=out), min_seconds=secs, windows=8) * len(chunk) / MB
+    k = best_cpu_rate(lambda: sponge.update(chunk), min_seconds=secs, windows=8) * len(chunk) / MB
+    c = best_cpu_rate(lambda: ctr.encrypt(chunk, output=out), min_seconds=secs, windows=8) * len(chunk) / MB
     ceiling = 1 / (2 / k + 2 / c)
     spare = 1 / TARGET_MB_64K - 2 / c
     need = f"{2 / spare:.0f} MB/s" if spare > 0 else "impossible"
@@ -165,7 +144,7 @@ def run(quick: bool) -> list[Result]:
     a, b = NodeKey.generate(), NodeKey.generate()
     results: list[Result] = []
     for eip8 in (True, False):
-        hs = cpu_rate(lambda eip8=eip8: handshake(a, b, eip8), min_seconds=secs)  # type: ignore[misc]
+        hs = best_cpu_rate(lambda eip8=eip8: handshake(a, b, eip8), min_seconds=secs)  # type: ignore[misc]
         results.append(Result(AREA, f"handshakes, both sides ({'EIP-8' if eip8 else 'legacy'})", hs, "hs/s",
                               TARGET_HANDSHAKES))
     for label, size, frame_target in SIZES:
@@ -182,7 +161,7 @@ def run(quick: bool) -> list[Result]:
                 for f in frames:
                     dec.feed(enc.encode(f))
 
-            fps = cpu_rate(codec_round, min_seconds=secs, batch=batch)
+            fps = best_cpu_rate(codec_round, min_seconds=secs, batch=batch)
             how = "" if direct else " (public-API path)"
             note = "" if not direct else "direct C calls" if enc.direct_mac else "direct path UNAVAILABLE"
             results.append(Result(AREA, f"frames encode+decode {label}{how}", fps, "frames/s",
@@ -198,7 +177,7 @@ def run(quick: bool) -> list[Result]:
                     sa.send_message("shh", 1, payload)
                 sb.receive_data(sa.data_to_send())
 
-            mps = cpu_rate(session_round, min_seconds=secs, batch=batch)
+            mps = best_cpu_rate(session_round, min_seconds=secs, batch=batch)
             tag = "with snappy" if snappy else "no snappy"
             results.append(Result(AREA, f"p2p messages send+receive {label} {tag}", mps, "msgs/s"))
             results.append(Result(AREA, f"p2p messages send+receive {label} {tag}", mps * size / MB, "MB/s"))
