@@ -343,13 +343,16 @@ class WhisperService(Capability):
                 continue
             verdict = judge(env, rules, now)
             if verdict.outcome is Outcome.ACCEPT:
-                if self._insert(env, source=state):
-                    self.counters["accepted"] += 1
-                    self._notify("on_envelope", env)
-                    if trusted_clock and self.archive is not None:
-                        to_archive.append(
-                            ArchivedEnvelope(env.sent, h, env.topic, env.expiry, env.raw, int(self._clock()))
-                        )
+                # The pool is only the relay cache: when it is full it may evict this very envelope
+                # at once (earliest expiry goes first), but a valid envelope is still accepted,
+                # archived and confirmed. Only the archive decides what is durable.
+                self._insert(env, source=state)
+                self.counters["accepted"] += 1
+                self._notify("on_envelope", env)
+                if trusted_clock and self.archive is not None:
+                    to_archive.append(
+                        ArchivedEnvelope(env.sent, h, env.topic, env.expiry, env.raw, int(self._clock()))
+                    )
             elif verdict.outcome is Outcome.DROP:
                 self.counters["expired_dropped"] += 1
             else:

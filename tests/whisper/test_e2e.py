@@ -436,3 +436,27 @@ async def test_peer_without_status_is_dropped(tmp_path: Path) -> None:
         await server.stop()
     finally:
         await b.stop()
+
+
+async def test_a_full_pool_never_costs_an_acknowledged_envelope(tmp_path: Path) -> None:
+    """The pool is a relay cache: with room for 3 envelopes, a batch of 12 that all expire in the
+    same second (the newest can be the one evicted at once) is still archived in full before the
+    Batch Ack, and every envelope counts as accepted."""
+    archive = SqliteArchive(tmp_path / "b.sqlite")
+    await archive.open()
+    sent = int(time.time())
+    envs = [Envelope.build(sent + 30, 30, TOPIC, bytes([i]) * 64, 0) for i in range(12)]
+    config = WhisperConfig(min_pow=0.0, pool_max_bytes=footprint(envs[0]) * 3)
+    b = await start_node(tmp_path / "b", config, archive=archive)
+    try:
+        server, raw, peer = await raw_peer(tmp_path / "r", b)
+        peer.send("shh", 0, status_payload())
+        peer.send("shh", 1, encode_envelope_list([e.raw for e in envs]))
+        await until(lambda: 11 in raw.codes(), what="batch ack")
+        assert len(b.whisper.pool) <= 3 and b.whisper.counters["pool_evicted"] >= 9
+        assert b.whisper.counters["accepted"] == 12
+        assert all([await archive.contains(e.hash) for e in envs])
+        await server.stop()
+    finally:
+        await b.stop()
+        await archive.close()
