@@ -396,6 +396,8 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: int, con
     if data_dir is not None:
         held = archive_count(data_dir)
         m.notes["ingest"] = f"{acked:,} acked, archive holds {held:,}, {conns} connections"
+        if held < acked:  # an acknowledged envelope must be durable: say so loudly
+            m.notes["ingest"] += f"; {acked - held:,} ACKNOWLEDGED ENVELOPES MISSING"
     else:
         held = -1
     if data_dir is None:
