@@ -35,14 +35,16 @@ class Result:
         return d
 
 
-def rate(fn: Callable[[], object], *, min_seconds: float = 1.0, batch: int = 1) -> float:
-    """Calls of ``fn`` per second (each call counted as ``batch`` operations), measured ≥ min_seconds."""
+def rate(fn: Callable[[], object], *, min_seconds: float = 1.0, batch: int = 1,
+         clock: Callable[[], float] = time.perf_counter) -> float:
+    """Calls of ``fn`` per second of ``clock`` (each call counted as ``batch`` operations),
+    measured over at least ``min_seconds``."""
     n = 0
-    start = time.perf_counter()
+    start = clock()
     while True:
         fn()
         n += batch
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= min_seconds:
             return n / elapsed
 
@@ -65,15 +67,5 @@ def best_cpu_rate(fn: Callable[[], object], *, min_seconds: float, batch: int = 
     The best of ``windows`` windows of ``min_seconds / windows``: on a shared machine a busy
     neighbour slows our CPU-seconds too (caches, SMT siblings, clock), never speeds them up.
     """
-    best = 0.0
-    for _ in range(windows):
-        n = 0
-        start = time.process_time()
-        while True:
-            fn()
-            n += batch
-            used = time.process_time() - start
-            if used >= min_seconds / windows:
-                break
-        best = max(best, n / used)
-    return best
+    return max(rate(fn, min_seconds=min_seconds / windows, batch=batch, clock=time.process_time)
+               for _ in range(windows))
