@@ -8,9 +8,10 @@ Here we open the same shared libraries pycryptodome loads (``Crypto.Hash._keccak
 ``ffi.gc``) and call the functions with ``bytes`` arguments and preallocated output buffers. Every
 cryptographic operation is still pycryptodome's C code; nothing cryptographic is implemented here.
 
-The declarations are copied from pycryptodome's Python modules. If a library or function is missing,
-or the functions do not reproduce the public API's results (checked once per process by
-``available()``), the codec uses ``pimail.rlpx.mac`` (public API only) instead.
+The declarations state the C signatures of those libraries' functions (as pycryptodome's Python
+modules declare them). If a library or function is missing, or the functions do not reproduce the
+public API's results (checked once per process by ``available()``), the codec uses
+``pimail.rlpx.mac`` (public API only) instead.
 """
 
 from __future__ import annotations

@@ -43,15 +43,18 @@ class FrameMac:
         return self.step(seed[:16])
 
 
-class PortableEgress:
+class _PortableDirection:
     def __init__(self, aes_secret: bytes, mac_secret: bytes, sponge: Any) -> None:
-        # one continuous CTR keystream per direction, zero IV, 128-bit big-endian counter
+        # one continuous CTR keystream per direction, zero IV, 128-bit big-endian counter; in CTR
+        # mode decrypting is the same keystream XOR as encrypting
         self._ctr = AES.new(aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).encrypt
         self._mac = FrameMac(sponge, mac_secret)
 
     def mac_digest(self) -> bytes:
         return self._mac.current
 
+
+class PortableEgress(_PortableDirection):
     def seal(self, frame_data: bytes) -> bytes:
         size = len(frame_data)
         ct = self._ctr(b"".join((size.to_bytes(3, "big"), _HEADER_TAIL, frame_data, _ZERO16[:-size % 16])))
@@ -60,14 +63,7 @@ class PortableEgress:
         return b"".join((header_ct, header_mac, body_ct, self._mac.body(body_ct)[:16]))
 
 
-class PortableIngress:
-    def __init__(self, aes_secret: bytes, mac_secret: bytes, sponge: Any) -> None:
-        self._ctr = AES.new(aes_secret, AES.MODE_CTR, nonce=b"", initial_value=0).decrypt
-        self._mac = FrameMac(sponge, mac_secret)
-
-    def mac_digest(self) -> bytes:
-        return self._mac.current
-
+class PortableIngress(_PortableDirection):
     def open_header(self, header_ct: bytes, header_mac: bytes) -> int:
         if not compare_digest(self._mac.step(header_ct)[:16], header_mac):
             return -1
