@@ -24,7 +24,7 @@ from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.config import WhisperConfig
 from pimail.node.capability import Capability, DisconnectReason, PeerLike, ProtocolError
 from pimail.whisper import status as st
-from pimail.whisper.bloom import FULL_BLOOM, bloom_matches, is_full
+from pimail.whisper.bloom import FULL_BLOOM, is_full
 from pimail.whisper.envelope import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
 from pimail.whisper.keccak import keccak256
 from pimail.whisper.pool import EnvelopePool, KnownSet, PacketRateLimiter
@@ -449,11 +449,6 @@ class WhisperService(Capability):
             state.outbox.append(h)
         return True
 
-    def _wants(self, state: PeerState, env: Envelope) -> bool:
-        if not is_full(state.bloom) and not bloom_matches(state.bloom, env.bloom):
-            return False
-        return pow_meets(env.pows(), state.pow_requirement, state.formula)
-
     def forward_once(self) -> int:
         """One transmission cycle: send each peer its pending envelopes. Returns envelopes sent.
 
@@ -496,7 +491,8 @@ class WhisperService(Capability):
         outbox = state.outbox
         known = state.known
         pool_get = self.pool.get
-        # the peer's filters, once per packet instead of once per envelope (same rules as _wants)
+        # the peer's filters (its bloom must cover the envelope's, and its PoW requirement), read
+        # once per packet instead of once per envelope
         every_topic = is_full(state.bloom)
         wanted_bits = int.from_bytes(state.bloom, "big")
         requirement, formula = state.pow_requirement, state.formula
