@@ -78,6 +78,21 @@ class HistoryPage:
 
 
 @dataclass(frozen=True)
+class RawHistoryPage:
+    """One history page as stored bytes: what a backend's optional ``query_raw`` returns (the
+    mailserver streams these; for backends without it, it builds one from a ``HistoryPage``)."""
+
+    raws: list[bytes]  # envelope RLP exactly as stored, in the query's order
+    last_cursor: bytes | None  # cursor (sent ‖ hash) of the last envelope; None when empty
+    more: bool  # more rows match after this page
+
+    @property
+    def next_cursor(self) -> bytes | None:
+        """As ``HistoryPage.next_cursor``: where the next page starts; None ⇒ no more pages."""
+        return self.last_cursor if self.more else None
+
+
+@dataclass(frozen=True)
 class RetentionPolicy:
     """All limits combine; 0 means "no limit"."""
 

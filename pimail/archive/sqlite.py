@@ -65,6 +65,7 @@ from pimail.archive.base import (
     HistoryQuery,
     InvalidCursor,
     PruneResult,
+    RawHistoryPage,
     RetentionPolicy,
     SchemaTooNew,
     decode_cursor,
@@ -271,20 +272,6 @@ ADD_COUNT_SQL = "UPDATE meta SET value = value + ? WHERE key = 'count'"
 Row = tuple[int, int, int, int | None, bytes]
 # two subqueries: "SELECT min(id), max(id)" in one query would scan the whole table
 MIN_MAX_SQL = "SELECT (SELECT min(id) FROM envelopes), (SELECT max(id) FROM envelopes)"
-
-
-@dataclass(frozen=True)
-class RawHistoryPage:
-    """One history page as stored bytes (``SqliteArchive.query_raw``)."""
-
-    raws: list[bytes]  # envelope RLP exactly as stored, in the query's order
-    last_cursor: bytes | None  # cursor (sent ‖ hash) of the last envelope; None when empty
-    more: bool  # more rows match after this page
-
-    @property
-    def next_cursor(self) -> bytes | None:
-        """As ``HistoryPage.next_cursor``: where the next page starts; None ⇒ no more pages."""
-        return self.last_cursor if self.more else None
 
 
 @dataclass

@@ -20,13 +20,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 from pimail.archive.base import (
     Archive,
     ArchiveError,
     HistoryQuery,
     InvalidCursor,
+    RawHistoryPage,
 )
 from pimail.config import MailserverConfig
 from pimail.node.capability import DisconnectReason, PeerLike, ProtocolError
@@ -83,35 +83,6 @@ class DeliveryStats:
     bytes_sent: int = 0
     sync_served: int = 0
     by_form: dict[str, int] = field(default_factory=dict)
-
-
-class RawPage(Protocol):
-    """A page of stored envelope bytes (``SqliteArchive.query_raw`` returns one)."""
-
-    @property
-    def raws(self) -> list[bytes]: ...
-
-    @property
-    def last_cursor(self) -> bytes | None: ...  # cursor of the last envelope in ``raws``
-
-    @property
-    def more(self) -> bool: ...  # more envelopes match after this page
-
-    @property
-    def next_cursor(self) -> bytes | None: ...
-
-
-@dataclass(frozen=True)
-class _Page:
-    """``RawPage`` built from an ``Archive.query`` page (backends without ``query_raw``)."""
-
-    raws: list[bytes]
-    last_cursor: bytes | None
-    more: bool
-
-    @property
-    def next_cursor(self) -> bytes | None:
-        return self.last_cursor if self.more else None
 
 
 SyncResponseSink = Callable[[PeerLike, SyncResponse], None]
@@ -376,12 +347,12 @@ class MailServer:
         next_cursor: bytes | None = None
         page_n = min(FIRST_PAGE_SIZE, self.page_size)
 
-        def fetch(cursor: bytes | None, want: int | None) -> asyncio.Future[RawPage]:
+        def fetch(cursor: bytes | None, want: int | None) -> asyncio.Future[RawHistoryPage]:
             n = page_n if want is None else min(page_n, want)
             q = HistoryQuery(req.lower, req.upper, req.topics, req.bloom, n, cursor, self.newest_first)
             return asyncio.ensure_future(self._fetch_page(q))
 
-        pending: asyncio.Future[RawPage] | None = fetch(req.cursor, remaining)
+        pending: asyncio.Future[RawHistoryPage] | None = fetch(req.cursor, remaining)
         try:
             while pending is not None:
                 page = await pending
@@ -415,15 +386,16 @@ class MailServer:
         last_hash = last_cursor[4:] if last_cursor is not None else b"\x00" * 32
         return last_hash, next_cursor, count
 
-    async def _fetch_page(self, q: HistoryQuery) -> RawPage:
+    async def _fetch_page(self, q: HistoryQuery) -> RawHistoryPage:
         """One page as stored bytes: the backend's ``query_raw`` when it has one, else ``query``."""
         query_raw = getattr(self.archive, "query_raw", None)
         if query_raw is not None:
-            page: RawPage = await query_raw(q)
+            page: RawHistoryPage = await query_raw(q)
             return page
         full = await self.archive.query(q)
         envs = full.envelopes
-        return _Page([e.raw for e in envs], envs[-1].cursor if envs else None, full.next_cursor is not None)
+        return RawHistoryPage([e.raw for e in envs], envs[-1].cursor if envs else None,
+                              full.next_cursor is not None)
 
     async def _send_bundles(self, peer: PeerLike, raws: list[bytes], size: int) -> None:
         """List packets of whole envelopes, each under ``max_message_size`` (one if the page fits)."""
