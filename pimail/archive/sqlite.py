@@ -96,6 +96,7 @@ PAGE_SIZE = 8192  # fewer, fuller pages than 4096 for ~300 B rows (see bench/arc
 WAL_AUTOCHECKPOINT_PAGES = 2000  # 16 MB: index pages reach the main file once per checkpoint
 GROUP_CAP_FACTOR = 4  # a due group takes up to 4 × flush_max envelopes already waiting (see _collect)
 RESERVE_BYTES = 1024 * 1024  # <archive>.reserve: given up on a full disk so eviction has room to run
+EVICT_STEPS = 4096  # delete-chunk and give-back steps at most in one eviction
 
 SQLITE_FULL = 13
 SQLITE_IOERR = 10
@@ -627,7 +628,7 @@ class SqliteArchive(Archive):
                 if code == SQLITE_FULL and attempt < DISK_FULL_RETRIES:
                     self._raise(HEALTH_DISK_FULL, Severity.DEGRADED,
                                 "archive disk full: evicting the oldest envelopes to make room")
-                    if self._evict_for_space():
+                    if self._evict_for_space(sum(len(e.raw) for e in envelopes)):
                         continue
                 if code == SQLITE_FULL:
                     self._raise(HEALTH_DISK_FULL, Severity.FAILING,
@@ -724,12 +725,21 @@ class SqliteArchive(Archive):
         except ArchiveError as exc:
             raise sqlite3.OperationalError(str(exc)) from exc
 
-    def _evict_for_space(self) -> bool:
+    def _evict_for_space(self, batch_bytes: int) -> bool:
         """Make room after SQLITE_FULL; False if there was nothing to delete or even that failed.
 
-        Deleting needs a little space itself (WAL frames), so the reserve file goes first; then
-        the WAL restarts in place, the oldest envelopes go (their pages are reused by the next
-        inserts) and the WAL is truncated. The reserve is re-created once writes succeed again.
+        Deleting needs a little space itself (WAL frames: B-tree rebalancing rewrites the pages
+        next to the deleted ones), so the reserve file goes first and the WAL restarts in place.
+        The oldest envelopes then go in chunks of about a quarter of the reserve, with the WAL
+        restarted after each, so the WAL reuses the same few hundred KB instead of growing; a
+        chunk that still hits the full disk is halved. At least a twentieth of the archive goes
+        (or twice the reserve's worth), so a full disk is not met again at the next batch.
+
+        Freed pages stay in the file for the next inserts, which then need no new disk space;
+        but the WAL, the reserve and the failed batch do. So free pages go back to the filesystem
+        (incremental_vacuum, a step at a time within the space there is, then a truncating
+        checkpoint) until the filesystem has room for the reserve, a full WAL and twice the batch.
+        The reserve is then re-created at once, before the next insert can take the space.
         """
         conn = self._wconn
         if conn is None:
@@ -737,47 +747,78 @@ class SqliteArchive(Archive):
         self._drop_reserve()
         with contextlib.suppress(sqlite3.Error):  # copy committed frames home; the WAL restarts in place
             conn.execute("PRAGMA wal_checkpoint(RESTART)")
+        deleted = 0
+        returned = 0
         try:
             total = int(conn.execute(COUNT_SQL).fetchone()[0])
-            if total == 0:
-                return False
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
-            per_row = max(1, pages * page_size // total)
-            n = max(PRUNE_BATCH // 4, total // 20, 2 * RESERVE_BYTES // per_row)
-            deleted = self._delete_oldest(conn, n, None)
-            # the freed pages stay in the file for the next inserts to reuse: handing them back
-            # now (incremental_vacuum) would need WAL space in proportion to what was freed
+            wal_bytes = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) * page_size
+            want_free = RESERVE_BYTES + wal_bytes + 2 * batch_bytes
+            per_row = max(1, pages * page_size // max(1, total))
+            target = min(total, max(PRUNE_BATCH // 4, total // 20, 2 * RESERVE_BYTES // per_row))
+            chunk = max(1, RESERVE_BYTES // 4 // per_row)
+            for _ in range(EVICT_STEPS):
+                st = os.statvfs(self.path.parent)
+                fs_free = st.f_bavail * st.f_frsize
+                if deleted >= target and fs_free >= want_free:
+                    break
+                free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                if deleted < target or free_pages * page_size < want_free - fs_free:
+                    try:
+                        got = self._delete_oldest(conn, min(chunk, max(1, target - deleted)), None)
+                    except sqlite3.Error as exc:
+                        if _errcode(exc) != SQLITE_FULL or chunk == 1:
+                            raise
+                        chunk //= 2
+                        continue
+                    if got == 0:
+                        if free_pages == 0:
+                            break  # nothing left to delete or give back
+                        target = deleted
+                    deleted += got
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)")
+                    continue
+                step = max(1, min(free_pages, fs_free // (3 * page_size)))
+                conn.executescript(f"PRAGMA incremental_vacuum({step});")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                returned += step
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             self._rollback()
-            log.error("archive: evicting to make room failed: %s", exc)
+            log.error("archive: evicting to make room failed after %d envelopes: %s", deleted, exc)
+        if deleted == 0 and returned == 0:
             return False
-        log.warning("archive disk full: evicted the %d oldest envelopes", deleted)
-        self._need_reserve = True
-        return deleted > 0
+        log.warning("archive disk full: evicted the %d oldest envelopes, %d KB back to the filesystem",
+                    deleted, returned * page_size // 1024)
+        if not self._make_reserve():
+            self._need_reserve = True
+        return True
 
     @property
     def _reserve_path(self) -> Path:
         return self.path.with_name(self.path.name + ".reserve")
 
-    def _make_reserve(self) -> None:
-        """Keep RESERVE_BYTES of disk allocated so eviction can run on a full disk."""
+    def _make_reserve(self) -> bool:
+        """Keep RESERVE_BYTES of disk allocated so eviction can run on a full disk; True if it is."""
         path = self._reserve_path
         try:
             if path.exists() and path.stat().st_size >= RESERVE_BYTES:
                 self._need_reserve = False
-                return
+                return True
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.posix_fallocate(fd, 0, RESERVE_BYTES)
             finally:
                 os.close(fd)
             self._need_reserve = False
+            return True
         except OSError as exc:
             with contextlib.suppress(OSError):
                 path.unlink()
             log.debug("archive reserve file not (yet) possible: %s", exc)
+            return False
 
     def _drop_reserve(self) -> None:
         with contextlib.suppress(OSError):

@@ -39,7 +39,11 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
-def test_full_disk_evicts_and_keeps_ingesting(small_fs: Path) -> None:
+# Envelope sizes change how much WAL a delete needs (B-tree rebalancing around the deleted rows):
+# eviction must make room whatever the row size.
+@pytest.mark.parametrize("size", [1000, 300, 3000])
+def test_full_disk_evicts_and_keeps_ingesting(small_fs: Path, size: int) -> None:
+    per_batch = 200 * 1000 // size
     health = HealthModel()
     health.mark_started()
     states: list[HealthState] = []
@@ -52,9 +56,9 @@ def test_full_disk_evicts_and_keeps_ingesting(small_fs: Path) -> None:
         failed = 0
         i = 0
         # about 3× the filesystem's size in envelopes, one batch at a time
-        while i < 18_000:
-            batch = [make_envelope(i + k, BASE + (i + k) // 100, size=1000) for k in range(200)]
-            i += 200
+        while i < 18_000_000 // size:
+            batch = [make_envelope(i + k, BASE + (i + k) // 100, size=size) for k in range(per_batch)]
+            i += per_batch
             try:
                 await a.submit(batch)
             except ArchiveError:
@@ -63,8 +67,9 @@ def test_full_disk_evicts_and_keeps_ingesting(small_fs: Path) -> None:
         assert HealthState.DEGRADED in states, "a full disk must show as degraded health"
         assert failed == 0, "eviction should have made room for every batch"
         assert s.oldest_sent is not None and s.oldest_sent > BASE, "the oldest envelopes went first"
-        last = [make_envelope(i - 200 + k, BASE + (i - 200 + k) // 100, size=1000) for k in range(200)]
-        for env in last[::20]:
+        last = [make_envelope(i - per_batch + k, BASE + (i - per_batch + k) // 100, size=size)
+                for k in range(per_batch)]
+        for env in last[:: max(1, per_batch // 10)]:
             assert await a.contains(env.hash)
         page = await a.query(HistoryQuery(0, 2**32 - 1, limit=10, descending=True))
         assert page.envelopes[0].sent == BASE + (i - 1) // 100
