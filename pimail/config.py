@@ -58,7 +58,7 @@ class ArchiveConfig:
     """[archive] — storage and retention."""
 
     url: str = ""  # "" = SQLite in <data_dir>/archive.sqlite; "postgresql://…" = fleet backend
-    # 1 s groups: a quiet Pi writes about half as much to its SD card as with 200 ms, and a busy one
+    # 1 s groups: a quiet Pi writes about a third as much to its SD card as with 200 ms, and a busy one
     # commits every 10,000 envelopes (bench/archive.py); confirmations wait for the group.
     flush_interval_ms: int = 1000
     flush_max_envelopes: int = 10000

@@ -116,8 +116,8 @@ class _ObservedArchive(Archive):
     def iterate(self, q: Any, page_size: int = 500) -> Any:
         return self.inner.iterate(q, page_size)
 
-    async def contains(self, envelope_hash: bytes) -> bool:
-        return await self.inner.contains(envelope_hash)
+    async def contains(self, sent: int, envelope_hash: bytes) -> bool:
+        return await self.inner.contains(sent, envelope_hash)
 
     async def stats(self) -> ArchiveStats:
         return await self.inner.stats()

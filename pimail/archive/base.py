@@ -163,7 +163,8 @@ class Archive(abc.ABC):
             cursor = page.next_cursor
 
     @abc.abstractmethod
-    async def contains(self, envelope_hash: bytes) -> bool: ...
+    async def contains(self, sent: int, envelope_hash: bytes) -> bool:
+        """Whether the envelope with this key (sent time, hash) is stored; a primary-key lookup."""
 
     @abc.abstractmethod
     async def stats(self) -> ArchiveStats: ...

@@ -10,8 +10,9 @@ Same ``Archive`` contract as the SQLite store, with these PostgreSQL specifics:
 * ``envelopes`` is keyed by ``(sent, hash)`` and inserted with ``ON CONFLICT DO NOTHING``: every node
   of a fleet archives the same relayed envelope and only the first insert counts. Each batch goes
   in key order, so nodes inserting the same envelopes at once wait for each other, never deadlock.
-* Indexes: the key (time ranges, cursors), ``(topic, sent, hash)`` (topic requests: one ordered
-  index range per topic, merged) and ``hash`` (``contains``). A request bloom is turned into the
+* Indexes: the key (time ranges, cursors, ``contains``) and ``(topic, sent, hash)`` (topic
+  requests: one ordered index range per topic, merged); schema version 1 also had one on ``hash``,
+  which version 2 drops (every lookup takes the whole key). A request bloom is turned into the
   stored topics it matches (geth BloomFilterMatch) through a small ``topics`` table holding each
   topic's bloom, then served like a topic request. ``day_counts`` keeps envelopes and bytes per
   day in step with every insert and delete, so stats and retention never ``count(*)``.
@@ -61,7 +62,7 @@ from pimail.whisper.bloom import BLOOM_LEN, is_full, topic_to_bloom
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DAY_S = 86400  # one partition per UTC day of sent time
 PARTITION_PAST_DAYS = 400  # older days go to the default partition (a year of history + slack)
 PARTITION_AHEAD_DAYS = 1  # the maintenance timer creates tomorrow's partition today
@@ -106,6 +107,9 @@ _MIGRATIONS: dict[int, list[str]] = {
         # so stats and retention never count(*) a fleet-sized table
         "CREATE TABLE day_counts (day bigint PRIMARY KEY, n bigint NOT NULL, bytes bigint NOT NULL)",
     ],
+    # every lookup takes the whole key (sent, hash): the primary key serves it, and the hash index
+    # was only costing writes
+    2: ["DROP INDEX IF EXISTS envelopes_hash"],
 }
 
 _COLUMNS = "sent, hash, topic, expiry, raw, arrived"
@@ -687,12 +691,14 @@ class PostgresArchive(Archive):
             "LEFT JOIN LATERAL ({inner}) p ON true {o_p}"
         ).format(prefix=prefix, found=found, inner=inner, o_p=order("p"))
 
-    async def contains(self, envelope_hash: bytes) -> bool:
-        if len(envelope_hash) != 32:
+    async def contains(self, sent: int, envelope_hash: bytes) -> bool:
+        if len(envelope_hash) != 32 or not 0 <= sent < 2**32:
             return False
         try:
             async with self._require_pool().connection() as conn:
-                cur = await conn.execute("SELECT 1 FROM envelopes WHERE hash = %s LIMIT 1", (envelope_hash,))
+                cur = await conn.execute(
+                    "SELECT 1 FROM envelopes WHERE sent = %s AND hash = %s", (sent, envelope_hash)
+                )
                 return await cur.fetchone() is not None
         except (psycopg.Error, PoolTimeout) as exc:
             raise ArchiveError(f"PostgreSQL query failed: {_one_line(exc)}") from None

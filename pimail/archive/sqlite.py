@@ -1,6 +1,6 @@
 """The embedded archive: one SQLite file in WAL mode, written by one thread with group commit.
 
-Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelope bytes:
+Layout (schema version 2), chosen to keep the file within ~1.1× the raw envelope bytes:
 
 ``envelopes(id INTEGER PRIMARY KEY, topic, ttl, arr, raw)``
     ``id`` packs the (sent, hash) key into one 64-bit integer: ``(sent − 2³¹) << 32 | h`` where
@@ -14,8 +14,10 @@ Layout (schema version 1), chosen to keep the file within ~1.1× the raw envelop
     serves topic and bloom queries without walking the time range. Leading with the time bucket
     keeps new entries in one small region of the index instead of scattering them over every
     topic, which is what keeps the bytes written per archived byte low.
-``envelopes_hash`` index (bucket, first four hash bytes, id)
-    serves ``contains(hash)`` (one probe per stored bucket), bucketed for the same reason.
+No index by hash: ``contains`` and every other lookup take the whole key (sent, hash), a probe
+    of at most ``PROBE_WINDOW`` ids in the primary key. Version 1 had a second index (bucket, hash
+    prefix) for hash-only lookups; it cost ~0.25 bytes written per archived byte and is dropped by
+    the migration to version 2.
 ``topics(topic, first_bucket, last_bucket)``
     the distinct stored topics: a bloom is turned into the set of stored topics it matches (geth
     BloomFilterMatch), and a query walks only the buckets between the first and last of them. The
@@ -78,7 +80,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEY_BIAS = 1 << 31  # sent is a uint32; biasing keeps (sent << 32) inside a signed 64-bit integer
 LOW_MASK = 0xFFFFFFFF
 PROBE_WINDOW = 16  # slots tried for hash-prefix collisions within one second
@@ -136,9 +138,8 @@ def probe_keys(sent: int, envelope_hash: bytes) -> list[int]:
     return [make_key(sent, low + k) for k in range(PROBE_WINDOW)]
 
 
-HASH_EXPR = "((id & 4294967295) - 2147483648)"  # hash prefix as a 4-byte value (in envelopes_hash)
 BUCKET_SHIFT = 46  # 2**14 s ≈ 4.5 h of sent time per bucket
-BUCKET_EXPR = f"(id >> {BUCKET_SHIFT})"  # time bucket of sent time (leads both secondary indexes)
+BUCKET_EXPR = f"(id >> {BUCKET_SHIFT})"  # time bucket of sent time (leads the topic index)
 
 
 def key_bucket(key: int) -> int:
@@ -158,12 +159,10 @@ def span_ceiling(bucket: int) -> int:
     return span_floor(bucket) + (1 << TOPIC_SPAN_BITS) - 1
 
 
-def hash_expr_values(envelope_hash: bytes) -> list[int]:
-    low = hash_low(envelope_hash)
-    return [((low + k) & LOW_MASK) - KEY_BIAS for k in range(PROBE_WINDOW)]
-
-
 # -- schema ----------------------------------------------------------------------------------------
+
+
+V1_HASH_EXPR = "((id & 4294967295) - 2147483648)"  # version 1's hash-prefix index (dropped in 2)
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -177,14 +176,20 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"key": str, "value": int}, pk="key", not_null={"value"})
     db.table("meta").insert_all([{"key": "topic_gen", "value": 0}, {"key": "count", "value": 0}])
     db.execute(f"CREATE INDEX envelopes_topic ON envelopes({BUCKET_EXPR}, topic)")
-    db.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {HASH_EXPR})")
+    db.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {V1_HASH_EXPR})")
     db.execute(
         "CREATE TRIGGER topics_added AFTER INSERT ON topics BEGIN "
         "UPDATE meta SET value = value + 1 WHERE key = 'topic_gen'; END"
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1]
+def _migrate_v2(db: sqlite_utils.Database) -> None:
+    # lookups take the whole key now; the hash index's pages go to the freelist, and retention's
+    # incremental vacuum hands them back to the filesystem
+    db.execute("DROP INDEX envelopes_hash")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_v1, _migrate_v2]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -1187,28 +1192,10 @@ class SqliteArchive(Archive):
                 return int(key)
         return None
 
-    async def contains(self, envelope_hash: bytes) -> bool:
+    async def contains(self, sent: int, envelope_hash: bytes) -> bool:
         if len(envelope_hash) != 32:
             return False
-        return await self._read(lambda conn: self._contains_sync(conn, envelope_hash))
-
-    @staticmethod
-    def _contains_sync(conn: sqlite3.Connection, envelope_hash: bytes) -> bool:
-        first, last = conn.execute(MIN_MAX_SQL).fetchone()
-        if first is None:
-            return False
-        buckets = list(range(key_bucket(int(first)), key_bucket(int(last)) + 1))
-        probes = hash_expr_values(envelope_hash)
-        # the hash's own slot first; its probe window only when that finds nothing
-        for values in (probes[:1], probes[1:]):
-            for i in range(0, len(buckets), 256):
-                chunk = buckets[i : i + 256]
-                sql = (f"SELECT raw FROM envelopes WHERE {BUCKET_EXPR} IN ({','.join('?' * len(chunk))}) "
-                       f"AND {HASH_EXPR} IN ({','.join('?' * len(values))})")
-                rows = conn.execute(sql, (*chunk, *values))
-                if any(keccak256(bytes(raw)) == envelope_hash for (raw,) in rows):
-                    return True
-        return False
+        return await self._read(lambda conn: self._find_key(conn, sent, envelope_hash) is not None)
 
     async def stats(self) -> ArchiveStats:
         def work(conn: sqlite3.Connection) -> ArchiveStats:

@@ -111,7 +111,7 @@ class SyncClient:
                 log.warning("sync: skipping a malformed envelope from the sibling")
                 continue
             result.received += 1
-            if await self.archive.contains(env.hash):
+            if await self.archive.contains(env.sent, env.hash):
                 continue
             batch.append(to_archived(env, now))
         if batch:

@@ -25,14 +25,16 @@ def pimail(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120)
 
 
-def fill(data_dir: Path, n: int, start: int = 0) -> list[bytes]:
-    async def main() -> list[bytes]:
+def fill(data_dir: Path, n: int, start: int = 0) -> list[tuple[int, bytes]]:
+    """Stores envelopes start … start+n−1; returns their keys (sent, hash)."""
+
+    async def main() -> list[tuple[int, bytes]]:
         a = SqliteArchive(data_dir / "archive.sqlite")
         await a.open()
         envs = [make_envelope(i, NOW + i, topic_n(i % 7)) for i in range(start, start + n)]
         await a.submit(envs)
         await a.close()
-        return [e.hash for e in envs]
+        return [(e.sent, e.hash) for e in envs]
 
     return run(main())
 
@@ -80,7 +82,7 @@ def test_check_and_vacuum(tmp_path: Path) -> None:
 
 def test_export_then_import_into_a_fresh_node(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    hashes = fill(a, 300)
+    keys = fill(a, 300)
     bundle = tmp_path / "seed.pimail.gz"
     exp = pimail("export", str(bundle), "--data-dir", str(a), "--json")
     assert exp.returncode == 0, exp.stderr
@@ -97,7 +99,7 @@ def test_export_then_import_into_a_fresh_node(tmp_path: Path) -> None:
     async def present() -> bool:
         arch = SqliteArchive(b / "archive.sqlite")
         await arch.open()
-        ok = all([await arch.contains(h) for h in hashes[::37]])
+        ok = all([await arch.contains(sent, h) for sent, h in keys[::37]])
         await arch.close()
         return ok
 

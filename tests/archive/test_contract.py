@@ -158,10 +158,13 @@ def test_contains(backend: BackendFactory, tmp_path: Path) -> None:
         a = await opened(backend, tmp_path)
         envs = [make_envelope(i) for i in range(3)]
         await a.submit(envs[:2])
-        assert await a.contains(envs[0].hash)
-        assert await a.contains(envs[1].hash)
-        assert not await a.contains(envs[2].hash)
-        assert not await a.contains(b"short")
+        assert await a.contains(envs[0].sent, envs[0].hash)
+        assert await a.contains(envs[1].sent, envs[1].hash)
+        assert not await a.contains(envs[2].sent, envs[2].hash)
+        # the key is (sent, hash): the right hash at another second is not stored
+        assert not await a.contains(envs[0].sent + 1, envs[0].hash)
+        assert not await a.contains(envs[0].sent, b"short")
+        assert not await a.contains(-1, envs[0].hash) and not await a.contains(2**32, envs[0].hash)
         await a.close()
 
     run(main())

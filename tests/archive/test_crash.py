@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from pimail.archive.sqlite import hash_expr_values
+from pimail.archive.sqlite import probe_keys
 from tests.archive import crash_writer
 from tests.archive.crash_writer import crash_envelope
 
@@ -53,11 +53,9 @@ def _read_lines(fd: int, out: list[str], ready: threading.Event) -> None:
 
 def _present(conn: sqlite3.Connection, i: int) -> bool:
     env = crash_envelope(i)
-    values = hash_expr_values(env.hash)
-    marks = ",".join("?" * len(values))
-    rows = conn.execute(
-        f"SELECT raw FROM envelopes WHERE ((id & 4294967295) - 2147483648) IN ({marks})", values
-    ).fetchall()
+    keys = probe_keys(env.sent, env.hash)
+    marks = ",".join("?" * len(keys))
+    rows = conn.execute(f"SELECT raw FROM envelopes WHERE id IN ({marks})", keys).fetchall()
     return any(bytes(r[0]) == env.raw for r in rows)
 
 

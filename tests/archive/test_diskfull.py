@@ -70,7 +70,7 @@ def test_full_disk_evicts_and_keeps_ingesting(small_fs: Path, size: int) -> None
         last = [make_envelope(i - per_batch + k, BASE + (i - per_batch + k) // 100, size=size)
                 for k in range(per_batch)]
         for env in last[:: max(1, per_batch // 10)]:
-            assert await a.contains(env.hash)
+            assert await a.contains(env.sent, env.hash)
         page = await a.query(HistoryQuery(0, 2**32 - 1, limit=10, descending=True))
         assert page.envelopes[0].sent == BASE + (i - 1) // 100
         assert await a.check() == []

@@ -133,6 +133,35 @@ def test_newer_schema_refuses_to_open(pg_url: str, schema: str) -> None:
     run(reopen())
 
 
+def test_version_1_schema_is_migrated(pg_url: str, schema: str) -> None:
+    """Schema 1 had an index on hash alone; version 2 drops it and keeps every row."""
+    now = int(time.time())
+    envs = [make_env(now - i, nonce=i) for i in range(20)]
+
+    async def make() -> None:
+        a = archive(pg_url, schema)
+        await a.open()
+        await a.submit(envs)
+        await a.close()
+
+    run(make())
+    admin(pg_url, schema, "CREATE INDEX envelopes_hash ON envelopes (hash)")
+    admin(pg_url, schema, "UPDATE schema_version SET version = 1")
+
+    async def reopen() -> tuple[int, int, bool]:
+        b = archive(pg_url, schema)
+        await b.open()
+        try:
+            present = all([await b.contains(e.sent, e.hash) for e in envs])
+            return await b.schema_version(), (await b.stats()).count, present
+        finally:
+            await b.close()
+
+    assert run(reopen()) == (2, 20, True)
+    defs = admin(pg_url, schema, "SELECT indexdef FROM pg_indexes WHERE schemaname = %s", (schema,))
+    assert defs and not [d for (d,) in defs if d.endswith("(hash)")], defs
+
+
 def test_nodes_starting_together_migrate_once(pg_url: str, schema: str) -> None:
     async def scenario() -> None:
         nodes = [archive(pg_url, schema) for _ in range(4)]
@@ -210,8 +239,10 @@ def test_duplicates_within_and_across_batches_are_stored_once(pg_url: str, schem
             stored = await everything(a)
             assert [e.cursor for e in stored] == sorted(e.cursor for e in envs)
             assert {e.hash: e for e in stored} == {e.hash: e for e in envs}  # every field round-trips
-            assert await a.contains(envs[3].hash) and not await a.contains(b"\x00" * 32)
-            assert not await a.contains(b"short")
+            assert await a.contains(envs[3].sent, envs[3].hash)
+            assert not await a.contains(envs[3].sent, b"\x00" * 32)
+            assert not await a.contains(envs[3].sent + 1, envs[3].hash)
+            assert not await a.contains(envs[3].sent, b"short")
         finally:
             await a.close()
 
@@ -502,7 +533,8 @@ def test_two_nodes_share_one_archive(pg_url: str, schema: str) -> None:
             for node in (n1, n2):
                 page = await node.query(HistoryQuery(now - 100, now + 100, limit=1000))
                 assert len(page.envelopes) == 32
-                assert await node.contains(only1.hash) and await node.contains(only2.hash)
+                assert await node.contains(only1.sent, only1.hash)
+                assert await node.contains(only2.sent, only2.hash)
             # a cursor issued by one node is understood by the other (same key space)
             p1 = await n1.query(HistoryQuery(now - 100, now + 100, limit=10))
             p2 = await n2.query(HistoryQuery(now - 100, now + 100, limit=10, cursor=p1.next_cursor))
@@ -512,7 +544,7 @@ def test_two_nodes_share_one_archive(pg_url: str, schema: str) -> None:
             await n2.close()
         # node 2 goes away; node 1 still serves what node 2 archived
         try:
-            assert await n1.contains(only2.hash)
+            assert await n1.contains(only2.sent, only2.hash)
             assert (await n1.stats()).count == 32
         finally:
             await n1.close()

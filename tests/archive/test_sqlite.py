@@ -15,9 +15,11 @@ from pimail.archive import open_archive
 from pimail.archive.base import ArchivedEnvelope, ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
 from pimail.archive.retention import parse_duration, parse_size, policy_from_config
 from pimail.archive.sqlite import (
+    BUCKET_EXPR,
     BUCKET_SHIFT,
     SCHEMA_VERSION,
     TOPIC_SPAN_BITS,
+    V1_HASH_EXPR,
     SqliteArchive,
     key_bucket,
     make_key,
@@ -59,6 +61,44 @@ def test_newer_schema_refuses_to_open(tmp_path: Path) -> None:
         run(_open_close(tmp_path / "a.sqlite"))
 
 
+def test_version_1_archive_is_migrated_in_place(tmp_path: Path) -> None:
+    """A file written by schema 1 (it had an index by hash prefix) opens as 2 with every envelope."""
+    path = tmp_path / "a.sqlite"
+    envs = [make_envelope(i, BASE + i % 5, topic_n(i % 3)) for i in range(300)]
+
+    async def fill() -> None:
+        a = SqliteArchive(path, flush_interval_ms=1)
+        await a.open()
+        await a.submit(envs)
+        await a.close()
+
+    run(fill())
+    conn = sqlite3.connect(path)  # turn it back into exactly what pimail's schema 1 left on disk
+    conn.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {V1_HASH_EXPR})")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    async def reopen() -> tuple[int, bool, list[bytes]]:
+        a = SqliteArchive(path, flush_interval_ms=1)
+        await a.open()
+        try:
+            present = all([await a.contains(e.sent, e.hash) for e in envs])
+            page = await a.query(HistoryQuery(*ALL, limit=1000))
+            return (await a.stats()).count, present, [e.raw for e in page.envelopes]
+        finally:
+            await a.close()
+
+    count, present, raws = run(reopen())
+    assert count == 300 and present
+    assert raws == [e.raw for e in sorted(envs, key=lambda e: e.cursor)]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "envelopes_hash" not in indexes and "envelopes_topic" in indexes
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 def test_foreign_files_refuse_to_open(tmp_path: Path) -> None:
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE t(x)")
@@ -95,7 +135,7 @@ def test_hash_prefix_collision_is_kept_apart(tmp_path: Path) -> None:
         await a.submit([two])
         await a.submit([two, one])  # both still recognised as duplicates
         assert a.inserted_total == 2
-        assert await a.contains(one.hash) and await a.contains(two.hash)
+        assert await a.contains(one.sent, one.hash) and await a.contains(two.sent, two.hash)
         for descending in (False, True):
             page = await a.query(HistoryQuery(*ALL, limit=1, descending=descending))
             nxt = await a.query(HistoryQuery(*ALL, limit=1, cursor=page.next_cursor, descending=descending))
@@ -317,7 +357,8 @@ def test_io_error_fails_the_batch_reports_and_recovers(tmp_path: Path) -> None:
         await a.submit([make_envelope(2)])
         await asyncio.sleep(0.05)
         assert health.state is HealthState.HEALTHY and a.health_reason == "ok"
-        assert not await a.contains(make_envelope(1).hash) and await a.contains(make_envelope(2).hash)
+        lost, kept = make_envelope(1), make_envelope(2)
+        assert not await a.contains(lost.sent, lost.hash) and await a.contains(kept.sent, kept.hash)
         await a.close()
 
     run(main())

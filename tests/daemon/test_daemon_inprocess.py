@@ -158,8 +158,8 @@ def test_untrusted_clock_relays_but_does_not_archive_until_synced() -> None:
                 assert session.whisper.post(second)
                 assert await _wait(lambda: daemon.counters["archived"] >= 1, 10)
             assert daemon.archive is not None
-            assert not await daemon.archive.contains(first.hash)
-            assert await daemon.archive.contains(second.hash)
+            assert not await daemon.archive.contains(first.sent, first.hash)
+            assert await daemon.archive.contains(second.sent, second.hash)
         finally:
             await daemon.stop()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pimail.archive import open_archive
+from pimail.archive.base import HistoryQuery
 from pimail.config import ArchiveConfig
 from pimail.errors import RuntimeFailure
 from tests.daemon.procs import REPO, DaemonProcess, wait_until
@@ -130,7 +131,8 @@ async def archived(data_dir: Path, hashes: set[str]) -> set[str]:
     archive = open_archive(ArchiveConfig(), data_dir, None)
     await archive.open()
     try:
-        return {h for h in hashes if await archive.contains(bytes.fromhex(h))}
+        stored = {e.hash.hex() async for e in archive.iterate(HistoryQuery(0, 2**32 - 1))}
+        return hashes & stored
     finally:
         await archive.close()
 

@@ -115,7 +115,7 @@ def test_sync_command_fills_local_archive(tmp_path: Path) -> None:
         await archive.open()
         try:
             assert (await archive.stats()).count == 1200
-            assert await archive.contains(envs[777].hash)
+            assert await archive.contains(envs[777].sent, envs[777].hash)
         finally:
             await archive.close()
 

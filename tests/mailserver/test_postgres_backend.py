@@ -68,6 +68,6 @@ def test_paging_forms_and_sync_on_postgres(tmp_path: Path, pg_archives: list[Arc
                 peer = await b.node.connect(a.enode)
                 res = await SyncClient(b.mailserver, b.archive).sync(peer, NOW - 1000, NOW)
                 assert res.new == len(envs)
-                assert all([await b.archive.contains(e.hash) for e in envs])
+                assert all([await b.archive.contains(e.sent, e.hash) for e in envs])
 
     asyncio.run(main())

@@ -52,10 +52,10 @@ async def test_three_nodes_in_a_line(tmp_path: Path) -> None:
         assert env.hash in b.whisper.pool and env.hash in c.whisper.pool
         assert b.whisper.counters["archived_submitted"] == 1
         for _ in range(100):
-            if await archive.contains(env.hash):
+            if await archive.contains(env.sent, env.hash):
                 break
             await asyncio.sleep(0.05)
-        assert await archive.contains(env.hash)
+        assert await archive.contains(env.sent, env.hash)
         # Back-propagation is suppressed by known-sets: A never gets its own envelope back as new.
         await asyncio.sleep(0.7)
         assert a.seen == [env]
@@ -79,7 +79,7 @@ async def test_untrusted_clock_relays_but_does_not_archive(tmp_path: Path) -> No
         await until(lambda: 11 in raw.codes(), what="batch ack")
         assert old.hash in b.whisper.pool
         assert b.whisper.counters["archived_submitted"] == 0
-        assert not await archive.contains(old.hash)
+        assert not await archive.contains(old.sent, old.hash)
         await server.stop()
     finally:
         await b.stop()
@@ -143,7 +143,7 @@ async def test_confirmations_after_archive_and_time_errors_reported(tmp_path: Pa
         assert 11 not in raw.codes() and 12 not in raw.codes()  # not durable yet: no confirmation
         archive.gate.set()
         await until(lambda: 11 in raw.codes(), what="batch ack")
-        assert await archive.contains(good.hash)
+        assert await archive.contains(good.sent, good.hash)
         batch = keccak256(payload)
         codes = [c for c in raw.codes() if c in (11, 12)]
         assert codes == [12, 11]
@@ -455,7 +455,7 @@ async def test_a_full_pool_never_costs_an_acknowledged_envelope(tmp_path: Path) 
         await until(lambda: 11 in raw.codes(), what="batch ack")
         assert len(b.whisper.pool) <= 3 and b.whisper.counters["pool_evicted"] >= 9
         assert b.whisper.counters["accepted"] == 12
-        assert all([await archive.contains(e.hash) for e in envs])
+        assert all([await archive.contains(e.sent, e.hash) for e in envs])
         await server.stop()
     finally:
         await b.stop()
