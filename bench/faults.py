@@ -118,7 +118,7 @@ def fault_kill9(rounds: int) -> Outcome:
         srv = ServerProc(Path(tmp))
         all_acked: set[bytes] = set()
         for rnd in range(rounds):
-            raws, _ = preseal(6000, salt=rnd.to_bytes(8, "big"))
+            raws, _, _ = preseal(6000, salt=rnd.to_bytes(8, "big"))
             srv.start()
             acked: set[bytes] = set()
 
@@ -166,13 +166,13 @@ def fault_diskfull() -> Outcome:
             srv = ServerProc(mnt)
             srv.start()
             try:
-                raws, sent = preseal(30_000)
+                raws, lower, upper = preseal(30_000)
 
                 async def go() -> tuple[int, bool]:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(
                             _post_tracking(srv.enode, raws, set(), asyncio.Event()), 15)
-                    n, _, _, done = await history(srv.enode, sent - 5, sent + 5)
+                    n, _, _, done = await history(srv.enode, lower - 5, upper + 5)
                     return n, done
 
                 n, _ = asyncio.run(go())
@@ -197,7 +197,7 @@ def fault_halfopen(n: int) -> Outcome:
         srv.start()
         socks: list[socket.socket] = []
         try:
-            raws, sent = preseal(500)
+            raws, lower, upper = preseal(500)
             from bench.load import post_load
 
             asyncio.run(post_load(srv.enode, raws, 1))
@@ -220,7 +220,7 @@ def fault_halfopen(n: int) -> Outcome:
             while got < len(raws) and time.perf_counter() - t0 < 15:
                 attempts += 1
                 try:
-                    got, secs, _, _ = asyncio.run(history(srv.enode, sent - 5, sent + 5))
+                    got, secs, _, _ = asyncio.run(history(srv.enode, lower - 5, upper + 5))
                 except Exception as exc:
                     why = f"{type(exc).__name__}: {exc}"
                     time.sleep(0.5)
@@ -294,7 +294,7 @@ def fault_peers(peers: int, clients: int) -> Outcome:
         srv = ServerProc(Path(tmp))
         srv.start()
         try:
-            raws, sent = preseal(2000)
+            raws, lower, upper = preseal(2000)
             from bench.load import post_load
 
             asyncio.run(post_load(srv.enode, raws, 2))
@@ -318,7 +318,7 @@ def fault_peers(peers: int, clients: int) -> Outcome:
                 async with contextlib.AsyncExitStack() as stack:
                     for _ in range(peers):
                         await stack.enter_async_context(client_session(enode, timeout=60))
-                    got = await asyncio.gather(*(history(srv.enode, sent - 5, sent + 5)
+                    got = await asyncio.gather(*(history(srv.enode, lower - 5, upper + 5)
                                                  for _ in range(clients)))
                     await asyncio.sleep(0.5)
                     stop.set()
