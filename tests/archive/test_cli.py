@@ -106,6 +106,22 @@ def test_export_then_import_into_a_fresh_node(tmp_path: Path) -> None:
     assert run(present())
 
 
+def test_seed_a_node_made_by_pimail_init(tmp_path: Path) -> None:
+    """The README's seeding recipe: `pimail init --data-dir DIR`, then `pimail archive import`."""
+    a, fresh = tmp_path / "a", tmp_path / "fresh"
+    fill(a, 120)
+    bundle = tmp_path / "seed.pimail.gz"
+    assert pimail("export", str(bundle), "--data-dir", str(a)).returncode == 0
+    init = subprocess.run([sys.executable, "-m", "pimail", "init", "--data-dir", str(fresh)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stderr
+    imp = pimail("import", str(bundle), "--data-dir", str(fresh), "--json")
+    assert imp.returncode == 0, imp.stderr
+    assert json.loads(imp.stdout)["added"] == 120
+    stats = json.loads(pimail("stats", "--data-dir", str(fresh), "--json").stdout)
+    assert stats["count"] == 120 and stats["oldest_sent"] == NOW and stats["newest_sent"] == NOW + 119
+
+
 def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """The same command in this process (cheaper than a process when checking many inputs)."""
     from pimail.cli import main
