@@ -763,13 +763,16 @@ class SqliteArchive(Archive):
             per_row = max(1, pages * page_size // max(1, total))
             target = min(total, max(PRUNE_BATCH // 4, total // 20, 2 * RESERVE_BYTES // per_row))
             chunk = max(1, RESERVE_BYTES // 4 // per_row)
+            emptied = False
             for _ in range(EVICT_STEPS):
                 st = os.statvfs(self.path.parent)
                 fs_free = st.f_bavail * st.f_frsize
-                if deleted >= target and fs_free >= want_free:
+                if (deleted >= target or emptied) and fs_free >= want_free:
                     break
                 free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-                if deleted < target or free_pages * page_size < want_free - fs_free:
+                if emptied and free_pages == 0:
+                    break  # nothing left to delete or give back
+                if not emptied and (deleted < target or free_pages * page_size < want_free - fs_free):
                     try:
                         got = self._delete_oldest(conn, min(chunk, max(1, target - deleted)), None)
                     except sqlite3.Error as exc:
@@ -777,10 +780,7 @@ class SqliteArchive(Archive):
                             raise
                         chunk //= 2
                         continue
-                    if got == 0:
-                        if free_pages == 0:
-                            break  # nothing left to delete or give back
-                        target = deleted
+                    emptied = got == 0
                     deleted += got
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("PRAGMA wal_checkpoint(RESTART)")

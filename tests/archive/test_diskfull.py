@@ -12,7 +12,7 @@ import pytest
 
 from pimail.appliance.health import HealthModel, HealthState
 from pimail.archive.base import ArchiveError, HistoryQuery, RetentionPolicy
-from pimail.archive.sqlite import HEALTH_DISK_FULL, SqliteArchive
+from pimail.archive.sqlite import HEALTH_DISK_FULL, RESERVE_BYTES, SqliteArchive
 from tests.archive.conftest import make_envelope, run
 
 FS_SIZE = "6m"
@@ -76,6 +76,8 @@ def test_full_disk_evicts_and_keeps_ingesting(small_fs: Path, size: int) -> None
         assert await a.check() == []
         assert health.state is HealthState.HEALTHY and a.health_reason == "ok"
         assert all(c.key != HEALTH_DISK_FULL for c in health.conditions)
+        # the reserve is back after every eviction: the next full disk finds it
+        assert (small_fs / "archive.sqlite.reserve").stat().st_size == RESERVE_BYTES
         await a.close()
 
     run(main(), timeout=240)
