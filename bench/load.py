@@ -391,8 +391,7 @@ class Measures:
 
 
 async def measure(enode: str, pid: int | None, raws: list[bytes], sent: tuple[int, int], conns: int,
-                  pages: int,
-                  label: str, data_dir: Path | None, acks: bool, form: str = "direct",
+                  pages: int, label: str, data_dir: Path | None, acks: bool, form: str = "direct",
                   password: str = DEFAULT_PASSWORD) -> Measures:
     """The same measurements against any mailserver; ``form``/``password`` are how history is asked
     (go-ethereum's wnode only understands the legacy form, with its own password)."""
