@@ -797,33 +797,30 @@ class SqliteArchive(Archive):
             return False
         log.warning("archive disk full: evicted the %d oldest envelopes, %d KB back to the filesystem",
                     deleted, returned * page_size // 1024)
-        if not self._make_reserve():
-            self._need_reserve = True
+        self._make_reserve()
         return True
 
     @property
     def _reserve_path(self) -> Path:
         return self.path.with_name(self.path.name + ".reserve")
 
-    def _make_reserve(self) -> bool:
-        """Keep RESERVE_BYTES of disk allocated so eviction can run on a full disk; True if it is."""
+    def _make_reserve(self) -> None:
+        """Keep RESERVE_BYTES of disk allocated so eviction can run on a full disk; if that is not
+        possible now, ``_need_reserve`` says to try again after the next successful write."""
         path = self._reserve_path
         try:
-            if path.exists() and path.stat().st_size >= RESERVE_BYTES:
-                self._need_reserve = False
-                return True
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, RESERVE_BYTES)
-            finally:
-                os.close(fd)
+            if not (path.exists() and path.stat().st_size >= RESERVE_BYTES):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                finally:
+                    os.close(fd)
             self._need_reserve = False
-            return True
         except OSError as exc:
             with contextlib.suppress(OSError):
                 path.unlink()
+            self._need_reserve = True
             log.debug("archive reserve file not (yet) possible: %s", exc)
-            return False
 
     def _drop_reserve(self) -> None:
         with contextlib.suppress(OSError):
