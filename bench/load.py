@@ -433,6 +433,8 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: tuple[in
     samples.sort()
     m.values["page_p95_ms"] = samples[max(0, int(len(samples) * 0.95) - 1)] if samples else 0.0
     m.values["page_p50_ms"] = statistics.median(samples) if samples else 0.0
+    wal = data_dir / "archive.sqlite-wal" if data_dir is not None else None
+    wal_bytes = wal.stat().st_size if wal is not None and wal.exists() else None
     if pid:
         m.values["rss_mb"] = proc_status_kb(pid, "VmRSS") / 1024
         m.values["hwm_mb"] = proc_status_kb(pid, "VmHWM") / 1024
@@ -441,14 +443,12 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: tuple[in
             raw_total = sum(len(r) for r in raws)
             m.values["written_per_byte"] = (w1 - w0) / raw_total
             m.notes["written"] = f"sent times rising {SENT_PER_SECOND:,} envelopes per second"
-            wal = data_dir / "archive.sqlite-wal" if data_dir is not None else None
-            if wal is not None and wal.exists():  # not yet copied home: the next checkpoint writes it
-                m.notes["written"] += f"; + up to {wal.stat().st_size / raw_total:.2f}x at next checkpoint"
+            if wal_bytes is not None:  # not yet copied home: the next checkpoint writes it
+                m.notes["written"] += f"; + up to {wal_bytes / raw_total:.2f}x at next checkpoint"
     if data_dir is not None and held > 0:
         m.values["disk_per_env"] = disk_bytes(data_dir) / held
-        wal = data_dir / "archive.sqlite-wal"
-        if wal.exists():
-            m.notes["disk"] = f"incl. the WAL file ({wal.stat().st_size / 1e6:.1f} MB) and 1 MB reserve"
+        if wal_bytes is not None:
+            m.notes["disk"] = f"incl. the WAL file ({wal_bytes / 1e6:.1f} MB) and 1 MB reserve"
     return m
 
 
