@@ -32,7 +32,7 @@ def test_listen_addresses() -> None:
     assert parse_listen("0.0.0.0:30303") == ("0.0.0.0", 30303)
     assert parse_listen(" [::]:0 ") == ("::", 0)
     assert parse_listen(":30303") == ("0.0.0.0", 30303)  # an empty host is every IPv4 address
-    for bad, why in (("30303", "lacks a port"), ("[::1]30303", "is not [host]:port"),
+    for bad, why in (("30303", "lacks a port"), ("[::1]30303", r"is not \[host\]:port"),
                      ("host:port", "not a number"), ("host:65536", "out of range")):
         with pytest.raises(ValueError, match=why):
             parse_listen(bad)

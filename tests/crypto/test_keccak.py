@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from pimail.crypto import keccak
 from pimail.crypto.keccak import FAST, FAST_PAIR, keccak256, keccak256_pair, keccak_sponge
 from pimail.crypto.keccak import reference_keccak256 as reference_keccak
 
@@ -43,3 +46,26 @@ def test_keccak_is_not_sha3() -> None:
     first = sponge.digest()
     sponge.update(b"c")  # digest() did not finalise the running state
     assert first == keccak256(b"ab") and sponge.digest() == keccak256(b"abc")
+
+
+def test_an_avx2_build_pycryptodome_chose_but_lacks_gives_way_to_the_portable_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from Crypto.Hash import keccak as public
+
+    monkeypatch.setattr(public, "_raw_keccak_avx2_bmi2_lib", object())
+    assert keccak._candidates() == ["Crypto.Hash._keccak_avx2_bmi2", "Crypto.Hash._keccak"]
+    opened = keccak._open()
+    assert opened is not None and opened.name == "Crypto.Hash._keccak"
+    state = opened.sponge(b"abc")
+    out = opened.ffi.new("uint8_t[32]")
+    assert opened.digest(state, out, 32, keccak.PADDING) == 0
+    assert opened.ffi.buffer(out)[:] == reference_keccak(b"abc")
+
+
+def test_without_the_direct_calls_the_public_api_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keccak, "_open", lambda: None)
+    assert keccak._load() is None
+    assert keccak._public_keccak256(b"abc") == reference_keccak(b"abc")
+    assert keccak._public_pair(b"ab", b"c") == (reference_keccak(b"ab"), reference_keccak(b"abc"))
+    assert keccak256(bytearray(b"abc")) == reference_keccak(b"abc")  # cffi passes bytes only
