@@ -16,8 +16,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "pimail"
 
-#: the floors, ground first; a module belongs to the longest prefix that names it (``pimail`` alone is
-#: the package's own ``__init__``, which holds the version). Mirrored in docs/ARCHITECTURE.md.
+#: the floors, ground first; a module belongs to the longest package or module name that names it
+#: (``pimail`` itself is only the package's own ``__init__``, which holds the version: a new top-level
+#: module has no floor until it is given one). Mirrored in docs/ARCHITECTURE.md.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("pimail", "pimail.errors", "pimail.config", "pimail.rlpcodec", "pimail.crypto",
                 "pimail.health", "pimail.envelope")),
@@ -40,7 +41,8 @@ def floor_of(module: str) -> int | None:
     best: tuple[int, int] | None = None  # (prefix length, floor)
     for index, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and (
+            inside = module == prefix or (prefix != "pimail" and module.startswith(prefix + "."))
+            if inside and (
                 best is None or len(prefix) > best[0]
             ):
                 best = (len(prefix), index)
@@ -199,7 +201,7 @@ def test_the_checker_sees_what_it_must() -> None:
     """The resolver itself: a relative import, a function-level one, one under TYPE_CHECKING."""
     assert floor_of("pimail.archive.sqlite") == floor_of("pimail.archive")
     assert floor_of("pimail") == 0 and floor_of("pimail.cli.run") == len(LAYERS) - 1
-    assert floor_of("pimailx") is None and floor_of("os") is None
+    assert floor_of("pimailx") is None and floor_of("os") is None and floor_of("pimail.newroom") is None
     tree = ast.parse("from .x import y\nfrom .. import z\n")
     first, second = (n for n in tree.body if isinstance(n, ast.ImportFrom))
     assert _resolve_from(first, "pimail.a.b", False) == "pimail.a.x"
