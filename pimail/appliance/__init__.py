@@ -1,1 +1,2 @@
-"""The appliance layer: health model, LEDs, systemd, status socket/page, pairing, metrics, doctor."""
+"""The appliance layer: LEDs, systemd, control socket, status page, pairing, metrics, clock trust, the
+loop-lag monitor, doctor (the health model they read is the ground floor's ``pimail.health``)."""
