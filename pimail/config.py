@@ -147,30 +147,26 @@ _NUMBER_UNIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 def parse_size(text: str | int) -> int:
     """``"8GB"`` → 8_000_000_000 bytes. SI units (kB, MB, GB, TB = powers of 1000) and binary ones
     (KiB, MiB, GiB, TiB); a bare number is bytes; ``0`` means "no limit" where a limit is meant."""
-    if isinstance(text, bool):
-        raise ValueError("expected a size such as \"8GB\", got a boolean")
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"size must not be negative (got {text})")
-        return text
-    m = _NUMBER_UNIT_RE.match(text)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"expected a size such as \"512MB\" or \"8GB\", got {text!r}")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    return _parse_amount(text, _SIZE_UNITS, "size", ("8GB", "\"512MB\" or \"8GB\""))
 
 
 def parse_duration(text: str | int) -> int:
     """``"30d"`` → seconds. Units s, m, h, d, w; a bare number is seconds; ``0`` means "no limit"."""
+    return _parse_amount(text, _DURATION_UNITS, "duration", ("30d", "\"12h\" or \"30d\""))
+
+
+def _parse_amount(text: str | int, units: dict[str, int], what: str, examples: tuple[str, str]) -> int:
+    """A whole number of base units from ``"<number><unit>"`` or an int; ValueError saying why not."""
     if isinstance(text, bool):
-        raise ValueError("expected a duration such as \"30d\", got a boolean")
+        raise ValueError(f"expected a {what} such as \"{examples[0]}\", got a boolean")
     if isinstance(text, int):
         if text < 0:
-            raise ValueError(f"duration must not be negative (got {text})")
+            raise ValueError(f"{what} must not be negative (got {text})")
         return text
     m = _NUMBER_UNIT_RE.match(text)
-    if not m or m.group(2).lower() not in _DURATION_UNITS:
-        raise ValueError(f"expected a duration such as \"12h\" or \"30d\", got {text!r}")
-    return int(float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()])
+    if not m or m.group(2).lower() not in units:
+        raise ValueError(f"expected a {what} such as {examples[1]}, got {text!r}")
+    return int(float(m.group(1)) * units[m.group(2).lower()])
 
 
 def parse_hostport(text: str, *, allow_zero_port: bool = True) -> tuple[str, int]:
