@@ -42,9 +42,9 @@ def test_verified_nodes_move_to_the_front_and_live_checks_count() -> None:
     table.add_seen(a, 1.0)
     table.add_seen(b, 1.0)
     table.add_verified(b, 2.0)
-    assert list(table.nodes())[0] is b
+    assert next(iter(table.nodes())) is b
     table.mark_live(a)
-    assert a.live_checks == 1 and list(table.nodes())[0] is a
+    assert a.live_checks == 1 and next(iter(table.nodes())) is a
 
 
 def test_subnet_limits_per_bucket_and_table() -> None:

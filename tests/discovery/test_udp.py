@@ -36,9 +36,9 @@ async def test_ping_is_answered_with_a_pong_no_bigger_than_allowed_and_a_ping_ba
         assert isinstance(pong, wire.Pong) and pong.ping_hash == ping_hash
         assert pong.recipient == wire.Endpoint("127.0.0.1", raw.port, raw.port)
         assert wire.Ping in got  # the ping back that asks us for the endpoint proof
-        ping_len = len(wire.encode(raw.key.private, wire.Ping(4, wire.Endpoint("127.0.0.1", raw.port, raw.port),
-                                                               wire.Endpoint("127.0.0.1", d.udp_port, 0),
-                                                               _exp(), 1))[0])
+        me = wire.Endpoint("127.0.0.1", raw.port, raw.port)
+        ours = wire.Ping(4, me, wire.Endpoint("127.0.0.1", d.udp_port, 0), _exp(), 1)
+        ping_len = len(wire.encode(raw.key.private, ours)[0])
         assert all(len(r) <= ping_len + PONG_SLACK_BYTES for r in raw.received)
     finally:
         raw.close()
