@@ -503,6 +503,8 @@ def apply_overrides(
     no_leds: bool = False,
     no_page: bool = False,
     clock_trust: str | None = None,
+    bootnodes: Sequence[str] | None = None,
+    no_discovery: bool = False,
 ) -> None:
     """Apply command-line overrides; bad values raise ConfigError naming the option."""
     try:
@@ -523,6 +525,9 @@ def apply_overrides(
         if clock_trust is not None:
             _one_of("auto", "always", "synced")(clock_trust)
             config.archive.clock_trust = clock_trust
+        if bootnodes:
+            _enodes(list(bootnodes))
+            config.node.bootnodes = list(bootnodes)
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
     if no_metrics:
@@ -531,6 +536,8 @@ def apply_overrides(
         config.leds.enabled = False
     if no_page:
         config.status.page = False
+    if no_discovery:
+        config.node.discovery = False
 
 
 # -- writing (pimail init) ------------------------------------------------------------------------

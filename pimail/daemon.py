@@ -42,6 +42,7 @@ from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
 from pimail.mailserver.access import SiblingPolicy
 from pimail.mailserver.server import MailServer, create_mailserver
+from pimail.node.mesh import Mesh
 from pimail.node.peer import Peer
 from pimail.node.server import NodeServer
 from pimail.whisper.service import WhisperService
@@ -162,6 +163,7 @@ class Daemon:
         self.whisper: WhisperService | None = None
         self.mailserver: MailServer | None = None
         self.server: NodeServer | None = None
+        self.mesh: Mesh | None = None
         self.pairing: PairingController | None = None
         self.status_page: Any = None
         self.pair_button: Any = None
@@ -280,6 +282,15 @@ class Daemon:
             why = exc.strerror or exc
             raise RuntimeFailure(f"cannot listen on {self.config.node.listen}: {why}") from None
         self.enode = self._own_enode(server.listen_port)
+        trusted = {_pubkey(entry) for entry in self.config.node.trusted_peers}
+        pairing = self.pairing
+        server.privileged = lambda pub: pub in trusted or (pairing is not None and pub in pairing.allowed)
+        self.mesh = Mesh(server, self.config)
+        try:
+            await self.mesh.start()
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot start discovery: {exc.strerror or exc} "
+                                 "(set [node] discovery_listen or discovery = false)") from None
 
     def _own_enode(self, port: int) -> Enode:
         from pimail.appliance.lan import advertised_address, enode_for
@@ -409,6 +420,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], Awaitable[Any]] | None]] = [
             ("status page", self.status_page.stop if self.status_page else None),
             ("control socket", self.control.stop if self.control else None),
+            ("discovery", self.mesh.stop if self.mesh else None),
             ("peers", self.server.stop if self.server else None),
             ("deliveries", self.mailserver.close if self.mailserver else None),
             ("whisper", self.whisper.close if self.whisper else None),
@@ -665,6 +677,7 @@ class Daemon:
             "clock": self.clock.snapshot() if self.clock else None,
             "counters": counters,
             "node_counters": dict(node_counters) if isinstance(node_counters, Mapping) else {},
+            "discovery": self.mesh.snapshot() if self.mesh is not None else {"enabled": False},
             "mailserver": mailserver,
             "pairing": self.pairing.snapshot() if self.pairing is not None else None,
             "loop_lag_ms": round(self.loop_monitor.lag_s * 1000, 1),
@@ -712,6 +725,12 @@ class Daemon:
         if state is HealthState.STARTING:
             return "starting"
         return ", ".join(parts)
+
+
+def _pubkey(entry: str) -> bytes:
+    from pimail.mailserver.access import parse_client_key
+
+    return parse_client_key(entry)
 
 
 def _node_id(entry: str) -> bytes:
