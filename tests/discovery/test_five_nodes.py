@@ -3,7 +3,6 @@ relay an envelope end to end; a node restarted with its node database and no boo
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
