@@ -142,3 +142,19 @@ class NodeDB:
         assert self._conn is not None
         with self._conn:
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+def read_local_seq(data_dir: Path) -> int | None:
+    """The local record's sequence number from the database, read-only (for ``pimail enode --enr``)."""
+    path = Path(data_dir) / FILENAME
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'local_seq'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(row[0]) if row and str(row[0]).isdigit() else None
