@@ -89,8 +89,8 @@ def _discovery_metrics(disc: dict[str, Any]) -> Iterator[GaugeMetricFamily | Cou
     for key, name, doc in (("packets_in", "pimail_discovery_packets_in", "Discovery datagrams received"),
                            ("packets_out", "pimail_discovery_packets_out", "Discovery datagrams sent")):
         yield CounterMetricFamily(name, doc, value=float(packets.get(key, 0)))
-    dropped = CounterMetricFamily("pimail_discovery_packets_dropped", "Discovery datagrams dropped, by reason",
-                                  labels=["reason"])
+    dropped = CounterMetricFamily("pimail_discovery_packets_dropped",
+                                  "Discovery datagrams dropped, by reason", labels=["reason"])
     for key, value in packets.items():
         if key.startswith("dropped_"):
             dropped.add_metric([key.removeprefix("dropped_")], float(value))

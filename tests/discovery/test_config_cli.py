@@ -59,9 +59,11 @@ def test_command_line_bootnode_and_no_discovery() -> None:
         apply_overrides(c, bootnodes=["enode://nonsense"])
 
 
-def test_enode_enr_prints_a_record_signed_by_the_node_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_enode_enr_prints_a_record_signed_by_the_node_key(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "pimail.toml"
-    conf.write_text(f'[node]\nlisten = "127.0.0.1:30311"\npublic_host = "127.0.0.1"\ndata_dir = "{tmp_path}"\n')
+    conf.write_text('[node]\nlisten = "127.0.0.1:30311"\npublic_host = "127.0.0.1"\n'
+                    f'data_dir = "{tmp_path}"\n')
     assert main(["enode", "--config", str(conf), "--enr"]) == 0
     text = capsys.readouterr().out.strip()
     record = Record.from_text(text)
