@@ -47,7 +47,7 @@ class DiscoveryConfig:
     request_timeout_s: float = 0.5  # geth respTimeout
     bond_expiration_s: float = 12 * 3600.0  # discv4.md endpoint proof lifetime
     bond_wait_s: float = 0.5  # after bonding, how long to wait for the remote's Ping back
-    lookup_interval_s: float = 5.0  # random lookups while the table is below table_target
+    lookup_interval_s: float = 1.0  # random lookups while the table is below table_target and growing
     table_target: int = 200  # entries above which lookups slow to refresh_interval_s
     refresh_interval_s: float = 300.0  # random + self lookup at steady state
     revalidate_interval_s: float = 10.0  # geth revalidateInterval: ping one entry

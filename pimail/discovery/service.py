@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ALPHA = 3  # discv4.md lookup concurrency
 SEED_COUNT = 30  # geth seedCount
 MAX_LOOKUP_QUERIES = 64  # a lookup gives up after asking this many nodes
+PROVE_PER_ROUND = 32  # unproven entries pinged after each lookup
 
 
 class Discovery:
@@ -208,8 +209,13 @@ class Discovery:
         await self._bond_all()
         with contextlib.suppress(Exception):
             await self.lookup(self.key.public)
+        grew = True
+        rounds = 0
         while True:
-            small = len(self.table) < self.config.table_target
+            rounds += 1
+            # look up fast while the table is small and lookups still find new nodes; a network
+            # smaller than the target fills the table as far as Kademlia allows, then rests
+            small = len(self.table) < self.config.table_target and grew
             interval = self.config.lookup_interval_s if small else self.config.refresh_interval_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lookup_wake.wait(), interval)
@@ -218,12 +224,35 @@ class Discovery:
                 for node in self.bootnodes:
                     self.table.add_seen(node, time.time())
                 await self._bond_all()
+            before = (len(self.table), self.live_count())
             try:
                 await self.lookup(os.urandom(64))
-                if not small:
+                if not small or rounds % 2 == 0:
+                    # random targets fill the far buckets; our own id finds the near ones
                     await self.lookup(self.key.public)
+                await self._prove_new_entries()
             except Exception:
                 log.exception("discovery lookup failed")
+            grew = (len(self.table), self.live_count()) > before
+
+    def live_count(self) -> int:
+        """Entries that proved their endpoint (answered our Ping) within the bond lifetime."""
+        return sum(1 for n in self.table.nodes() if self.transport.verified(n.node_id, n.ip))
+
+    async def _prove_new_entries(self) -> None:
+        """Ping up to ``PROVE_PER_ROUND`` entries learned from Neighbors that never answered us, so
+        the table holds live nodes; the silent ones give their place to a replacement."""
+        unproven = [n for n in self.table.nodes() if not self.transport.verified(n.node_id, n.ip)]
+
+        async def prove(node: Node) -> None:
+            try:
+                await self.transport.ping(node)
+            except (TimeoutError, ConnectionError, OSError):
+                self.table.replace(node)
+            else:
+                self.table.mark_live(node)
+
+        await asyncio.gather(*(prove(n) for n in unproven[:PROVE_PER_ROUND]))
 
     async def _bond_all(self) -> None:
         nodes = list(self.table.nodes())
