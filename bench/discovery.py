@@ -92,7 +92,7 @@ def _rss_mb() -> float:
 
 # -- the node under test (this process) --------------------------------------------------------------
 async def _measure(count: int, steady_s: float) -> dict[str, Any]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     child = subprocess.Popen([sys.executable, "-m", "bench.discovery", "--serve", str(count)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
@@ -152,8 +152,8 @@ def run(quick: bool) -> list[Result]:
     out = [
         Result(area, "table capacity for this network (16 per distance)", m["capacity"], "entries",
                note="why ≥ 200 cannot happen with 2,000 nodes"),
-        Result(area, "live table entries at steady state", m["live"], "entries", target=float(min(200, m["capacity"])),
-               note=f"{m['size']} entries in all"),
+        Result(area, "live table entries at steady state", m["live"], "entries",
+               target=float(min(200, m["capacity"])), note=f"{m['size']} entries in all"),
         Result(area, "time to 100 live entries", m["t100"] if m["t100"] is not None else float("inf"), "s",
                target=60.0, higher_is_better=False, note=note),
         Result(area, "time to 90 % of capacity", m["t90"] if m["t90"] is not None else float("inf"), "s",
