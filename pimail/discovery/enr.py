@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from pimail import rlpcodec
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import (
     KeyError_,
     compress_pubkey,

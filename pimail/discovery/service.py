@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pimail.config import DiscoveryConfig
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.discovery.enr import Record
 from pimail.discovery.nodedb import NodeDB

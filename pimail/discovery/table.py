@@ -18,7 +18,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 
 ID_BITS = 256
 BUCKET_SIZE = 16  # discv4.md k

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pimail.config import DiscoveryConfig
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import NodeKey
 from pimail.discovery import wire
 from pimail.discovery.enr import ENRError, Record

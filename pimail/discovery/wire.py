@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from pimail import rlpcodec
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import KeyError_, recover, sign
 
 MAX_PACKET_SIZE = 1280  # bytes; discv4.md "The maximum size of any packet is 1280 bytes"
@@ -159,7 +159,7 @@ def encode(private_key: bytes, packet: Packet) -> tuple[bytes, bytes]:
     """Sign and frame ``packet``; return ``(datagram, hash)``. Raises ``ValueError`` if over 1280 bytes."""
     body = bytes((packet.type,)) + rlpcodec.encode(packet.items())
     signature = sign(private_key, keccak256(body))
-    digest = keccak256(signature, body)
+    digest = keccak256(signature + body)
     datagram = digest + signature + body
     if len(datagram) > MAX_PACKET_SIZE:
         name = PACKET_NAMES[packet.type]

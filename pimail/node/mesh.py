@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pimail.config import Config
+from pimail.config import Config, parse_listen
 from pimail.crypto.keys import Enode, KeyError_
 from pimail.discovery.nodedb import NodeDB
 from pimail.discovery.service import Discovery
 from pimail.discovery.udp import parse_netrestrict
 from pimail.node.dial import DialScheduler
-from pimail.node.server import NodeServer, parse_listen
+from pimail.node.server import NodeServer
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from pimail.config import Config
 from pimail.crypto.keys import Enode
 from pimail.daemon import Daemon
 from pimail.discovery.nodedb import NodeDB
+from pimail.envelope.seal import seal
 from pimail.whisper.client import client_session
-from pimail.whisper.seal import seal
 from tests.discovery.helpers import fast_discovery_config, wait_until
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pimail import rlpcodec
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import NodeKey
 from pimail.discovery import wire
 from pimail.discovery.service import Discovery
@@ -58,7 +58,7 @@ def _truncations(raw: RawEndpoint) -> list[bytes]:
         out.append(datagram[: len(datagram) - 3])  # hash no longer matches
         body = datagram[wire.HEAD_SIZE:][:-3]  # re-signed, so only the RLP is wrong
         sig = raw.key.sign(keccak256(body))
-        out.append(keccak256(sig, body) + sig + body)
+        out.append(keccak256(sig + body) + sig + body)
     return out
 
 
@@ -76,11 +76,11 @@ async def test_bad_datagrams_are_dropped_by_reason_and_never_answered() -> None:
         cases.append(("bad_hash", bytes([good[0] ^ 0xFF]) + good[1:]))
         sig = bytearray(good[32:97])
         sig[64] = 9
-        cases.append(("bad_signature", keccak256(bytes(sig), good[97:]) + bytes(sig) + good[97:]))
+        cases.append(("bad_signature", keccak256(bytes(sig) + good[97:]) + bytes(sig) + good[97:]))
         cases.append(("too_large", good + b"\x00" * (wire.MAX_PACKET_SIZE + 1 - len(good))))
         body = b"\x42" + rlpcodec.encode([1])
         s = raw.key.sign(keccak256(body))
-        cases.append(("unknown_type", keccak256(s, body) + s + body))
+        cases.append(("unknown_type", keccak256(s + body) + s + body))
         expired_ping, _ = wire.encode(raw.key.private, wire.Ping(
             4, wire.Endpoint("127.0.0.1", raw.port, raw.port), wire.Endpoint("127.0.0.1", port, 0),
             int(time.time()) - 1, 1))

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pimail import rlpcodec
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import NodeKey
 from pimail.discovery import wire
 
@@ -81,7 +81,7 @@ def test_truncated_body_with_valid_hash_and_signature_is_malformed(packet: wire.
     for cut in (2, len(body) // 2, len(body) - 1):
         short = body[:cut]
         sig = KEY.sign(keccak256(short))
-        forged = keccak256(sig, short) + sig + short
+        forged = keccak256(sig + short) + sig + short
         with pytest.raises(wire.WireError) as info:
             wire.decode(forged)
         assert info.value.reason == "malformed"
@@ -100,13 +100,13 @@ def test_wrong_signature_is_refused_or_names_another_key() -> None:
     body = datagram[wire.HEAD_SIZE:]
     sig = bytearray(datagram[32:97])
     sig[64] = 7  # no such recovery id
-    forged = keccak256(bytes(sig), body) + bytes(sig) + body
+    forged = keccak256(bytes(sig) + body) + bytes(sig) + body
     with pytest.raises(wire.WireError) as info:
         wire.decode(forged)
     assert info.value.reason == "bad_signature"
     sig = bytearray(datagram[32:97])
     sig[5] ^= 0x40  # a different signature recovers a different key, never ours
-    forged = keccak256(bytes(sig), body) + bytes(sig) + body
+    forged = keccak256(bytes(sig) + body) + bytes(sig) + body
     try:
         assert wire.decode(forged).sender_pubkey != KEY.public
     except wire.WireError as exc:
@@ -127,12 +127,12 @@ def test_unknown_type_and_extra_data() -> None:
     body = b"\x09" + rlpcodec.encode([1, 2])
     sig = KEY.sign(keccak256(body))
     with pytest.raises(wire.WireError) as info:
-        wire.decode(keccak256(sig, body) + sig + body)
+        wire.decode(keccak256(sig + body) + sig + body)
     assert info.value.reason == "unknown_type"
     # EIP-8: extra elements and trailing bytes after the list are ignored
     body = b"\x05" + rlpcodec.encode([EXP, b"future", [1, 2]]) + b"trailing junk"
     sig = KEY.sign(keccak256(body))
-    assert wire.decode(keccak256(sig, body) + sig + body).packet == wire.ENRRequest(EXP)
+    assert wire.decode(keccak256(sig + body) + sig + body).packet == wire.ENRRequest(EXP)
 
 
 @settings(max_examples=300, deadline=None)
@@ -151,7 +151,7 @@ def test_fuzz_signed_bodies_only_raise_wire_error(ptype: int, payload: bytes) ->
     body = bytes((ptype,)) + payload
     sig = KEY.sign(keccak256(body))
     try:
-        decoded = wire.decode(keccak256(sig, body) + sig + body)
+        decoded = wire.decode(keccak256(sig + body) + sig + body)
     except wire.WireError as exc:
         assert exc.reason in ("malformed", "unknown_type")
     else:
@@ -167,6 +167,6 @@ def test_fuzz_structured_fields_only_raise_wire_error(ptype: int, fields: list[A
     body = bytes((ptype,)) + rlpcodec.encode(fields)
     sig = KEY.sign(keccak256(body))
     try:
-        wire.decode(keccak256(sig, body) + sig + body)
+        wire.decode(keccak256(sig + body) + sig + body)
     except wire.WireError as exc:
         assert exc.reason == "malformed"
