@@ -115,7 +115,7 @@ async def _measure(count: int, steady_s: float) -> dict[str, Any]:
             def live() -> int:
                 return sum(1 for n in disc.table.nodes() if disc.transport.verified(n.node_id, n.ip))
 
-            deadline = started + 180
+            deadline = started + 120
             while time.monotonic() < deadline and (t100 is None or t90 is None):
                 await asyncio.sleep(0.1)
                 n = live()

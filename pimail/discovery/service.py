@@ -33,6 +33,7 @@ ALPHA = 3  # discv4.md lookup concurrency
 SEED_COUNT = 30  # geth seedCount
 MAX_LOOKUP_QUERIES = 64  # a lookup gives up after asking this many nodes
 PROVE_PER_ROUND = 32  # unproven entries pinged after each lookup
+STALLED_LOOKUPS = 10  # fast lookups stop after this many found nothing new (a small network is full)
 
 
 class Discovery:
@@ -209,13 +210,13 @@ class Discovery:
         await self._bond_all()
         with contextlib.suppress(Exception):
             await self.lookup(self.key.public)
-        grew = True
+        stalled = 0  # lookups in a row that found nothing new
         rounds = 0
         while True:
             rounds += 1
             # look up fast while the table is small and lookups still find new nodes; a network
             # smaller than the target fills the table as far as Kademlia allows, then rests
-            small = len(self.table) < self.config.table_target and grew
+            small = len(self.table) < self.config.table_target and stalled < STALLED_LOOKUPS
             interval = self.config.lookup_interval_s if small else self.config.refresh_interval_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lookup_wake.wait(), interval)
@@ -227,13 +228,13 @@ class Discovery:
             before = (len(self.table), self.live_count())
             try:
                 await self.lookup(os.urandom(64))
-                if not small or rounds % 2 == 0:
+                if not small or rounds % 4 == 0:
                     # random targets fill the far buckets; our own id finds the near ones
                     await self.lookup(self.key.public)
                 await self._prove_new_entries()
             except Exception:
                 log.exception("discovery lookup failed")
-            grew = (len(self.table), self.live_count()) > before
+            stalled = 0 if (len(self.table), self.live_count()) > before else stalled + 1
 
     def live_count(self) -> int:
         """Entries that proved their endpoint (answered our Ping) within the bond lifetime."""
