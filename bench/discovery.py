@@ -36,7 +36,6 @@ from pimail.discovery.table import BUCKET_SIZE, Node, Table, log_distance
 from pimail.discovery.udp import UDPTransport, parse_netrestrict
 
 NETWORK = 2000
-RANDOM_CONTACTS = 60  # each simulated node knows its 16 closest and this many random others
 LOOPBACK = parse_netrestrict(["127.0.0.0/8"])
 
 
@@ -58,9 +57,13 @@ async def _serve_network(count: int, seed: int) -> None:
     nodes = [Node(k.public, "127.0.0.1", _port(t), _port(t)) for k, t in zip(keys, transports, strict=True)]
     ids = [int.from_bytes(n.node_id, "big") for n in nodes]
     for i, table in enumerate(tables):
-        closest = sorted(range(count), key=lambda j, me=ids[i]: me ^ ids[j])[1:BUCKET_SIZE + 1]
-        for j in [*closest, *rng.sample(range(count), RANDOM_CONTACTS)]:
+        # a settled Kademlia table: up to 16 random nodes of every log distance
+        by_distance: dict[int, list[int]] = {}
+        for j in range(count):
             if j != i:
+                by_distance.setdefault((ids[i] ^ ids[j]).bit_length(), []).append(j)
+        for members in by_distance.values():
+            for j in rng.sample(members, min(BUCKET_SIZE, len(members))):
                 table.add_seen(nodes[j], 0.0)
     info = {"nodes": [[n.pubkey.hex(), n.udp] for n in nodes]}
     sys.stdout.write(json.dumps(info) + "\n")

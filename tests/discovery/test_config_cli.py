@@ -70,3 +70,22 @@ def test_enode_enr_prints_a_record_signed_by_the_node_key(tmp_path: Path,
     key = NodeKey.load(tmp_path / "nodekey")
     assert record.pubkey == key.public
     assert (record.ip, record.tcp, record.udp, record.seq) == ("127.0.0.1", 30311, 30311, 1)
+
+
+def test_metrics_and_status_show_discovery() -> None:
+    from prometheus_client import generate_latest
+
+    from pimail.appliance.metrics import NodeMetrics
+    from pimail.cli.status import render
+
+    disc = {"enabled": True, "table_size": 7, "inbound_peers": 1, "dialled_peers": 2,
+            "peers_by_protocol": {"shh/6": {"inbound": 1, "dialled": 2}},
+            "packets": {"packets_in": 30, "packets_out": 20, "dropped_expired": 4, "dropped_unbonded": 0}}
+    text = generate_latest(NodeMetrics(lambda: {"discovery": disc}).registry).decode()
+    assert "pimail_discovery_table_nodes 7.0" in text
+    assert 'pimail_peers_by_protocol{direction="dialled",protocol="shh/6"} 2.0' in text
+    assert 'pimail_discovery_packets_dropped_total{reason="expired"} 4.0' in text
+    assert "pimail_discovery_packets_in_total 30.0" in text
+    line = next(x for x in render({"discovery": disc}).splitlines() if "discovery" in x)
+    assert "7 nodes" in line and "2 dialled / 1 inbound" in line and "4 expired" in line
+    assert "discovery  off" in render({"discovery": {"enabled": False}})
