@@ -195,3 +195,29 @@ async def test_flood_from_one_address_is_rate_limited_and_others_and_tcp_still_s
         flooder.close()
         honest.close()
         await d.stop()
+
+
+async def test_record_seq_is_kept_and_bumped_when_the_address_changes(tmp_path: Path) -> None:
+    d = await start_discovery(data_dir=tmp_path)
+    try:
+        first = d.record()
+        assert (first.ip, first.udp, first.tcp) == ("127.0.0.1", d.udp_port, 30303)
+        assert d.record() is first  # unchanged address: same record, same seq
+        d.public_host = "127.0.0.2"
+        moved = d.record()
+        assert moved.seq == first.seq + 1 and moved.ip == "127.0.0.2"
+        # an ENRRequest from a bonded node gets the current record, signed by d
+        other = await start_discovery()
+        try:
+            node = Node(d.key.public, "127.0.0.1", d.udp_port, 30303)
+            fetched = await other.transport.request_enr(node)
+            assert fetched == moved
+            # both learned the other's view of their address from the Pongs
+            assert other.transport.external._votes
+        finally:
+            await other.stop()
+    finally:
+        await d.stop()
+    from pimail.discovery.nodedb import read_local_seq
+
+    assert read_local_seq(tmp_path) == moved.seq  # the next start signs a newer record
