@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.common import Result, print_table
 
 QUICK_AREAS = ["transport", "whisper", "load"]
-ALL_AREAS = ["transport", "whisper", "archive", "mailserver", "daemon", "postgres", "load"]
+ALL_AREAS = ["transport", "whisper", "archive", "mailserver", "daemon", "discovery", "postgres", "load"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

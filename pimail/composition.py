@@ -44,6 +44,7 @@ from pimail.health import HealthModel
 from pimail.mailserver.access import SiblingPolicy
 from pimail.mailserver.server import MailServer, create_mailserver
 from pimail.node.capability import Capability
+from pimail.node.mesh import Mesh
 from pimail.node.server import NodeServer
 from pimail.whisper.service import WhisperService
 
@@ -157,6 +158,16 @@ async def build_services(
 
 def build_node_server(config: Config, key: NodeKey, services: Services, health: HealthModel) -> NodeServer:
     return NodeServer(key, config.node, services.capabilities, health=health)
+
+
+def build_mesh(config: Config, server: NodeServer, pairing: PairingController | None) -> Mesh:
+    """Discovery and the dial scheduler for ``server``; trusted peers and paired or allowed clients
+    may always come in (the reserved slots of ``[node] reserved_slots`` keep room for them)."""
+    from pimail.mailserver.access import parse_client_key
+
+    trusted = {parse_client_key(entry) for entry in config.node.trusted_peers}
+    server.privileged = lambda pub: pub in trusted or (pairing is not None and pub in pairing.allowed)
+    return Mesh(server, config)
 
 
 def own_enode(config: Config, key: NodeKey, port: int) -> Enode:

@@ -32,6 +32,33 @@ class NodeConfig:
     write_buffer_bytes: int = 4 * 1024 * 1024  # per peer, beyond which senders wait
     redial_min_s: float = 1.0
     redial_max_s: float = 60.0
+    # discovery (discv4) and the dial scheduler
+    discovery: bool | str = "auto"  # true | false | "auto" (on when bootnodes or a node database exist)
+    bootnodes: list[str] = field(default_factory=list)  # enode URLs
+    discovery_listen: str = ""  # UDP host:port; "" = the listen host and TCP port
+    netrestrict: list[str] = field(default_factory=list)  # CIDRs; never talk to addresses outside
+    dial_share: float = 0.33  # share of max_peers we dial ourselves (geth DialRatio 3)
+    reserved_slots: int = 5  # slots only inbound LAN, paired or trusted peers may take
+    useless_retry_s: float = 3600.0  # a peer without shh/6 or waku is not redialled for this long
+    dial_interval_s: float = 1.0  # how often the dial scheduler looks for work
+
+
+@dataclass
+class DiscoveryConfig:
+    """[discovery] — discv4 timings and limits (the on/off switch and bootnodes live in [node])."""
+
+    request_timeout_s: float = 0.5  # geth respTimeout
+    bond_expiration_s: float = 12 * 3600.0  # discv4.md endpoint proof lifetime
+    bond_wait_s: float = 0.5  # after bonding, how long to wait for the remote's Ping back
+    lookup_interval_s: float = 1.0  # random lookups while the table is below table_target and growing
+    table_target: int = 200  # entries above which lookups slow to refresh_interval_s
+    refresh_interval_s: float = 300.0  # random + self lookup at steady state
+    revalidate_interval_s: float = 10.0  # geth revalidateInterval: ping one entry
+    persist_interval_s: float = 60.0  # write answering nodes to the node database
+    packets_per_s: float = 40.0  # per source address, beyond which packets are dropped unread
+    packet_burst: int = 80
+    max_addresses: int = 4096  # rate-limit and bonding state is kept for this many addresses
+    external_ip_votes: int = 3  # Pongs from distinct nodes that must agree on our address
 
 
 @dataclass
@@ -118,6 +145,7 @@ class StatusConfig:
 @dataclass
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     whisper: WhisperConfig = field(default_factory=WhisperConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     mailserver: MailserverConfig = field(default_factory=MailserverConfig)

@@ -13,6 +13,7 @@ data dir was given on the command line; ``$CONFIGURATION_DIRECTORY/pimail.toml``
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -97,7 +98,47 @@ def _archive_url(value: Any) -> None:
         raise ValueError(f'must be "" (SQLite in the data dir) or a postgresql:// URL (got {value[:40]!r})')
 
 
+def _discovery_switch(value: Any) -> None:
+    if value not in (True, False, "auto"):
+        raise ValueError(f'must be true, false or "auto" (got {_short(value)})')
+
+
+def _cidrs(value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of CIDR strings such as [\"192.168.0.0/16\"]")
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"not a CIDR network: {item!r}") from None
+
+
+def _fraction(value: Any) -> None:
+    if not 0 < value <= 1:
+        raise ValueError(f"must be more than 0 and at most 1 (got {value})")
+
+
+def _udp_listen(value: Any) -> None:
+    if value:
+        parse_hostport(value)
+
+
 CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
+    ("node", "discovery"): _discovery_switch,
+    ("node", "bootnodes"): _enodes,
+    ("node", "discovery_listen"): _udp_listen,
+    ("node", "netrestrict"): _cidrs,
+    ("node", "dial_share"): _fraction,
+    ("node", "dial_interval_s"): _positive,
+    ("discovery", "request_timeout_s"): _positive,
+    ("discovery", "lookup_interval_s"): _positive,
+    ("discovery", "refresh_interval_s"): _positive,
+    ("discovery", "revalidate_interval_s"): _positive,
+    ("discovery", "persist_interval_s"): _positive,
+    ("discovery", "packets_per_s"): _positive,
+    ("discovery", "packet_burst"): _positive,
+    ("discovery", "max_addresses"): _positive,
+    ("discovery", "external_ip_votes"): _positive,
     ("node", "listen"): _hostport,
     ("node", "static_peers"): _enodes,
     ("node", "trusted_peers"): _client_keys,
@@ -393,6 +434,8 @@ def apply_overrides(
     no_leds: bool = False,
     no_page: bool = False,
     clock_trust: str | None = None,
+    bootnodes: Sequence[str] | None = None,
+    no_discovery: bool = False,
 ) -> None:
     """Apply command-line overrides; bad values raise ConfigError naming the option."""
     try:
@@ -413,6 +456,9 @@ def apply_overrides(
         if clock_trust is not None:
             _one_of("auto", "always", "synced")(clock_trust)
             config.archive.clock_trust = clock_trust
+        if bootnodes:
+            _enodes(list(bootnodes))
+            config.node.bootnodes = list(bootnodes)
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
     if no_metrics:
@@ -421,6 +467,8 @@ def apply_overrides(
         config.leds.enabled = False
     if no_page:
         config.status.page = False
+    if no_discovery:
+        config.node.discovery = False
 
 
 # -- writing (pimail init) ------------------------------------------------------------------------

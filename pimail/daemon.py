@@ -46,6 +46,7 @@ from pimail.crypto.keys import Enode, NodeKey
 from pimail.errors import RuntimeFailure
 from pimail.health import HealthModel, HealthState, Severity
 from pimail.mailserver.server import MailServer
+from pimail.node.mesh import Mesh
 from pimail.node.peer import Peer
 from pimail.node.server import NodeServer
 from pimail.whisper.service import WhisperService
@@ -116,6 +117,7 @@ class Daemon:
         self.whisper: WhisperService | None = None
         self.mailserver: MailServer | None = None
         self.server: NodeServer | None = None
+        self.mesh: Mesh | None = None
         self.pairing: PairingController | None = None
         self.status_page: StatusPage | None = None
         self.pair_button: PairButton | None = None
@@ -208,6 +210,12 @@ class Daemon:
             why = exc.strerror or exc
             raise RuntimeFailure(f"cannot listen on {self.config.node.listen}: {why}") from None
         self.enode = composition.own_enode(self.config, self.key, server.listen_port)
+        self.mesh = composition.build_mesh(self.config, server, self.pairing)
+        try:
+            await self.mesh.start()
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot start discovery: {exc.strerror or exc} "
+                                 "(set [node] discovery_listen or discovery = false)") from None
 
     def enode_url(self) -> str:
         return self.enode.url() if self.enode else ""
@@ -301,6 +309,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], Awaitable[Any]] | None]] = [
             ("status page", self.status_page.stop if self.status_page else None),
             ("control socket", self.control.stop if self.control else None),
+            ("discovery", self.mesh.stop if self.mesh else None),
             ("peers", self.server.stop if self.server else None),
             *(self._services.closers if self._services else []),
             ("heartbeat", self.heartbeat.stop if self.heartbeat else None),
@@ -556,6 +565,7 @@ class Daemon:
             "clock": self.clock.snapshot() if self.clock else None,
             "counters": counters,
             "node_counters": dict(node_counters) if isinstance(node_counters, Mapping) else {},
+            "discovery": self.mesh.snapshot() if self.mesh is not None else {"enabled": False},
             "mailserver": mailserver,
             "pairing": self.pairing.snapshot() if self.pairing is not None else None,
             "loop_lag_ms": round(self.loop_monitor.lag_s * 1000, 1),

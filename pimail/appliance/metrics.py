@@ -63,6 +63,7 @@ class _SnapshotCollector(Collector):
         for s in HealthState:
             health.add_metric([s.value], 1.0 if s.value == state else 0.0)
         yield health
+        yield from _discovery_metrics(snap.get("discovery") or {})
         for key, name, doc in (
             ("envelopes_in", "pimail_envelopes_in", "Envelopes accepted from peers (new, valid)"),
             ("envelopes_out", "pimail_envelopes_out", "Envelopes sent to peers (relay and history)"),
@@ -70,6 +71,30 @@ class _SnapshotCollector(Collector):
         ):
             if key in counters:
                 yield CounterMetricFamily(name, doc, value=float(counters[key]))
+
+
+def _discovery_metrics(disc: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Table size, peers by direction and protocol, discovery packets in/out/dropped by reason."""
+    if not disc.get("enabled"):
+        return
+    yield GaugeMetricFamily("pimail_discovery_table_nodes", "Nodes in the discovery table",
+                            value=float(disc.get("table_size", 0)))
+    peers = GaugeMetricFamily("pimail_peers_by_protocol", "Connected peers by protocol and direction",
+                              labels=["protocol", "direction"])
+    for proto, dirs in (disc.get("peers_by_protocol") or {}).items():
+        for direction, count in dirs.items():
+            peers.add_metric([proto, direction], float(count))
+    yield peers
+    packets = disc.get("packets") or {}
+    for key, name, doc in (("packets_in", "pimail_discovery_packets_in", "Discovery datagrams received"),
+                           ("packets_out", "pimail_discovery_packets_out", "Discovery datagrams sent")):
+        yield CounterMetricFamily(name, doc, value=float(packets.get(key, 0)))
+    dropped = CounterMetricFamily("pimail_discovery_packets_dropped",
+                                  "Discovery datagrams dropped, by reason", labels=["reason"])
+    for key, value in packets.items():
+        if key.startswith("dropped_"):
+            dropped.add_metric([key.removeprefix("dropped_")], float(value))
+    yield dropped
 
 
 class NodeMetrics:

@@ -32,6 +32,8 @@ def register(sub: Any) -> None:
         action="store_true",
         help="Status form enode://<key>:<mailserver password>@host:port",
     )
+    p.add_argument("--enr", action="store_true",
+                   help="print the node's EIP-778 record (enr:...) instead of the enode URL")
     p.add_argument("--qr", action="store_true", help="also draw the enode as a QR code in the terminal")
     p.add_argument("--png", metavar="FILE", type=Path, help="write the QR code as a PNG image")
     p.add_argument("--svg", metavar="FILE", type=Path, help="write the QR code as an SVG image")
@@ -71,6 +73,24 @@ def lan_warning(address: AdvertisedAddress) -> str | None:
     )
 
 
+def _enr_text(config: Config, key: NodeKey, host: str, port: int) -> str:
+    """The record the daemon signs: the advertised IPv4 address, TCP and discovery UDP ports, and the
+    sequence number kept in the node database (1 before the first run with discovery)."""
+    import ipaddress
+
+    from pimail.discovery.enr import Record
+    from pimail.discovery.nodedb import read_local_seq
+    from pimail.node.mesh import discovery_address
+
+    try:
+        ip = host if ipaddress.ip_address(host).version == 4 else ""
+    except ValueError:
+        ip = ""  # a hostname cannot go into a record
+    udp = discovery_address(config, port)[1]
+    seq = read_local_seq(config.node.data_dir) or 1
+    return Record.create(key.private, seq, ip=ip, tcp=port, udp=udp).text()
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     key = load_node_key(config.node.data_dir)
@@ -79,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.with_password and not password:
         raise UserError("--with-password: [mailserver] password is empty")
     url = enode_for(key.public, address, password).url(with_password=args.with_password)
+    if args.enr:
+        url = _enr_text(config, key, address.host, address.port)
     warning = lan_warning(address)
     if warning:
         print(warning, file=sys.stderr)

@@ -34,6 +34,15 @@ def register(sub: Any) -> None:
         dest="static_peers",
         help="keep a connection to this node (repeatable; replaces [node] static_peers)",
     )
+    p.add_argument(
+        "--bootnode",
+        metavar="ENODE",
+        action="append",
+        dest="bootnodes",
+        help="find the network through this discovery node (repeatable; replaces [node] bootnodes)",
+    )
+    p.add_argument("--no-discovery", action="store_true",
+                   help="no discv4: meet peers only through static peers and inbound connections")
     p.add_argument("--archive-url", metavar="URL", help='postgresql://… for a fleet archive ("" = SQLite)')
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="metrics address (127.0.0.1:9464)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
@@ -72,6 +81,8 @@ def overrides(args: argparse.Namespace) -> Callable[[Config], None]:
         no_page=getattr(args, "no_page", False),
         no_leds=getattr(args, "no_leds", False),
         clock_trust=getattr(args, "clock_trust", None),
+        bootnodes=getattr(args, "bootnodes", None),
+        no_discovery=getattr(args, "no_discovery", False),
     )
 
 

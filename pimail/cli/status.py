@@ -104,6 +104,7 @@ def render(snap: dict[str, Any]) -> str:
             f"    {direction} {p.get('enode', '')[:28]}…@{p.get('address')}  {p.get('client', '')[:40]}  "
             f"{p.get('protocol', '')}  ↓{human_bytes(p.get('bytes_in'))} ↑{human_bytes(p.get('bytes_out'))}"
         )
+    lines.append(f"  discovery  {_discovery_line(snap.get('discovery') or {})}")
     pairing = snap.get("pairing")
     if pairing:
         if pairing.get("window_open"):
@@ -113,6 +114,19 @@ def render(snap: dict[str, Any]) -> str:
             who = "any phone may request history" if pairing.get("mode") == "open" else "allowlist"
             lines.append(f"  pairing    closed; {who} ({paired} paired)")
     return "\n".join(lines)
+
+
+def _discovery_line(disc: dict[str, Any]) -> str:
+    if not disc.get("enabled"):
+        return "off"
+    packets = disc.get("packets") or {}
+    dropped = {k.removeprefix("dropped_"): v for k, v in packets.items() if k.startswith("dropped_") and v}
+    drops = ", ".join(f"{v} {k}" for k, v in sorted(dropped.items())) or "none dropped"
+    return (
+        f"{disc.get('table_size', 0)} nodes in the table, {disc.get('dialled_peers', 0)} dialled / "
+        f"{disc.get('inbound_peers', 0)} inbound peers, packets {packets.get('packets_in', 0)} in / "
+        f"{packets.get('packets_out', 0)} out ({drops})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

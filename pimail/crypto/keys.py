@@ -68,6 +68,34 @@ def recover(msg_hash: bytes, signature: bytes) -> bytes:
     return pub.format(compressed=False)[1:]
 
 
+def compress_pubkey(pub: bytes) -> bytes:
+    """33-byte compressed form of a 64-byte public key (ENR's ``secp256k1`` value)."""
+    return import_pubkey(pub).format(compressed=True)
+
+
+def decompress_pubkey(compressed: bytes) -> bytes:
+    """64-byte public key from its 33-byte compressed form; KeyError_ if not on the curve."""
+    if len(compressed) != 33:
+        raise KeyError_(f"compressed public key must be 33 bytes (got {len(compressed)})")
+    try:
+        return coincurve.PublicKey(compressed).format(compressed=False)[1:]
+    except ValueError as exc:
+        raise KeyError_("compressed public key is not a point on secp256k1") from exc
+
+
+def verify_compact(pub: bytes, msg_hash: bytes, signature: bytes) -> bool:
+    """Check a 64-byte R||S signature (no recovery id, low S) over a 32-byte hash."""
+    from coincurve.ecdsa import cdata_to_der, deserialize_compact
+
+    if len(signature) != 64 or len(msg_hash) != 32:
+        return False
+    try:
+        der = cdata_to_der(deserialize_compact(signature))
+        return bool(import_pubkey(pub).verify(der, msg_hash, hasher=None))
+    except (ValueError, KeyError_):
+        return False
+
+
 @dataclass(frozen=True)
 class NodeKey:
     """A node's long-term secp256k1 identity."""

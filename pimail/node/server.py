@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pimail import __version__
 from pimail.config import NodeConfig, parse_listen
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.devp2p.capabilities import CapabilitySpec
 from pimail.devp2p.messages import BASE_PROTOCOL_VERSION, DisconnectReason, Hello
+from pimail.discovery.table import is_lan
 from pimail.health import HealthModel, Severity
 from pimail.node.capability import Capability
 from pimail.node.peer import Peer, PeerDisconnected
@@ -70,6 +71,8 @@ class NodeServer:
         self._static: dict[bytes, Enode] = {}
         self._static_tasks: dict[bytes, asyncio.Task[None]] = {}
         self._stopping = False
+        # pubkeys that may always come in (trusted peers, paired or allowed clients); set by the daemon
+        self.privileged: Callable[[bytes], bool] = lambda _pubkey: False
 
     # -- public API ---------------------------------------------------------------------------------
     @property
@@ -260,10 +263,23 @@ class NodeServer:
         if existing is not None and existing is not peer and not existing.closed:
             self.count("already_connected")
             return DisconnectReason.ALREADY_CONNECTED
-        if peer.inbound and peer.node_id not in self._static and len(self.peers) >= self.config.max_peers:
+        if peer.inbound and not self._may_take_a_slot(peer):
             self.count("too_many_peers")
             return DisconnectReason.TOO_MANY_PEERS
         return None
+
+    def _may_take_a_slot(self, peer: Peer) -> bool:
+        """Inbound admission: static and privileged peers always; a LAN address up to ``max_peers``;
+        anyone else only below ``max_peers - reserved_slots`` (the reserve keeps room for phones)."""
+        if peer.node_id in self._static or self.privileged(peer.pubkey):
+            return True
+        count = len(self.peers)
+        if count >= self.config.max_peers:
+            return False
+        return count < self.config.max_peers - self.config.reserved_slots or is_lan(peer.remote_address[0])
+
+    def is_static(self, node_id: bytes) -> bool:
+        return node_id in self._static
 
     def handshake_finished(self, peer: Peer) -> None:
         self._pending.pop(peer, None)
