@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ./var
 LISTEN ?= 0.0.0.0:30303
 
-.PHONY: run test lint typecheck pytest bench bench-quick faults image image-test clean venv venv-test
+.PHONY: run test lint typecheck pytest bench bench-quick faults deb deb-test image image-test clean venv venv-test
 
 $(BIN)/pimail: pyproject.toml
 	scripts/ensure-deps run
@@ -50,6 +50,18 @@ bench-quick: venv-test
 faults: venv-test
 	$(BIN)/python -m bench.faults $(FAULT_ARGS)
 
+## make deb: dist/pimail_<version>_<arch>.deb for amd64 and arm64 (packaging/deb/build.sh)
+DEB_ARCHES ?= amd64 arm64
+deb:
+	scripts/ensure-deps deb
+	for arch in $(DEB_ARCHES); do packaging/deb/build.sh $$arch || exit 1; done
+
+## make deb-test: install the packages into fresh Debian 12 roots (arm64 under qemu-user); root
+deb-test:
+	scripts/ensure-deps deb
+	packaging/deb/test.sh $(DEB_ARCHES)
+
+# the image installs pimail from the arm64 .deb, which its build makes first
 image:
 	image/build.sh $(IMAGE_ARGS)
 

@@ -7,8 +7,8 @@
 # Stages (see image/README.md):
 #   host     apt-get install the build tools if missing; enable qemu-aarch64 binfmt
 #   base     mmdebstrap + one initramfs, cached in image/cache by package list (~15 min, then 0)
-#   wheels   pimail wheel from this checkout + locked aarch64 wheelhouse (seconds)
-#   app      fresh copy of the base + overlay + venv + units + hygiene (~2 min)
+#   deb      dist/pimail_<version>_arm64.deb from this checkout (packaging/deb/build.sh, ~1 min)
+#   app      fresh copy of the base + overlay + that .deb (dpkg -i) + units + hygiene (~2 min)
 #   assemble MBR image without loop devices (~15 s)
 #   release  xz + sha256 into dist/ (~4 min)
 # Output: dist/pimail-<version>-arm64.img.xz and .sha256; the raw image stays in image/out/.
@@ -36,7 +36,7 @@ pytag=$(python_tag_for_suite "$suite")
 need_root
 [ -f "$unit" ] || die "no systemd unit at $unit (written by the daemon in systemd/); pass one with --unit FILE"
 
-HOST_TOOLS="mmdebstrap qemu-user-static binfmt-support arch-test debian-archive-keyring dosfstools mtools fdisk e2fsprogs xz-utils python3-venv"
+HOST_TOOLS="dpkg-dev mmdebstrap qemu-user-static binfmt-support arch-test debian-archive-keyring dosfstools mtools fdisk e2fsprogs xz-utils python3-venv"
 declare -A took=()
 t0=$(date +%s)
 stage_start=$t0
@@ -66,13 +66,14 @@ mark host
 base=$("$IMAGE_DIR/stages/base.sh" "$suite" "$modules")
 mark base
 
-read -r app_wheel wheelhouse < <("$IMAGE_DIR/stages/wheels.sh" "$pytag" "$OUT_DIR")
-[ -n "${wheelhouse:-}" ] || die "the wheels stage failed"
-version=$(basename "$app_wheel" | cut -d- -f2)
-mark wheels
+[ "$pytag" = 311 ] || die "the pimail package is built for bookworm's CPython 3.11, not cp$pytag"
+deb=$("$REPO_DIR/packaging/deb/build.sh" arm64 | tail -n1)
+[ -f "$deb" ] || die "the deb stage failed"
+version=$(dpkg-deb -f "$deb" Version)
+mark deb
 
 rootfs=$OUT_DIR/rootfs
-"$IMAGE_DIR/stages/app.sh" "$base" "$wheelhouse" "$app_wheel" "$rootfs" "$unit"
+"$IMAGE_DIR/stages/app.sh" "$base" "$deb" "$rootfs" "$unit"
 mark app
 
 name=pimail-$version-arm64
@@ -93,7 +94,7 @@ fi
     echo "suite: $suite, initramfs MODULES=$modules, pimail $version"
     echo "raw size: $(du -h --apparent-size "$img" | cut -f1) apparent, $(du -h "$img" | cut -f1) allocated"
     [ "$compress" = yes ] && echo "release: $DIST_DIR/$name.img.xz ($(du -h "$DIST_DIR/$name.img.xz" | cut -f1)), sha256 $(cut -c1-16 "$DIST_DIR/$name.img.xz.sha256")…"
-    for s in host base wheels app assemble release; do
+    for s in host base deb app assemble release; do
         [ -n "${took[$s]:-}" ] && printf 'stage %-9s %5d s\n' "$s" "${took[$s]}"
     done
     printf 'total           %5d s\n' $(($(date +%s) - t0))

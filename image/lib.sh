@@ -53,16 +53,3 @@ python_tag_for_suite() {
         *) die "unknown suite '$1' (bookworm or trixie)" ;;
     esac
 }
-
-# pip flags that select aarch64 glibc wheels for one CPython version. pip does not expand a newer
-# manylinux tag to the older ones, so every tag is listed: without manylinux_2_34, lgpio silently
-# resolves to its 0.0.0.2 "py3-none-any" stub instead of the real 0.2.2.0 wheel.
-platform_args() {
-    local t
-    for t in manylinux2014_aarch64 manylinux_2_17_aarch64 manylinux_2_24_aarch64 manylinux_2_26_aarch64 \
-        manylinux_2_27_aarch64 manylinux_2_28_aarch64 manylinux_2_31_aarch64 manylinux_2_34_aarch64 \
-        manylinux_2_35_aarch64 manylinux_2_36_aarch64; do
-        printf -- '--platform %s ' "$t"
-    done
-    printf -- '--python-version 3.%s --implementation cp --abi cp%s --abi abi3 --abi none' "${1#3}" "$1"
-}

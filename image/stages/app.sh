@@ -1,18 +1,20 @@
 #!/bin/bash
-# Stage 2: the app layer on a fresh copy of the cached base: overlay files, service account, the
-# pimail venv (offline, from the wheelhouse), enabled units, and image hygiene. ~1-2 min.
+# Stage 2: the app layer on a fresh copy of the cached base: overlay files, pimail from its arm64
+# .deb (the same package `apt install` puts on Raspberry Pi OS / Debian: venv, unit, service user,
+# config), enabled units, and image hygiene. ~1-2 min.
 #
-# usage: stages/app.sh BASE_TARBALL WHEELHOUSE_DIR APP_WHEEL ROOTFS_DIR [SERVICE_UNIT]
+# usage: stages/app.sh BASE_TARBALL PIMAIL_DEB ROOTFS_DIR [SERVICE_UNIT]
+#   SERVICE_UNIT: only when it differs from the packaged one, it goes to /etc/systemd/system
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/../lib.sh
 . "$(dirname "$0")/../lib.sh"
 
 base=${1:?base tarball}
-wheelhouse=${2:?wheelhouse}
-app_wheel=${3:?app wheel}
-root=${4:?rootfs dir}
-unit=${5:-$REPO_DIR/systemd/pimail.service}
+deb=${2:?pimail .deb}
+root=${3:?rootfs dir}
+unit=${4:-$REPO_DIR/systemd/pimail.service}
 need_root
+[ -f "$deb" ] || die "no pimail package at $deb (make deb builds it)"
 [ -f "$unit" ] || die "no systemd unit at $unit (the daemon's systemd/pimail.service); pass one with --unit"
 
 log "app: unpacking base $(basename "$base")"
@@ -25,46 +27,19 @@ cp -rT --preserve=mode "$IMAGE_DIR/rootfs" "$root"
 # Everything the overlay adds belongs to root; the checkout may be owned by someone else.
 (cd "$IMAGE_DIR/rootfs" && find . -mindepth 1 -print0) | (cd "$root" && xargs -0 chown -h root:root)
 
-log "app: pimail's systemd files from $(dirname "$unit")"
-install -m 0644 "$unit" "$root/usr/lib/systemd/system/pimail.service"
-for f in "$(dirname "$unit")"/*; do
-    [ "$f" = "$unit" ] && continue
-    case $f in
-        *.service | *.socket | *.timer | *.path) install -m 0644 "$f" "$root/usr/lib/systemd/system/" ;;
-        # systemd/pimail.conf is the sysusers file (user pimail, group gpio)
-        */pimail.conf | *sysusers*) install -D -m 0644 "$f" "$root/usr/lib/sysusers.d/pimail.conf" ;;
-        *tmpfiles*) install -m 0644 "$f" "$root/usr/lib/tmpfiles.d/pimail.conf" ;;
-    esac
-done
-
-log "app: service account (sysusers)"
-[ -f "$root/usr/lib/sysusers.d/pimail.conf" ] || die "no sysusers file for the pimail user (systemd/pimail.conf)"
-in_chroot "$root" systemd-sysusers
-# The unit's ConfigurationDirectory=pimail (mode 0750) leaves the owner alone: group pimail lets the
-# service (and first boot, as the service user) read the config.
-pimail_gid=$(awk -F: '$1 == "pimail" { print $3 }' "$root/etc/group")
-[ -n "$pimail_gid" ] || die "systemd-sysusers did not create the pimail group"
-chown "0:$pimail_gid" "$root/etc/pimail" "$root/etc/pimail/pimail.toml"
-chmod 0750 "$root/etc/pimail"
-chmod 0640 "$root/etc/pimail/pimail.toml"
-
-log "app: venv /opt/pimail/venv from the wheelhouse (offline, under emulation)"
-stage=$root/tmp/pimail-wheels
-rm -rf "$stage"
-mkdir -p "$stage"
-cp "$wheelhouse"/*.whl "$IMAGE_DIR/requirements-arm64.lock" "$app_wheel" "$stage/"
-pip_whl=$(find "$stage" -maxdepth 1 -name 'pip-*.whl' -printf '%f\n' | head -n1)
-[ -n "$pip_whl" ] || die "the wheelhouse has no pip wheel to install with"
-in_chroot "$root" python3 -m venv --without-pip /opt/pimail/venv
-# pip runs straight from its wheel; the lock pins every dependency by hash.
-in_chroot "$root" /opt/pimail/venv/bin/python "/tmp/pimail-wheels/$pip_whl/pip" install -q \
-    --no-index --find-links /tmp/pimail-wheels --require-hashes -r /tmp/pimail-wheels/requirements-arm64.lock
-in_chroot "$root" /opt/pimail/venv/bin/python "/tmp/pimail-wheels/$pip_whl/pip" install -q \
-    --no-index --find-links /tmp/pimail-wheels --no-deps "/tmp/pimail-wheels/$(basename "$app_wheel")"
-in_chroot "$root" /opt/pimail/venv/bin/python -m pip check
-in_chroot "$root" /opt/pimail/venv/bin/python -c 'import pimail, coincurve, uvloop, lgpio, gpiozero, Crypto; print("app: imports ok, pimail", pimail.__version__)'
-rm -rf "$stage"
-ln -sf /opt/pimail/venv/bin/pimail "$root/usr/local/bin/pimail"
+log "app: pimail from $(basename "$deb") (dpkg; no systemd runs here, so its postinst only enables)"
+cp "$deb" "$root/tmp/pimail.deb"
+in_chroot "$root" dpkg -i /tmp/pimail.deb >&2
+rm -f "$root/tmp/pimail.deb"
+[ -f "$root/usr/lib/sysusers.d/pimail.conf" ] || die "the package did not install its sysusers file"
+grep -q '^pimail:' "$root/etc/passwd" || die "the package's postinst did not create the pimail user"
+[ -L "$root/etc/systemd/system/multi-user.target.wants/pimail.service" ] ||
+    die "the package's postinst did not enable pimail.service"
+if ! cmp -s "$unit" "$root/lib/systemd/system/pimail.service"; then
+    log "app: using $unit instead of the packaged unit (/etc/systemd/system/pimail.service)"
+    install -m 0644 "$unit" "$root/etc/systemd/system/pimail.service"
+fi
+in_chroot "$root" /opt/pimail/venv/bin/python3 -c 'import pimail, coincurve, uvloop, lgpio, gpiozero, Crypto; print("app: imports ok, pimail", pimail.__version__)' >&2
 
 log "app: enabling units"
 in_chroot "$root" systemctl enable pimail.service pimail-data.service pimail-import-settings.service \

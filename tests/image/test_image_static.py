@@ -1,6 +1,6 @@
 """Static checks of image/ that CI runs on every push (the image itself is built by `make image`,
 never by the test suite): shellcheck, cross-references between units, scripts, labels and the
-boot test, the wheel lock against pyproject.toml, and a real run of the loop-free assembly step
+boot test, and a real run of the loop-free assembly step
 on a tiny root filesystem."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -112,26 +111,6 @@ def test_boot_test_reads_only_keys_the_guest_reports() -> None:
     used |= {f"{u}.active" for u in units}
     assert used, "no keys found: the pattern is broken"
     assert used - reported == set(), f"the host checks keys the guest never prints: {used - reported}"
-
-
-def requirement_names(specs: list[str]) -> set[str]:
-    return {re.split(r"[<>=!~;\[ ]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
-
-
-def test_wheel_lock_covers_pyproject_and_pins_real_lgpio() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = requirement_names(project["dependencies"] + project["optional-dependencies"]["gpio"])
-    lock = (IMAGE / "requirements-arm64.lock").read_text()
-    lines = [ln for ln in lock.splitlines() if not ln.startswith("#")]
-    pinned = {}
-    for line in lines:
-        m = re.fullmatch(r"([a-z0-9-]+)==(\S+) --hash=sha256:([0-9a-f]{64})", line)
-        assert m, f"lock line is not 'name==version --hash=sha256:…': {line}"
-        pinned[m.group(1)] = m.group(2)
-    missing = wanted - set(pinned)
-    assert not missing, f"stale requirements-arm64.lock (run image/wheels-lock.sh): lacks {sorted(missing)}"
-    # 0.0.0.2 is the do-nothing stub pip picks when the manylinux_2_34 tag is not offered.
-    assert pinned["lgpio"] == "0.2.2.0"
 
 
 def test_package_list_has_what_the_issue_asks_for() -> None:
@@ -243,7 +222,7 @@ def test_assembly_refuses_a_tree_without_firmware(tmp_path: Path) -> None:
     assert not (tmp_path / "x.img").exists()
 
 
-@pytest.mark.parametrize("script", ["stages/base.sh", "stages/app.sh", "stages/wheels.sh"])
+@pytest.mark.parametrize("script", ["stages/base.sh", "stages/app.sh"])
 def test_stage_scripts_demand_their_arguments(script: str) -> None:
     proc = subprocess.run([str(IMAGE / script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
