@@ -17,6 +17,11 @@ ASYNC_TEST_TIMEOUT_S = 30.0
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    return run_bounded(pyfuncitem, ASYNC_TEST_TIMEOUT_S)
+
+
+def run_bounded(pyfuncitem: pytest.Function, timeout_s: float) -> bool | None:
+    """Run one ``async def`` test within ``timeout_s``; anything escaping into the loop fails it."""
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
     names = pyfuncitem._fixtureinfo.argnames
@@ -27,7 +32,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     async def bounded() -> None:
         # anything that escapes into the loop (a callback or an un-awaited task failing) fails the test
         asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
-        await asyncio.wait_for(pyfuncitem.obj(**kwargs), ASYNC_TEST_TIMEOUT_S)
+        await asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout_s)
 
     if os.environ.get("PIMAIL_TEST_UVLOOP"):
         import uvloop
