@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import ArchivedEnvelope, ArchiveError, DurableCallback, PruneResult
+from pimail.health import HealthModel, Severity
 
 log = logging.getLogger(__name__)
 

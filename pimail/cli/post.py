@@ -7,11 +7,11 @@ import asyncio
 import time
 from typing import Any
 
+from pimail.envelope import payload as pl
+from pimail.envelope.codec import Envelope
+from pimail.envelope.pow import PowFormula
+from pimail.envelope.seal import seal_async
 from pimail.errors import RuntimeFailure, UserError
-from pimail.whisper import payload as pl
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.pow import PowFormula
-from pimail.whisper.seal import seal_async
 from pimail.whisper.status import MessageResponse
 from pimail.whisper.validation import pow_meets
 

@@ -14,7 +14,6 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import (
     Archive,
     ArchiveError,
@@ -40,6 +39,7 @@ from pimail.archive.postgres.layout import (
     partition_name,
 )
 from pimail.config import ArchiveConfig
+from pimail.health import HealthModel, Severity
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 
-from pimail.appliance.health import Severity
 from pimail.archive.base import ArchivedEnvelope, ArchiveError
 from pimail.archive.common import Pending
 from pimail.archive.postgres.core import PgCore
@@ -25,7 +24,8 @@ from pimail.archive.postgres.layout import (
     day_start,
     one_line,
 )
-from pimail.whisper.bloom import topic_to_bloom
+from pimail.envelope.bloom import topic_to_bloom
+from pimail.health import Severity
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import Archive, ArchiveError, DurableCallback, RetentionPolicy
 from pimail.archive.common import (
     BUSY_GROUP_BYTES,
@@ -32,6 +31,7 @@ from pimail.archive.common import (
     post,
 )
 from pimail.archive.sqlite.layout import WAL_AUTOCHECKPOINT_PAGES
+from pimail.health import HealthModel, Severity
 
 T = TypeVar("T")
 

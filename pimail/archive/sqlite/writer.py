@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from pimail.appliance.health import Severity
 from pimail.archive.base import ArchivedEnvelope, ArchiveError
 from pimail.archive.common import Pending, PruneTally
 from pimail.archive.sqlite.core import (
@@ -43,6 +42,7 @@ from pimail.archive.sqlite.layout import (
     span_floor,
 )
 from pimail.archive.sqlite.space import SqliteSpace
+from pimail.health import Severity
 
 log = logging.getLogger(__name__)
 
