@@ -66,7 +66,7 @@ def post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: A
 # -- the group-commit queue ------------------------------------------------------------------------
 
 
-BUSY_GROUP_BYTES = 256 * 1024  # this much envelope data waiting makes a group due at once
+BUSY_GROUP_BYTES = 1024 * 1024  # this much envelope data waiting makes a group due at once
 
 
 @dataclass
