@@ -237,6 +237,19 @@ def proc_write_bytes(pid: int) -> int | None:
     return None
 
 
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU-seconds of ``pid`` so far (all its threads), from /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+BUSY_FLOOR = 0.9  # the server under this share of one core while ingesting: the generator set the pace
+
+
 def archive_count(data_dir: Path) -> int:
     """Envelopes in a pimail SQLite archive, read-only, without disturbing the writer."""
     import sqlite3
@@ -397,7 +410,14 @@ async def measure(enode: str, pid: int | None, raws: list[bytes], sent: tuple[in
     (go-ethereum's wnode only understands the legacy form, with its own password)."""
     m = Measures(label)
     w0 = proc_write_bytes(pid) if pid else None
+    c0 = proc_cpu_s(pid) if pid else None
     secs, acked = await post_load(enode, raws, conns, want_acks=acks)
+    c1 = proc_cpu_s(pid) if pid else None
+    if c0 is not None and c1 is not None and secs > 0:
+        busy = (c1 - c0) / secs
+        m.values["cpu_per_1000"] = (c1 - c0) / len(raws) * 1000
+        m.notes["cpu"] = (f"server busy {busy:.0%} of one core while posting"
+                          + (" (generator-bound)" if busy < BUSY_FLOOR else ""))
     lower, upper = sent[0] - 5, sent[1] + 5
     if data_dir is not None:
         held = archive_count(data_dir)
@@ -488,6 +508,7 @@ ROWS = [  # key, name, unit, higher is better
     ("history_rate", "history delivery (one window, 1000/page)", "env/s", True),
     ("first_ms", "history: time to first envelope", "ms", False),
     ("page_p95_ms", "100-envelope page p95", "ms", False),
+    ("cpu_per_1000", "server CPU-seconds per 1,000 envelopes posted", "s", False),
     ("rss_mb", "server RSS after the run", "MB", False),
     ("hwm_mb", "server peak RSS (VmHWM)", "MB", False),
     ("disk_per_env", "bytes on disk per envelope", "B", False),

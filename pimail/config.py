@@ -92,7 +92,9 @@ class ArchiveConfig:
     # commits every 10,000 envelopes (bench/archive.py); confirmations wait for the group.
     flush_interval_ms: int = 1000
     flush_max_envelopes: int = 10000
-    synchronous: str = "normal"  # normal | full ("power-loss safe")
+    # full: an ack means the commit is on stable storage (power-loss safe); normal: acks survive a
+    # crash of pimail, not a power cut (the last commits before the cut may be rolled back)
+    synchronous: str = "full"
     max_age: str = "30d"
     max_count: int = 0
     max_bytes: str = "0"  # e.g. "8GB"; 0 = no cap

@@ -673,7 +673,9 @@ def test_age_retention_drops_whole_partitions(pg_url: str, schema: str) -> None:
     # 4 envelopes per day over the last 6 days, plus two ancient ones in the default partition
     envs = [make_env(today - d * DAY_S + h * 3600, nonce=d * 10 + h) for d in range(6) for h in range(4)]
     envs += [make_env(1000, nonce=999), make_env(2000, nonce=998)]
-    max_age = int(2.5 * DAY_S)
+    # the cutoff falls at noon two days ago whatever the time of day (2.5 days from before noon
+    # put it a day earlier, where the partition of three days ago still held rows after it)
+    max_age = (now - today) + int(1.5 * DAY_S)
     cutoff = now - max_age
 
     async def scenario() -> None:
@@ -776,6 +778,32 @@ def test_maintenance_timer_prunes_and_creates_partitions_ahead(pg_url: str, sche
                     break
                 await asyncio.sleep(0.05)
             assert (await a.stats()).count == 5
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_sessions_commit_synchronously_even_when_the_server_default_is_off(pg_url: str, schema: str) -> None:
+    """An ack waits for a synchronous commit: with synchronous_commit=off as the session default
+    (libpq options), the archive's own connections run with it on."""
+    sep = "&" if "?" in pg_url else "?"
+    url = pg_url + sep + "options=" + "-c%20synchronous_commit%3Doff"
+
+    async def scenario() -> None:
+        probe = await psycopg.AsyncConnection.connect(url)
+        cur = await probe.execute("SHOW synchronous_commit")
+        assert (await cur.fetchone()) == ("off",)  # the default really is off
+        await probe.close()
+        a = archive(url, schema)
+        await a.open()
+        try:
+            await a.submit([make_env(int(time.time()))])
+            assert a._pool is not None
+            for _ in range(3):
+                async with a._pool.connection() as conn:
+                    cur = await conn.execute("SHOW synchronous_commit")
+                    assert (await cur.fetchone()) == ("on",)
         finally:
             await a.close()
 
