@@ -41,7 +41,7 @@ class WhisperConfig:
     pow_formula: str = "either"  # either | legacy | current
     max_message_size: int = 1024 * 1024  # geth DefaultMaxMessageSize
     # Envelopes live here only until they expire (Status: 10–50 s). The budget is memory, counted per
-    # envelope as ~3 x its raw size + 1.1 KB (pimail.whisper.pool.footprint): 16 MB holds ~8,000
+    # envelope as ~3 x its raw size + 1.1 KB (pimail.relay.pool.footprint): 16 MB holds ~8,000
     # Status-sized envelopes, 160/s for their 50 s lifetime. Sized for a 512 MB Pi Zero 2 W.
     pool_max_bytes: int = 16 * 1024 * 1024
     known_per_peer: int = 50_000

@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 from pimail.errors import RuntimeFailure, UserError
+from pimail.relay.validation import pow_meets
 from pimail.whisper import payload as pl
 from pimail.whisper.envelope import Envelope
 from pimail.whisper.pow import PowFormula
 from pimail.whisper.seal import seal_async
 from pimail.whisper.status import MessageResponse
-from pimail.whisper.validation import pow_meets
 
 DEFAULT_TTL_S = 30
 DEFAULT_POW = 0.002  # what Status clients seal with

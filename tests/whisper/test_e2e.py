@@ -13,9 +13,9 @@ from pimail.archive.base import ArchivedEnvelope
 from pimail.archive.sqlite import SqliteArchive
 from pimail.config import WhisperConfig
 from pimail.crypto.hashing import keccak256
+from pimail.relay.pool import footprint
 from pimail.whisper import status as st
 from pimail.whisper.envelope import Envelope, encode_envelope_list
-from pimail.whisper.pool import footprint
 from pimail.whisper.pow import pow_to_bits
 from pimail.whisper.seal import seal
 

@@ -11,14 +11,15 @@ import tracemalloc
 import pytest
 
 from pimail.crypto.keys import NodeKey
+from pimail.relay.pool import EnvelopePool, KnownSet, PacketRateLimiter, footprint
+from pimail.relay.validation import Outcome, Rules, judge
 from pimail.whisper import payload as pl
+from pimail.whisper import status as st
 from pimail.whisper.envelope import Envelope, decode_envelope_list, encode_envelope_list
-from pimail.whisper.pool import EnvelopePool, KnownSet, PacketRateLimiter, footprint
 from pimail.whisper.pow import PowFormula
 from pimail.whisper.seal import seal, seal_async
 from pimail.whisper.service import peer_formula
 from pimail.whisper.status import ENVELOPE_OTHER_ERROR, ENVELOPE_TIME_NOT_SYNCED
-from pimail.whisper.validation import Outcome, Rules, judge
 
 NOW = 1_800_000_000
 
@@ -41,7 +42,8 @@ def test_future_within_allowance_recomputes_pow_with_diff() -> None:
 
 def test_future_beyond_ten_seconds_is_time_error() -> None:
     v = judge(env_at(NOW + 11), Rules(min_pow=0), NOW)
-    assert v.outcome is Outcome.TIME_ERROR and "future" in v.reason and v.code == ENVELOPE_TIME_NOT_SYNCED
+    assert v.outcome is Outcome.TIME_ERROR and "future" in v.reason
+    assert v.code(st.ERROR_CODES) == ENVELOPE_TIME_NOT_SYNCED
 
 
 def test_expired_recently_dropped_silently_and_very_old_is_time_error() -> None:
@@ -57,7 +59,8 @@ def test_untrusted_clock_skips_time_rules() -> None:
 
 def test_oversized_is_error() -> None:
     v = judge(env_at(NOW, data=b"x" * 2000), Rules(min_pow=0, max_size=1000), NOW)
-    assert v.outcome is Outcome.ERROR and "oversized" in v.reason and v.code == ENVELOPE_OTHER_ERROR
+    assert v.outcome is Outcome.ERROR and "oversized" in v.reason
+    assert v.code(st.ERROR_CODES) == ENVELOPE_OTHER_ERROR
 
 
 def _low_pow_envelope(target: float) -> Envelope:

@@ -1,4 +1,5 @@
-"""Judging a received envelope (PROTOCOL.md §3.6) with status-go's outcomes. Sans-I/O.
+"""Judging a received envelope (PROTOCOL.md §3.6) with status-go's outcomes, for shh and waku alike.
+Sans-I/O.
 
 Time errors (from the future, very old) keep the peer and are reported in the Message Response;
 every other error disconnects the peer (0x10). Expired-but-recent envelopes are dropped silently.
@@ -9,10 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pimail.relay.confirmations import ErrorCodes
 from pimail.whisper.bloom import bloom_matches
 from pimail.whisper.envelope import Envelope
 from pimail.whisper.pow import PowFormula
-from pimail.whisper.status import ENVELOPE_OTHER_ERROR, ENVELOPE_TIME_NOT_SYNCED
 
 VERY_OLD_S = 20  # geth: Expiry + 20 < now is an error, younger expired envelopes are just dropped
 DEFAULT_SYNC_ALLOWANCE_S = 10  # geth DefaultSyncAllowance
@@ -30,9 +31,9 @@ class Verdict:
     outcome: Outcome
     reason: str = ""
 
-    @property
-    def code(self) -> int:
-        return ENVELOPE_TIME_NOT_SYNCED if self.outcome is Outcome.TIME_ERROR else ENVELOPE_OTHER_ERROR
+    def code(self, codes: ErrorCodes) -> int:
+        """The Message Response code for this verdict in the protocol whose ``codes`` are given."""
+        return codes.time_not_synced if self.outcome is Outcome.TIME_ERROR else codes.other
 
 
 ACCEPTED = Verdict(Outcome.ACCEPT)
