@@ -33,7 +33,9 @@ class NodeConfig:
 
 @dataclass
 class WhisperConfig:
-    """[whisper] — shh/6."""
+    """[whisper] — shh/6, and the envelope relay both protocols share (PoW, sizes, pool, timers)."""
+
+    enabled: bool = True  # offer shh/6 (refused together with [waku] enabled = false)
 
     # What we require of received envelopes. status-go forces its nodes to 0.000002 and Status phones
     # seal big payloads at 0.000002; a home mailserver must not drop (or disconnect) its own phones.
@@ -51,6 +53,19 @@ class WhisperConfig:
     rate_limit_packets_per_s: float = 50.0  # per peer, Messages packets
     rate_limit_tolerance: int = 100  # packets over the limit before disconnect
     confirmations: bool = True
+
+
+@dataclass
+class WakuConfig:
+    """[waku] — waku/1 and waku/0 beside shh/6 on the same listener; the relay settings are [whisper]'s."""
+
+    enabled: bool = True  # offer waku/1 and waku/0
+    waku0: bool = True  # also offer waku/0 (older Status clients)
+    confirmations: bool = True  # send Message Response + Batch Ack once the archive has the envelopes
+    # ours: advertised in Status (the peer-ID limit) and enforced on what a peer sends us
+    rate_limit_packets_per_s: float = 50.0  # Messages packets per peer per second
+    rate_limit_tolerance: int = 100  # packets over the limit before disconnect
+    rate_limit_bytes_per_s: int = 0  # Messages bytes per peer per second (waku/1 key 6); 0 = none
 
 
 @dataclass
@@ -116,6 +131,7 @@ class StatusConfig:
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     whisper: WhisperConfig = field(default_factory=WhisperConfig)
+    waku: WakuConfig = field(default_factory=WakuConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     mailserver: MailserverConfig = field(default_factory=MailserverConfig)
     leds: LedConfig = field(default_factory=LedConfig)

@@ -48,6 +48,7 @@ FORWARD_SLICE_BYTES = 256 * 1024  # packet bytes built per loop turn while forwa
 FORWARD_EXAMINE_COST = 64  # an examined envelope counts as this many bytes of work
 MAX_PENDING_CONFIRMATIONS = 64  # per peer; beyond this the peer is flooding us
 HEALTH_NO_PEERS = "whisper.no_peers"
+FORWARD_PREFERENCE = {"waku": 2, "shh": 1}  # which protocol feeds a connection that shares both
 HEALTH_ARCHIVE = "whisper.archive"
 
 
@@ -57,6 +58,10 @@ class Link(Protocol):
     @property
     def protocol(self) -> str:
         """``"shh/6"``, ``"waku/1"`` …"""
+
+    @property
+    def capability(self) -> str:
+        """The devp2p capability name: ``"shh"``, ``"waku"``."""
 
     @property
     def error_codes(self) -> ErrorCodes: ...
@@ -90,6 +95,7 @@ class RelayPeer:
     bloom: bytes = FULL_BLOOM
     topic_interest: frozenset[bytes] | None = None  # overrides the bloom when set (waku)
     light: bool = False
+    forward: bool = True  # False: another protocol of the same connection carries the relay stream
     send_packets: TokenBucket | None = None  # the peer's advertised limits, honoured when we send
     send_bytes: TokenBucket | None = None
     # -- what judging envelopes *from* this peer uses --
@@ -119,7 +125,10 @@ class RelayPeer:
 
 
 class RequestHandler(Protocol):
-    async def handle(self, peer: PeerLike, code: int, payload: bytes, **reply: Any) -> None: ...
+    """The mailserver: history requests of any protocol, answered on the protocol they came in on."""
+
+    async def handle(self, peer: PeerLike, code: int, payload: bytes, *, capability: str = ...,
+                     lists_only: bool = ...) -> None: ...
 
 
 class RelayCore:
@@ -145,7 +154,8 @@ class RelayCore:
         self.forward_slice_bytes = FORWARD_SLICE_BYTES
         self._clock = clock
         self.pool = EnvelopePool(config.pool_max_bytes)
-        self.peers: dict[PeerLike, RelayPeer] = {}
+        #: (connection, capability name) → relay peer: a connection sharing shh *and* waku is two
+        self.peers: dict[tuple[PeerLike, str], RelayPeer] = {}
         self.min_pow = config.min_pow
         self.formula = PowFormula(config.pow_formula)
         self._pow_tolerance: float | None = None
@@ -215,30 +225,56 @@ class RelayCore:
             byte_limiter=byte_limiter,
         )
         rp.outbox.extend(env.hash for env in self.pool)
-        self.peers[peer] = rp
+        self.peers[(peer, link.capability)] = rp
+        self._pick_forwarding_channel(peer)
         self._last_peer_seen = now_m
         if self.health is not None:
             self.health.clear(HEALTH_NO_PEERS)
         return rp
 
-    def remove_peer(self, peer: PeerLike) -> RelayPeer | None:
-        rp = self.peers.pop(peer, None)
+    def _pick_forwarding_channel(self, peer: PeerLike) -> None:
+        """One connection sharing several protocols is fed through one of them (waku first): the
+        other still receives and confirms, but forwarding twice would only double the traffic."""
+        channels = [rp for (p, _), rp in self.peers.items() if p is peer]
+        if len(channels) < 2:
+            return
+        best = max(channels, key=lambda rp: FORWARD_PREFERENCE.get(rp.link.capability, 0))
+        for rp in channels:
+            rp.forward = rp is best
+
+    def get(self, peer: PeerLike, capability: str) -> RelayPeer | None:
+        return self.peers.get((peer, capability))
+
+    def remove_peer(self, peer: PeerLike, capability: str) -> RelayPeer | None:
+        rp = self.peers.pop((peer, capability), None)
+        if rp is not None and rp.forward:
+            for (p, _), other in self.peers.items():
+                if p is peer:
+                    other.forward = True
         if not self.peers:
             self._last_peer_seen = time.monotonic()
         return rp
 
-    def peers_of(self, protocol_prefix: str) -> dict[PeerLike, RelayPeer]:
-        return {p: rp for p, rp in self.peers.items() if rp.link.protocol.startswith(protocol_prefix)}
+    def peers_of(self, capability: str) -> dict[PeerLike, RelayPeer]:
+        """Relay peers of one capability, by connection."""
+        return {p: rp for (p, cap), rp in self.peers.items() if cap == capability}
+
+    def peer_counts(self) -> dict[str, int]:
+        """Connections per protocol (``shh/6``, ``waku/1`` …) for status, page and metrics."""
+        counts: dict[str, int] = {}
+        for rp in self.peers.values():
+            counts[rp.link.protocol] = counts.get(rp.link.protocol, 0) + 1
+        return counts
 
     def status_received(self, rp: RelayPeer, status: object) -> None:
         rp.status = status
         rp.status_event.set()
 
-    async def wait_status(self, peer: PeerLike, timeout: float) -> RelayPeer:
-        """Wait for the peer's Status in whatever protocol it shares (client tools)."""
+    async def wait_status(self, peer: PeerLike, capability: str, timeout: float) -> RelayPeer:
+        """Wait for the peer's Status in ``capability`` (client tools)."""
         async def wait() -> RelayPeer:
             # connect() returns after the Hellos; peer_started may not have run yet.
-            while (rp := self.peers.get(peer)) is None:
+            while (rp := self.peers.get((peer, capability))) is None:
                 if peer.closed:
                     raise ConnectionError("peer disconnected before the sub-protocol handshake")
                 await asyncio.sleep(0.01)
@@ -419,7 +455,7 @@ class RelayCore:
         want_hash = any(getattr(x, "on_sent", None) is not None for x in self.listeners)
         now_m = time.monotonic()
         for rp in list(self.peers.values()):
-            if self.peers.get(rp.peer) is not rp:
+            if self.peers.get((rp.peer, rp.link.capability)) is not rp:
                 continue  # stopped while an earlier slice yielded
             n, cost = self._forward_peer(rp, limit, want_hash, now_m)
             sent += n
@@ -431,7 +467,7 @@ class RelayCore:
 
     def _forward_peer(self, rp: RelayPeer, limit: int, want_hash: bool, now_m: float) -> tuple[int, int]:
         """At most one packet of ``rp``'s pending envelopes; (envelopes sent, work done)."""
-        if rp.status is None or rp.peer.closed or not rp.outbox:
+        if rp.status is None or rp.peer.closed or not rp.outbox or not rp.forward:
             return 0, 0
         if rp.send_packets is not None and not rp.send_packets.available(1, now_m):
             return 0, 0  # the peer's packet limit: wait for the next cycle rather than be dropped
@@ -449,6 +485,9 @@ class RelayCore:
         # the peer's filters, read once per packet instead of once per envelope
         interest = rp.topic_interest
         every_topic = interest is None and is_full(rp.bloom)
+        if every_topic and rp.light:
+            return 0, 0  # a light node relays nothing: no forwarding duty, only what it asked for
+        too_big = rp.send_bytes.capacity if rp.send_bytes is not None else None
         wanted_bits = int.from_bytes(rp.bloom, "big")
         requirement, formula = rp.pow_requirement, rp.formula
         while outbox:
@@ -465,6 +504,9 @@ class RelayCore:
                 if wanted_bits | bits != wanted_bits:
                     continue
             if requirement > 0 and not pow_meets(env.pows(), requirement, formula):
+                continue
+            if too_big is not None and len(env.raw) > too_big:
+                self.counters["over_peer_byte_limit"] += 1  # can never fit the peer's byte limit
                 continue
             # a first envelope bigger than the headroom still goes alone (it was size-checked on
             # input), unless the peer's byte budget cannot take it yet

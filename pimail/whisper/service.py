@@ -65,6 +65,7 @@ class ShhLink:
     """How the core reaches a shh/6 peer."""
 
     protocol = PROTOCOL
+    capability = CAPABILITY
     error_codes: ErrorCodes = st.ERROR_CODES
 
     def __init__(self, peer: PeerLike) -> None:
@@ -208,12 +209,11 @@ class WhisperService(Capability):
         self.core.set_min_pow(value)
 
     def peer_state(self, peer: PeerLike) -> RelayPeer | None:
-        rp = self.core.peers.get(peer)
-        return rp if rp is not None and rp.protocol == PROTOCOL else None
+        return self.core.get(peer, CAPABILITY)
 
     async def wait_status(self, peer: PeerLike, timeout: float) -> RelayPeer:
         """Wait for the peer's Status (client tools). Raises TimeoutError."""
-        return await self.core.wait_status(peer, timeout)
+        return await self.core.wait_status(peer, CAPABILITY, timeout)
 
     async def send_p2p_envelopes(self, peer: PeerLike, raw_envelopes: list[bytes], batch: bool) -> None:
         """Code 127: one packet with a list (status-go, ``batch``) or one packet per envelope (geth)."""
@@ -250,14 +250,12 @@ class WhisperService(Capability):
         log.debug("shh peer %s started (%s)", short(peer), peer.client_id)
 
     def peer_stopped(self, peer: PeerLike) -> None:
-        rp = self.core.peers.get(peer)
-        if rp is not None and rp.protocol == PROTOCOL:
-            self.core.remove_peer(peer)
+        if self.core.remove_peer(peer, CAPABILITY) is not None:
             log.debug("shh peer %s stopped", short(peer))
 
     async def handle_message(self, peer: PeerLike, code: int, payload: bytes) -> None:
-        rp = self.core.peers.get(peer)
-        if rp is None or rp.protocol != PROTOCOL:
+        rp = self.core.get(peer, CAPABILITY)
+        if rp is None:
             return
         if rp.status is None:
             if code != st.STATUS:
