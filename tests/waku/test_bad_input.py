@@ -21,7 +21,7 @@ SUBPROTOCOL = "peer disconnected: subprotocol error"
 
 
 async def _bystander(tmp: Path, node: DualNode) -> tuple[object, object]:
-    server, raw, peer = await raw_waku_peer(tmp, node.server)
+    server, _raw, peer = await raw_waku_peer(tmp, node.server)
     peer.send("waku", 0, GOOD_STATUS)
     await until(lambda: all(rp.status is not None for rp in node.core.peers.values()), what="bystander")
     return server, peer
@@ -84,7 +84,7 @@ async def test_unknown_key_with_a_huge_value_is_ignored(tmp_path: Path) -> None:
 async def test_sync_codes_and_untrusted_p2p_are_dropped_and_counted(tmp_path: Path) -> None:
     b = await start_dual(tmp_path / "b")
     try:
-        server, raw, peer = await raw_waku_peer(tmp_path / "r", b.server)
+        server, _raw, peer = await raw_waku_peer(tmp_path / "r", b.server)
         peer.send("waku", 0, GOOD_STATUS)
         peer.send("waku", 123, bytes(rlp.encode([0, 1, b"", 10, b""])))
         peer.send("waku", 124, bytes(rlp.encode([[], b"", True, b""])))

@@ -179,8 +179,7 @@ async def test_topic_interest_excludes_a_topic_and_status_update_changes_it(tmp_
         await a.server.connect(b.server.enode)
         server, raw, peer = await raw_waku_peer(tmp_path / "r", b.server)
         peer.send("waku", 0, waku1_status(pow=pow_to_bits(0.0), topics=[TOPIC]))
-        await until(lambda: all(rp.status is not None for rp in b.core.peers.values()) and len(b.core.peers) == 2,
-                    what="statuses")
+        await connected(b, count=2)
         wanted, unwanted = fresh(topic=TOPIC), fresh(topic=OTHER)
         assert a.core.post(unwanted) and a.core.post(wanted)
         await until(lambda: 1 in raw.codes(), what="forwarded envelopes")
