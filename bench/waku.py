@@ -130,8 +130,8 @@ async def _ingest(quick: bool) -> tuple[dict[str, float], str]:
     from pimail.mailserver.client import client_whisper_config
     from pimail.whisper.client import client_session
 
-    n = 4000 if quick else 20000
-    rounds = 2 if quick else 4
+    n = 10000 if quick else 40000
+    rounds = 3 if quick else 4
     best = {"shh": 0.0, "waku": 0.0}
     with tempfile.TemporaryDirectory(prefix="pimail-bench-waku-") as tmp:
         root = Path(tmp)

@@ -38,3 +38,16 @@ def test_status_page_and_cli_show_peers_per_protocol() -> None:
     assert "By protocol: shh/6: 1 · waku/1: 2" in page
     text = render(SNAP)
     assert "peers      3 (shh/6 1, waku/1 2)" in text
+
+
+def test_both_protocols_off_is_refused_with_one_line(tmp_path: Any) -> None:
+    import pytest
+
+    from pimail.configfile import ConfigError, load_config
+
+    path = tmp_path / "pimail.toml"
+    path.write_text("[whisper]\nenabled = false\n\n[waku]\nenabled = false\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{path}:5: ") and "no protocol" in message
