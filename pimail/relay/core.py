@@ -166,7 +166,6 @@ class RelayCore:
         self.no_peers_grace_s = NO_PEERS_GRACE_S
         self.status_timeout_s = STATUS_TIMEOUT_S
         self.counters: dict[str, int] = collections.defaultdict(int)
-        self.adapters = 0  # protocol adapters sharing this core (for the close() they each call)
 
     # -- settings ---------------------------------------------------------------------------------
     @property

@@ -70,7 +70,6 @@ class WakuService(Capability):
     def __init__(self, config: WakuConfig, core: RelayCore) -> None:
         self.config = config
         self.core = core
-        core.adapters += 1
 
     @property
     def versions(self) -> tuple[int, ...]:

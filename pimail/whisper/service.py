@@ -107,7 +107,6 @@ class WhisperService(Capability):
         else:
             core.trusted.update(trusted)
         self.core = core
-        core.adapters += 1
 
     # -- the core's state, as the shh service always exposed it --------------------------------------
     @property
