@@ -31,8 +31,8 @@ from bench.common import Result, print_table
 from pimail.archive.base import Archive, ArchivedEnvelope, HistoryQuery
 from pimail.archive.sqlite import SqliteArchive
 from pimail.config import ArchiveConfig
-from pimail.crypto.hashing import keccak256
-from pimail.whisper.bloom import topics_to_bloom
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.bloom import topics_to_bloom
 
 AREA = "archive"
 ENVELOPE_BYTES = 300

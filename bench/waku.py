@@ -18,12 +18,12 @@ from typing import Any
 from bench.common import Result, print_table
 from pimail.config import NodeConfig, WakuConfig, WhisperConfig
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.codec import Envelope, encode_envelope_list
 from pimail.node.server import NodeServer
 from pimail.relay.core import RelayCore
 from pimail.waku import status as ws
 from pimail.waku.service import WakuService
 from pimail.whisper import status as st
-from pimail.whisper.envelope import Envelope, encode_envelope_list
 from pimail.whisper.service import WhisperService
 
 AREA = "waku"
@@ -98,7 +98,7 @@ async def _validations(quick: bool) -> dict[str, float]:
 
 async def _post_round(s: Any, capability: str, packets: list[bytes]) -> float:
     """Send ``packets`` with at most 32 unacknowledged; envelopes per second to the last ack."""
-    from pimail.whisper.keccak import keccak256
+    from pimail.crypto.keccak import keccak256
 
     pending: set[bytes] = set()
     window = asyncio.Semaphore(32)

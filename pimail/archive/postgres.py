@@ -41,7 +41,6 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import (
     MAX_QUERY_LIMIT,
     Archive,
@@ -58,7 +57,8 @@ from pimail.archive.base import (
     decode_cursor,
 )
 from pimail.config import ArchiveConfig
-from pimail.whisper.bloom import BLOOM_LEN, is_full, topic_to_bloom
+from pimail.envelope.bloom import BLOOM_LEN, is_full, topic_to_bloom
+from pimail.health import HealthModel, Severity
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,6 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import (
     MAX_QUERY_LIMIT,
     Archive,
@@ -73,8 +72,9 @@ from pimail.archive.base import (
     decode_cursor,
     encode_cursor,
 )
-from pimail.whisper.bloom import BLOOM_LEN, is_full, topic_to_bloom
-from pimail.whisper.keccak import keccak256  # pycryptodome's keccak without its wrapper: ~3x cheaper
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.bloom import BLOOM_LEN, is_full, topic_to_bloom
+from pimail.health import HealthModel, Severity
 
 log = logging.getLogger(__name__)
 

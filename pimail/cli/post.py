@@ -7,12 +7,12 @@ import asyncio
 import time
 from typing import Any
 
+from pimail.envelope import payload as pl
+from pimail.envelope.codec import Envelope
+from pimail.envelope.pow import PowFormula
+from pimail.envelope.seal import seal_async
 from pimail.errors import RuntimeFailure, UserError
 from pimail.relay.validation import pow_meets
-from pimail.whisper import payload as pl
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.pow import PowFormula
-from pimail.whisper.seal import seal_async
 from pimail.whisper.status import MessageResponse
 
 DEFAULT_TTL_S = 30

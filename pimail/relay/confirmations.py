@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pimail import rlpcodec
-from pimail.whisper.envelope import UINT64_MAX, EnvelopeError, decode_uint
+from pimail.envelope.codec import UINT64_MAX, EnvelopeError, decode_uint
 
 MESSAGE_RESPONSE_VERSION = 1
 HASH_LEN = 32

@@ -25,18 +25,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.config import WhisperConfig
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.bloom import FULL_BLOOM, is_full
+from pimail.envelope.codec import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
+from pimail.envelope.pow import PowFormula
+from pimail.health import HealthModel, Severity
 from pimail.node.capability import DisconnectReason, PeerLike, ProtocolError
 from pimail.relay.confirmations import EnvelopeErrorReport, ErrorCodes, MessageResponse, encode_batch_ack
 from pimail.relay.limits import TokenBucket
 from pimail.relay.pool import EnvelopePool, KnownSet, PacketRateLimiter
 from pimail.relay.validation import Outcome, Rules, judge, pow_meets
-from pimail.whisper.bloom import FULL_BLOOM, is_full
-from pimail.whisper.envelope import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
-from pimail.whisper.keccak import keccak256
-from pimail.whisper.pow import PowFormula
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pimail.envelope.bloom import bloom_matches
+from pimail.envelope.codec import Envelope
+from pimail.envelope.pow import PowFormula
 from pimail.relay.confirmations import ErrorCodes
-from pimail.whisper.bloom import bloom_matches
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.pow import PowFormula
 
 VERY_OLD_S = 20  # geth: Expiry + 20 < now is an error, younger expired envelopes are just dropped
 DEFAULT_SYNC_ALLOWANCE_S = 10  # geth DefaultSyncAllowance

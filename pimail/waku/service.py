@@ -15,14 +15,14 @@ import logging
 import time
 
 from pimail.config import WakuConfig
+from pimail.envelope.bloom import FULL_BLOOM
+from pimail.envelope.codec import EnvelopeError, decode_envelope_list, encode_envelope_list
+from pimail.envelope.pow import PowFormula
 from pimail.node.capability import Capability, PeerLike, ProtocolError, shared_version
 from pimail.relay.confirmations import ErrorCodes, MessageResponse, WireError, decode_batch_ack
 from pimail.relay.core import RelayCore, RelayPeer, short
 from pimail.relay.limits import TokenBucket
 from pimail.waku import status as ws
-from pimail.whisper.bloom import FULL_BLOOM
-from pimail.whisper.envelope import EnvelopeError, decode_envelope_list, encode_envelope_list
-from pimail.whisper.pow import PowFormula
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass, replace
 
 from pimail import rlpcodec
+from pimail.envelope.bloom import BLOOM_LEN, FULL_BLOOM, TOPIC_LEN
+from pimail.envelope.pow import pow_from_bits, pow_to_bits
 from pimail.relay.confirmations import ErrorCodes, WireError, decode_rlp, decode_uint_field
-from pimail.whisper.bloom import BLOOM_LEN, FULL_BLOOM, TOPIC_LEN
-from pimail.whisper.pow import pow_from_bits, pow_to_bits
 
 CAPABILITY = "waku"
 VERSIONS = (1, 0)  # offered, highest first

@@ -18,13 +18,13 @@ from typing import Any
 
 from pimail.config import NodeConfig, WakuConfig, WhisperConfig
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
+from pimail.envelope.codec import Envelope
 from pimail.errors import RuntimeFailure, UserError
 from pimail.node.capability import Capability, PeerLike
 from pimail.node.peer import Peer
 from pimail.node.server import NodeServer
 from pimail.relay.core import RelayCore, RelayPeer
 from pimail.waku.service import WakuService
-from pimail.whisper.envelope import Envelope
 from pimail.whisper.service import WhisperService
 
 log = logging.getLogger(__name__)

@@ -14,17 +14,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from pimail.appliance.health import HealthModel
 from pimail.archive.base import Archive
 from pimail.config import WhisperConfig
+from pimail.envelope.bloom import FULL_BLOOM
+from pimail.envelope.codec import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
+from pimail.envelope.pow import PowFormula
+from pimail.health import HealthModel
 from pimail.node.capability import Capability, PeerLike, ProtocolError
 from pimail.relay.confirmations import ErrorCodes, MessageResponse, WireError, decode_batch_ack
 from pimail.relay.core import RelayCore, RelayPeer, RequestHandler, short
 from pimail.relay.pool import EnvelopePool
 from pimail.whisper import status as st
-from pimail.whisper.bloom import FULL_BLOOM
-from pimail.whisper.envelope import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
-from pimail.whisper.pow import PowFormula
 
 log = logging.getLogger(__name__)
 

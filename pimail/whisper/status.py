@@ -9,6 +9,9 @@ import math
 from dataclasses import dataclass, field
 
 from pimail import rlpcodec
+from pimail.envelope.bloom import BLOOM_LEN, FULL_BLOOM
+from pimail.envelope.codec import UINT64_MAX, EnvelopeError, decode_uint
+from pimail.envelope.pow import pow_from_bits, pow_to_bits
 from pimail.relay.confirmations import (
     MESSAGE_RESPONSE_VERSION,
     EnvelopeErrorReport,
@@ -18,9 +21,6 @@ from pimail.relay.confirmations import (
     decode_batch_ack,
     encode_batch_ack,
 )
-from pimail.whisper.bloom import BLOOM_LEN, FULL_BLOOM
-from pimail.whisper.envelope import UINT64_MAX, EnvelopeError, decode_uint
-from pimail.whisper.pow import pow_from_bits, pow_to_bits
 
 __all__ = [
     "MESSAGE_RESPONSE_VERSION", "EnvelopeErrorReport", "MessageResponse", "RateLimits", "StatusError",

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive import open_archive
 from pimail.archive.base import (
     ArchivedEnvelope,
@@ -36,8 +35,9 @@ from pimail.archive.postgres import (
     describe_url,
 )
 from pimail.config import ArchiveConfig
-from pimail.whisper.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
-from pimail.whisper.envelope import Envelope
+from pimail.envelope.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
+from pimail.envelope.codec import Envelope
+from pimail.health import HealthModel, Severity
 
 T = TypeVar("T")
 TIMEOUT_S = 60.0

@@ -29,8 +29,8 @@ from pimail.archive.sqlite import (
     topic_int,
 )
 from pimail.config import ArchiveConfig
+from pimail.envelope.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
 from pimail.errors import UserError
-from pimail.whisper.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
 from tests.archive.conftest import make_envelope, run, topic_n
 
 ALL = (0, 2**32 - 1)
@@ -330,7 +330,7 @@ def test_health_reason_starts_ok(tmp_path: Path) -> None:
 def test_io_error_fails_the_batch_reports_and_recovers(tmp_path: Path) -> None:
     """An I/O error (injected at the storage edge) fails that batch only; health shows it until a
     later batch is written through a fresh connection."""
-    from pimail.appliance.health import HealthModel, HealthState
+    from pimail.health import HealthModel, HealthState
 
     health = HealthModel()
     health.mark_started()

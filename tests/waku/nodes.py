@@ -10,12 +10,12 @@ from pathlib import Path
 from pimail.archive.base import Archive
 from pimail.config import NodeConfig, WakuConfig, WhisperConfig
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.codec import Envelope
 from pimail.node.capability import Capability, PeerLike
 from pimail.node.peer import Peer
 from pimail.node.server import NodeServer
 from pimail.relay.core import RelayCore
 from pimail.waku.service import WakuService
-from pimail.whisper.envelope import Envelope
 from pimail.whisper.service import WhisperService
 from tests.whisper.nodes import until
 

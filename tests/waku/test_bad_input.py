@@ -10,9 +10,9 @@ from pathlib import Path
 import rlp
 
 from pimail.config import WhisperConfig
-from pimail.whisper.envelope import encode_envelope_list
-from pimail.whisper.pow import pow_to_bits
-from pimail.whisper.seal import seal
+from pimail.envelope.codec import encode_envelope_list
+from pimail.envelope.pow import pow_to_bits
+from pimail.envelope.seal import seal
 
 from .nodes import DualNode, raw_waku_peer, start_dual, until
 

@@ -10,13 +10,13 @@ import rlp
 
 from pimail.archive.sqlite import SqliteArchive
 from pimail.config import WakuConfig, WhisperConfig
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.codec import Envelope, decode_envelope_list, encode_envelope_list
+from pimail.envelope.pow import pow_to_bits
+from pimail.envelope.seal import seal
 from pimail.relay.confirmations import MessageResponse, decode_batch_ack
 from pimail.waku import status as ws
 from pimail.whisper import status as st
-from pimail.whisper.envelope import Envelope, decode_envelope_list, encode_envelope_list
-from pimail.whisper.keccak import keccak256
-from pimail.whisper.pow import pow_to_bits
-from pimail.whisper.seal import seal
 from tests.whisper.nodes import raw_peer, start_node
 
 from .nodes import DualNode, raw_waku_peer, start_dual, until

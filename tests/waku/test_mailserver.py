@@ -12,13 +12,13 @@ import rlp
 from pimail.archive.sqlite import SqliteArchive
 from pimail.config import NodeConfig, WhisperConfig
 from pimail.crypto.keys import Enode, NodeKey
+from pimail.envelope.codec import decode_envelope_list
 from pimail.mailserver.client import HistoryClient, HistoryOptions, HistorySummary, client_whisper_config
 from pimail.mailserver.request import MessagesRequest
 from pimail.mailserver.response import RequestComplete, RequestFailed, decode
 from pimail.mailserver.server import create_mailserver
 from pimail.node.server import NodeServer
 from pimail.whisper.client import ClientStack
-from pimail.whisper.envelope import decode_envelope_list
 from tests.mailserver.nodes import archived, open_mailserver_config, plain_envelopes
 from tests.whisper.nodes import RawShh
 

@@ -10,8 +10,8 @@ import rlp
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
+from pimail.envelope.bloom import FULL_BLOOM
 from pimail.waku import status as ws
-from pimail.whisper.bloom import FULL_BLOOM
 
 T1, T2 = b"\x01\x02\x03\x04", b"\xaa\xbb\xcc\xdd"
 

@@ -1,12 +1,11 @@
-"""The one health model and the event-loop stall detector."""
+"""The one health model."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
-from pimail.appliance.health import HealthModel, HealthState, LoopLagMonitor, Severity
+from pimail.health import HealthModel, HealthState, Severity
 
 
 def test_states_follow_conditions() -> None:
@@ -73,42 +72,3 @@ def test_reports_from_threads_are_safe() -> None:
     for t in threads:
         t.join()
     assert all(c.key.startswith("k") for c in h.conditions)
-
-
-def test_loop_stall_is_reported_failing_while_it_lasts_and_clears_after() -> None:
-    asyncio.run(_stall())
-
-
-async def _stall() -> None:
-    h = HealthModel()
-    h.mark_started()
-    states: list[HealthState] = []
-    h.subscribe(lambda m: states.append(m.state))
-    mon = LoopLagMonitor(h, tick_s=0.02, stall_s=0.3, recover_ticks=3)
-    mon.start()
-    await asyncio.sleep(0.1)
-    assert h.state is HealthState.HEALTHY and not mon.stalled
-    time.sleep(0.8)  # block the loop: only the watcher thread can notice
-    assert HealthState.FAILING in states, "the watcher thread reports during the stall"
-    assert "event loop stalled" in h.summary
-    await asyncio.sleep(0.3)
-    assert h.state is HealthState.HEALTHY and not mon.stalled
-    assert mon.max_lag_s >= 0.5
-    await mon.stop()
-
-
-def test_a_busy_but_live_loop_is_not_failing() -> None:
-    asyncio.run(_busy())
-
-
-async def _busy() -> None:
-    h = HealthModel()
-    h.mark_started()
-    mon = LoopLagMonitor(h, tick_s=0.02, stall_s=0.5)
-    mon.start()
-    for _ in range(10):
-        time.sleep(0.05)  # short blocking bursts, well under stall_s
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.05)
-    assert h.state is HealthState.HEALTHY
-    await mon.stop()
