@@ -1,9 +1,12 @@
-"""``Daemon``: composes the whole node from the config and runs it until told to stop.
+"""``Daemon``: runs one node until told to stop — start and stop order, signals, SIGHUP reload,
+housekeeping and the one status snapshot. Which parts the node has and how they are wired is
+``pimail.composition``.
 
-Start order: data dir → health, LEDs, loop monitor → clock trust → node key → archive open →
-pairing → Whisper service + mailserver → NodeServer listening → control socket, metrics, status
-page → ``READY=1``. Stop order (SIGTERM/SIGINT): ``STOPPING=1`` → status page and control socket
-closed → peers disconnected with 0x08 → deliveries cancelled → archive flushed and closed →
+Start order: data dir → LEDs, loop monitor → control socket → clock trust → node key → archive
+open → pairing → services (Whisper + mailserver) → NodeServer listening → metrics, status page,
+pair button, heartbeat and backfill → ``READY=1``. Stop order (SIGTERM/SIGINT): ``STOPPING=1`` →
+status page and control socket closed → peers disconnected with 0x08 → the services' closers
+(deliveries cancelled, Whisper timers) → heartbeat, pairing → archive flushed and closed →
 metrics, LEDs off. SIGHUP reloads static peers, limits and retention from the config file
 without dropping connections.
 
@@ -22,35 +25,37 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pimail import __version__
+from pimail import __version__, composition
 from pimail.appliance import control
 from pimail.appliance.clock import ClockTrust
 from pimail.appliance.leds import LedPanel
 from pimail.appliance.looplag import LOOP_TICK_S, LoopLagMonitor
 from pimail.appliance.metrics import NodeMetrics
-from pimail.appliance.pairing import PairingController
+from pimail.appliance.pairing import PairButton, PairingController
 from pimail.appliance.systemd import SystemdNotifier
-from pimail.archive import open_archive
-from pimail.archive.base import Archive, ArchivedEnvelope, ArchiveError, ArchiveStats
+from pimail.archive.base import ArchiveError, ArchiveStats
+from pimail.archive.observed import ObservedArchive
 from pimail.archive.retention import policy_from_config
 from pimail.config import Config, WhisperConfig
 from pimail.configfile import ConfigError, load_config
-from pimail.crypto.keys import Enode, KeyError_, NodeKey
-from pimail.errors import RuntimeFailure, UserError
+from pimail.crypto.keys import Enode, NodeKey
+from pimail.errors import RuntimeFailure
 from pimail.health import HealthModel, HealthState, Severity
-from pimail.mailserver.access import SiblingPolicy
-from pimail.mailserver.server import MailServer, create_mailserver
+from pimail.mailserver.server import MailServer
 from pimail.node.peer import Peer
 from pimail.node.server import NodeServer
 from pimail.whisper.service import WhisperService
 
+if TYPE_CHECKING:
+    from pimail.appliance.statuspage import StatusPage  # these two are imported only when in use
+    from pimail.mailserver.sync import Heartbeat
+
 log = logging.getLogger(__name__)
 
-NODEKEY_FILE = "nodekey"
 WRITE_PROBE_FILE = ".pimail-write-probe"
 STATS_INTERVAL_S = 5.0  # archive stats, disk, write probe, clock
 ACTIVITY_POLL_S = 0.25  # delivery blinks follow MailServer stats at this pace
@@ -81,59 +86,6 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-class _ObservedArchive(Archive):
-    """The archive as the Whisper service sees it: counts durable writes, blinks the LED, and turns
-    write failures into a health condition. Everything else passes straight through."""
-
-    def __init__(self, inner: Archive, on_durable: Callable[[int], None], on_error: Callable[[str], None]):
-        self.inner = inner
-        self._on_durable = on_durable
-        self._on_error = on_error
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def submit(self, envelopes: Sequence[ArchivedEnvelope]) -> asyncio.Future[None]:
-        fut = self.inner.submit(envelopes)
-        count = len(envelopes)
-
-        def done(f: asyncio.Future[None]) -> None:
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if exc is None:
-                self._on_durable(count)
-            else:
-                self._on_error(str(exc) or type(exc).__name__)
-
-        fut.add_done_callback(done)
-        return fut
-
-    async def query(self, q: Any) -> Any:
-        return await self.inner.query(q)
-
-    def iterate(self, q: Any, page_size: int = 500) -> Any:
-        return self.inner.iterate(q, page_size)
-
-    async def contains(self, sent: int, envelope_hash: bytes) -> bool:
-        return await self.inner.contains(sent, envelope_hash)
-
-    async def stats(self) -> ArchiveStats:
-        return await self.inner.stats()
-
-    async def prune(self) -> Any:
-        return await self.inner.prune()
-
-    def set_retention(self, policy: Any) -> None:
-        self.inner.set_retention(policy)
-
-    def __getattr__(self, name: str) -> Any:  # backend extras (e.g. vacuum) stay reachable
-        return getattr(self.inner, name)
-
-
 class Daemon:
     """One pimail node. ``await run()`` until SIGTERM; or ``start()`` / ``stop()`` from tests."""
 
@@ -160,14 +112,15 @@ class Daemon:
         self.leds: LedPanel | None = None
         self.loop_monitor = LoopLagMonitor(self.health)
         self.key: NodeKey | None = None
-        self.archive: _ObservedArchive | None = None
+        self.archive: ObservedArchive | None = None
         self.whisper: WhisperService | None = None
         self.mailserver: MailServer | None = None
         self.server: NodeServer | None = None
         self.pairing: PairingController | None = None
-        self.status_page: Any = None
-        self.pair_button: Any = None
-        self.heartbeat: Any = None
+        self.status_page: StatusPage | None = None
+        self.pair_button: PairButton | None = None
+        self.heartbeat: Heartbeat | None = None
+        self._services: composition.Services | None = None
         self.metrics: NodeMetrics | None = None
         self.control: control.ControlServer | None = None
         self.registry = control.CommandRegistry()
@@ -188,7 +141,7 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._prepare_data_dir()
+        composition.prepare_data_dir(self.data_dir)
         self.leds = LedPanel(self.config.leds, self.health, pin_factory=self._pin_factory)
         self.leds.attach_loop(loop)
         self.loop_monitor.start()
@@ -203,7 +156,7 @@ class Daemon:
             self.clock.bind_health(self.health)
         else:
             self.clock = ClockTrust(self.config.archive.clock_trust, health=self.health)
-        self.key = self._load_key()
+        self.key = composition.load_node_key(self.data_dir)
         await self._open_archive()
         await self._start_services()
         await self._start_node()
@@ -218,59 +171,32 @@ class Daemon:
         self._ready = True
         log.info("pimail %s ready: %s (health %s)", __version__, self.enode_url(), self.health.summary)
 
-    def _prepare_data_dir(self) -> None:
-        try:
-            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        except OSError as exc:
-            raise RuntimeFailure(f"cannot create data dir {self.data_dir}: {exc.strerror or exc}") from None
-        if not os.access(self.data_dir, os.W_OK | os.X_OK):
-            raise RuntimeFailure(f"data dir {self.data_dir} is not writable by this user")
-
-    def _load_key(self) -> NodeKey:
-        try:
-            return NodeKey.load_or_create(self.data_dir / NODEKEY_FILE)
-        except KeyError_ as exc:
-            raise UserError(str(exc)) from None
-        except OSError as exc:
-            raise RuntimeFailure(f"cannot use node key in {self.data_dir}: {exc.strerror or exc}") from None
-
     async def _open_archive(self) -> None:
         try:
-            inner: Archive = open_archive(self.config.archive, self.data_dir, self.health)
-            await inner.open()
+            archive = composition.build_archive(self.config, self.data_dir, self.health,
+                                                on_durable=self._on_archived, on_error=self._on_archive_error)
+            await archive.open()
         except ArchiveError as exc:
             raise RuntimeFailure(f"cannot open the archive: {exc}") from None
         except OSError as exc:
             why = exc.strerror or exc
             raise RuntimeFailure(f"cannot open the archive in {self.data_dir}: {why}") from None
-        self.archive = _ObservedArchive(inner, self._on_archived, self._on_archive_error)
+        self.archive = archive
         where = self.config.archive.url.split("@")[-1] or self.data_dir / "archive.sqlite"
         log.info("archive open (%s)", where)
 
     async def _start_services(self) -> None:
         assert self.key is not None and self.archive is not None and self.clock is not None
-        cfg = self.config
-        self.pairing = PairingController(self.data_dir, cfg.mailserver.allowed_clients, self.health)
-        trusted = {_node_id(entry) for entry in cfg.node.trusted_peers}
-        self.whisper = WhisperService(
-            cfg.whisper, archive=self.archive, clock_trusted=self.clock, health=self.health, trusted=trusted
-        )
-        self.whisper.listeners.append(self)
-        if cfg.mailserver.enabled:
-            siblings = SiblingPolicy([*cfg.mailserver.sync_from, *cfg.node.static_peers])
-            self.mailserver = await create_mailserver(
-                self.archive,
-                cfg.mailserver,
-                private_key=self.key.private,
-                max_message_size=cfg.whisper.max_message_size,
-                access=self.pairing,
-                sync_allowed=lambda peer: siblings.admit(peer.pubkey) or peer.node_id in trusted,
-            )
-            self.whisper.request_handler = self.mailserver
+        self.pairing = composition.build_pairing(self.config, self.data_dir, self.health)
+        self._services = services = await composition.build_services(
+            self.config, key=self.key, archive=self.archive, clock=self.clock, health=self.health,
+            pairing=self.pairing, listeners=[self])
+        self.whisper, self.mailserver = services.whisper, services.mailserver
 
     async def _start_node(self) -> None:
-        assert self.key is not None and self.whisper is not None
-        self.server = server = NodeServer(self.key, self.config.node, [self.whisper], health=self.health)
+        assert self.key is not None and self._services is not None
+        server = composition.build_node_server(self.config, self.key, self._services, self.health)
+        self.server = server
         try:
             await server.start()
         except OSError as exc:
@@ -281,66 +207,30 @@ class Daemon:
                 ) from None
             why = exc.strerror or exc
             raise RuntimeFailure(f"cannot listen on {self.config.node.listen}: {why}") from None
-        self.enode = self._own_enode(server.listen_port)
-
-    def _own_enode(self, port: int) -> Enode:
-        from pimail.appliance.lan import advertised_address, enode_for
-
-        assert self.key is not None
-        host = self.config.node.listen.rpartition(":")[0] or "0.0.0.0"
-        try:
-            address = advertised_address(f"{host}:{port}", self.config.node.public_host)
-        except UserError:
-            return Enode(self.key.public, "127.0.0.1", port)
-        return enode_for(self.key.public, address)
+        self.enode = composition.own_enode(self.config, self.key, server.listen_port)
 
     def enode_url(self) -> str:
         return self.enode.url() if self.enode else ""
 
     async def _start_appliance(self) -> None:
-        loop = asyncio.get_running_loop()
+        assert self.pairing is not None and self._services is not None and self.server is not None
+        assert self.archive is not None
         cfg = self.config
-        if self.pairing is not None:
-            from pimail.appliance.pairing import register_control_commands
-
-            register_control_commands(self.registry, self.pairing, cfg.status.pairing_minutes)
-        # metrics
-        if cfg.status.metrics:
-            self.metrics = NodeMetrics(self.status_snapshot)
+        parts = composition.build_appliance(
+            cfg, data_dir=self.data_dir, snapshot=self.status_snapshot, registry=self.registry,
+            enode=self.enode, pairing=self.pairing, leds=self.leds, services=self._services,
+            server=self.server, archive=self.archive, pin_factory=self._pin_factory)
+        self.metrics, self.status_page = parts.metrics, parts.status_page
+        self.pair_button, self.heartbeat = parts.pair_button, parts.heartbeat
+        if self.metrics is not None:
             self.metrics.start(cfg.status.metrics_listen)
-            if self.mailserver is not None:
-                self.mailserver.on_request_done = self.metrics.observe_request
-        # status page + pairing button
-        if cfg.status.page and self.enode is not None:
-            from pimail.appliance.statuspage import StatusPage
-
-            self.status_page = StatusPage(
-                cfg.status,
-                self.status_snapshot,
-                self.enode,
-                pairing=self.pairing,
-                mailserver_password=cfg.mailserver.password,
-            )
+        if self.status_page is not None:
             await self.status_page.start()
-        if cfg.leds.pair_button and self.leds is not None and self.leds.enabled and self.pairing:
-            from pimail.appliance.pairing import PairButton
-
-            try:
-                self.pair_button = PairButton(
-                    cfg.leds.pair_button, self.pairing, cfg.status.pairing_minutes, loop, self._pin_factory
-                )
-            except Exception as exc:
-                log.warning("pair button on BCM %d unavailable: %s", cfg.leds.pair_button, exc)
-        # mailserver heartbeat and backfill from siblings
-        if self.mailserver is not None:
-            from pimail.mailserver.sync import Backfill, Heartbeat, SyncClient
-
-            self.heartbeat = Heartbeat(self.data_dir)
-            assert self.archive is not None
-            client = SyncClient(self.mailserver, self.archive)
-            backfill = Backfill(self.server, client, cfg.mailserver, self.heartbeat)
-            self.heartbeat.start()  # Backfill has read "last up" already
-            self._tasks.append(loop.create_task(self._backfill(backfill), name="backfill"))
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+        if parts.backfill is not None:
+            task = asyncio.get_running_loop().create_task(self._backfill(parts.backfill), name="backfill")
+            self._tasks.append(task)
 
     async def _backfill(self, backfill: Any) -> None:
         try:
@@ -412,8 +302,7 @@ class Daemon:
             ("status page", self.status_page.stop if self.status_page else None),
             ("control socket", self.control.stop if self.control else None),
             ("peers", self.server.stop if self.server else None),
-            ("deliveries", self.mailserver.close if self.mailserver else None),
-            ("whisper", self.whisper.close if self.whisper else None),
+            *(self._services.closers if self._services else []),
             ("heartbeat", self.heartbeat.stop if self.heartbeat else None),
             ("pairing", self.pairing.close if self.pairing else None),
             ("archive", self.archive.close if self.archive else None),
@@ -714,13 +603,6 @@ class Daemon:
         if state is HealthState.STARTING:
             return "starting"
         return ", ".join(parts)
-
-
-def _node_id(entry: str) -> bytes:
-    from pimail.crypto.keccak import keccak256
-    from pimail.mailserver.access import parse_client_key
-
-    return keccak256(parse_client_key(entry))
 
 
 def run_daemon(

@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("adapters", ("pimail.whisper", "pimail.waku")),
     ("mailserver", ("pimail.mailserver",)),
     ("appliance", ("pimail.appliance",)),
-    ("composition", ("pimail.configfile", "pimail.daemon")),
+    ("composition", ("pimail.configfile", "pimail.composition", "pimail.daemon")),
     ("cli", ("pimail.cli", "pimail.__main__")),
 )
 
