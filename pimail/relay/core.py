@@ -240,6 +240,8 @@ class RelayCore:
         best = max(channels, key=lambda rp: FORWARD_PREFERENCE.get(rp.link.capability, 0))
         for rp in channels:
             rp.forward = rp is best
+            if not rp.forward:
+                rp.outbox.clear()
 
     def get(self, peer: PeerLike, capability: str) -> RelayPeer | None:
         return self.peers.get((peer, capability))
@@ -247,9 +249,14 @@ class RelayCore:
     def remove_peer(self, peer: PeerLike, capability: str) -> RelayPeer | None:
         rp = self.peers.pop((peer, capability), None)
         if rp is not None and rp.forward:
+            # another protocol of the same connection takes the stream over (rare: a connection
+            # usually ends as a whole); what the old channel sent may come once more, deduplicated
+            # by the remote by hash
             for (p, _), other in self.peers.items():
-                if p is peer:
+                if p is peer and not other.forward:
                     other.forward = True
+                    other.outbox.extend(env.hash for env in self.pool)
+                    break
         if not self.peers:
             self._last_peer_seen = time.monotonic()
         return rp
@@ -429,7 +436,7 @@ class RelayCore:
             return False
         h = env.hash
         for rp in self.peers.values():
-            if rp is source:
+            if rp is source or not rp.forward:  # a muted channel keeps no outbox (memory)
                 continue
             if len(rp.outbox) == rp.outbox.maxlen:
                 rp.outbox_dropped += 1
