@@ -2,9 +2,9 @@
 
     python -m bench [--quick] [--json FILE] [--areas a,b] [--target ENODE --target-pid PID] [--cpu-limited]
 
-Areas: the per-layer modules (transport, whisper, archive, mailserver, daemon, postgres when
-PIMAIL_TEST_PG_URL/PIMAIL_BENCH_PG_URL is set) and ``load``, the end-to-end run against a real
-``pimail run`` (bench/load.py). ``--target`` runs the same load against another mailserver and
+Areas: the per-layer modules (transport, whisper, waku (waku/1 beside shh/6), archive, mailserver,
+daemon, postgres when PIMAIL_TEST_PG_URL/PIMAIL_BENCH_PG_URL is set) and ``load``, the end-to-end run
+against a real ``pimail run`` (bench/load.py). ``--target`` runs the same load against another mailserver and
 prints pimail/other ratios. ``--cpu-limited`` adds a single-core, CPU-quota run of the load (a
 rough Raspberry Pi Zero 2 W stand-in), reported under its own area. Figures are printed, never
 asserted; an area that fails is reported as such and the others still run (exit code 1).
@@ -25,8 +25,10 @@ from pathlib import Path
 
 from bench.common import Result, print_table
 
-QUICK_AREAS = ["transport", "whisper", "load"]
-ALL_AREAS = ["transport", "whisper", "archive", "mailserver", "daemon", "discovery", "postgres", "load"]
+QUICK_AREAS = ["transport", "whisper", "waku", "load"]
+ALL_AREAS = [
+    "transport", "whisper", "waku", "archive", "mailserver", "daemon", "discovery", "postgres", "load",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -296,7 +296,7 @@ def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
 
 
 async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks: bool = True,
-                    timeout: float = 300.0) -> tuple[float, int]:
+                    timeout: float = 300.0, protocol: str = "auto") -> tuple[float, int]:
     """Post ``raws`` over ``conns`` connections; (seconds from first send to last ack, acked envs).
 
     Without acks (a server that sends none), the time is to the last send.
@@ -311,7 +311,8 @@ async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks:
     shares = [raws[i::conns] for i in range(conns)]
     acked = 0
     async with contextlib.AsyncExitStack() as stack:
-        sessions = [await stack.enter_async_context(client_session(enode, LOAD_CLIENT, timeout=30))
+        sessions = [await stack.enter_async_context(client_session(enode, LOAD_CLIENT, timeout=30,
+                                                                         protocol=protocol))
                     for _ in range(conns)]
 
         async def drive(idx: int) -> int:
@@ -337,7 +338,7 @@ async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks:
                     await slots.acquire()
                     pending[keccak256(payload)] = len(chunk)
                     done.clear()
-                await s.peer.send_wait("shh", st.MESSAGES, payload)
+                await s.peer.send_wait(s.whisper.chosen(s.peer), st.MESSAGES, payload)
             if want_acks and pending:
                 await asyncio.wait_for(done.wait(), timeout)
             elif not want_acks:
@@ -405,13 +406,13 @@ class Measures:
 
 async def measure(enode: str, pid: int | None, raws: list[bytes], sent: tuple[int, int], conns: int,
                   pages: int, label: str, data_dir: Path | None, acks: bool, form: str = "direct",
-                  password: str = DEFAULT_PASSWORD) -> Measures:
+                  password: str = DEFAULT_PASSWORD, protocol: str = "auto") -> Measures:
     """The same measurements against any mailserver; ``form``/``password`` are how history is asked
     (go-ethereum's wnode only understands the legacy form, with its own password)."""
     m = Measures(label)
     w0 = proc_write_bytes(pid) if pid else None
     c0 = proc_cpu_s(pid) if pid else None
-    secs, acked = await post_load(enode, raws, conns, want_acks=acks)
+    secs, acked = await post_load(enode, raws, conns, want_acks=acks, protocol=protocol)
     c1 = proc_cpu_s(pid) if pid else None
     if c0 is not None and c1 is not None and secs > 0:
         busy = (c1 - c0) / secs
@@ -518,7 +519,8 @@ ROWS = [  # key, name, unit, higher is better
 
 def run_load(quick: bool, target: str | None = None, target_pid: int | None = None,
              cpu_limited: bool = False, *, n: int | None = None, prefill_n: int | None = None,
-             target_form: str = "direct", target_password: str = DEFAULT_PASSWORD) -> list[Result]:
+             target_form: str = "direct", target_password: str = DEFAULT_PASSWORD,
+             protocol: str = "auto") -> list[Result]:
     n = n or (20_000 if quick else 100_000)
     conns = 4 if quick else 8
     pages = 10 if quick else 40
@@ -538,7 +540,7 @@ def run_load(quick: bool, target: str | None = None, target_pid: int | None = No
         server.start()
         try:
             mine = asyncio.run(measure(server.enode, server.pid, raws, (first, last), conns, pages, "pimail",
-                                       server.data_dir, True))
+                                       server.data_dir, True, protocol=protocol))
         finally:
             server.stop()
         limits = f" [{server.limits}]" if cpu_limited else ""
@@ -582,6 +584,8 @@ if __name__ == "__main__":
     ap.add_argument("--target-form", choices=("direct", "envelope", "legacy"), default="direct")
     ap.add_argument("--target-password", default=DEFAULT_PASSWORD)
     ap.add_argument("--cpu-limited", action="store_true")
+    ap.add_argument("--protocol", choices=("auto", "waku", "shh"), default="auto",
+                    help="post over waku/1 or shh/6 (default auto: waku when the server offers it)")
     a = ap.parse_args()
     print_table(run_load(a.quick, a.target, a.target_pid, a.cpu_limited, target_form=a.target_form,
-                         target_password=a.target_password))
+                         target_password=a.target_password, protocol=a.protocol))

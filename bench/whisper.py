@@ -15,7 +15,7 @@ from bench.common import Result, print_table
 from pimail.crypto.keccak import FAST
 from pimail.envelope.codec import Envelope, decode_envelope_list, encode_envelope_list
 from pimail.envelope.seal import seal
-from pimail.whisper.validation import Rules, judge
+from pimail.relay.validation import Rules, judge
 
 AREA = "whisper"
 PAYLOAD_BYTES = 256

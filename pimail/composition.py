@@ -8,9 +8,10 @@ the parts it needs and returns new ones, unstarted:
 - the archive ``[archive]`` names (``pimail.archive.open_archive``), wrapped in an ``ObservedArchive``
   so the daemon counts durable writes: ``build_archive``;
 - the pairing controller, which is also the mailserver's access policy: ``build_pairing``;
-- the services: the sub-protocols offered to peers and the mailserver behind them, on one archive:
-  ``build_services``. To add a sub-protocol, build it there, append it to ``capabilities`` (the
-  NodeServer offers them in that order) and its ``close`` to ``closers``;
+- the services: the sub-protocols offered to peers (waku/1, waku/0, shh/6 on one relay core) and the
+  mailserver behind them, on one archive: ``build_services``. To add a sub-protocol, build it there,
+  append it to ``capabilities`` (the NodeServer offers them in that order) and its ``close`` to
+  ``closers``;
 - the node server that offers the capabilities, and the enode phones should dial: ``build_node_server``,
   ``own_enode``;
 - the appliance parts around the running node: metrics, status page, pair button, heartbeat and
@@ -46,6 +47,8 @@ from pimail.mailserver.server import MailServer, create_mailserver
 from pimail.node.capability import Capability
 from pimail.node.mesh import Mesh
 from pimail.node.server import NodeServer
+from pimail.relay.core import RelayCore
+from pimail.waku.service import WakuService
 from pimail.whisper.service import WhisperService
 
 if TYPE_CHECKING:
@@ -105,9 +108,11 @@ def trusted_node_ids(config: Config) -> set[bytes]:
 
 @dataclass
 class Services:
-    """What the node offers its peers, on one archive."""
+    """What the node offers its peers, on one archive: one relay core under every protocol."""
 
-    whisper: WhisperService
+    relay: RelayCore
+    whisper: WhisperService | None
+    waku: WakuService | None
     mailserver: MailServer | None
     #: the sub-protocols the NodeServer offers, in this order
     capabilities: list[Capability] = field(default_factory=list)
@@ -125,15 +130,28 @@ async def build_services(
     pairing: PairingController,
     listeners: Sequence[object] = (),
 ) -> Services:
-    """shh/6 relaying into the archive, and the mailserver answering history requests from it.
+    """waku/1, waku/0 and shh/6 (each unless switched off) on one relay core archiving into the
+    archive — the bridge between the two networks — and the mailserver answering history requests
+    from it on either protocol.
 
     ``listeners`` get the relay's events (``on_envelope``, …). Async: the mailserver derives its
-    password key off the loop.
+    password key off the loop. Raises ``UserError`` when both protocols are switched off.
     """
+    if not config.whisper.enabled and not config.waku.enabled:
+        raise UserError("[whisper] enabled and [waku] enabled are both false: pimail would speak no protocol")
     trusted = trusted_node_ids(config)
-    whisper = WhisperService(config.whisper, archive=archive, clock_trusted=clock, health=health,
-                             trusted=trusted)
-    whisper.listeners.extend(listeners)
+    relay = RelayCore(config.whisper, archive=archive, clock_trusted=clock, health=health, trusted=trusted)
+    relay.listeners.extend(listeners)
+    capabilities: list[Capability] = []
+    whisper: WhisperService | None = None
+    waku: WakuService | None = None
+    if config.waku.enabled:
+        waku = WakuService(config.waku, relay)
+        capabilities.append(waku)
+    if config.whisper.enabled:
+        whisper = WhisperService(config.whisper, archive=archive, clock_trusted=clock, health=health,
+                                 core=relay)
+        capabilities.append(whisper)
     mailserver: MailServer | None = None
     if config.mailserver.enabled:
         siblings = SiblingPolicy([*config.mailserver.sync_from, *config.node.static_peers])
@@ -145,11 +163,11 @@ async def build_services(
             access=pairing,
             sync_allowed=lambda peer: siblings.admit(peer.pubkey) or peer.node_id in trusted,
         )
-        whisper.request_handler = mailserver
-    services = Services(whisper, mailserver, capabilities=[whisper])
+        relay.request_handler = mailserver
+    services = Services(relay, whisper, waku, mailserver, capabilities=capabilities)
     if mailserver is not None:
         services.closers.append(("deliveries", mailserver.close))
-    services.closers.append(("whisper", whisper.close))
+    services.closers.append(("relay", relay.close))
     return services
 
 

@@ -63,7 +63,9 @@ class DiscoveryConfig:
 
 @dataclass
 class WhisperConfig:
-    """[whisper] — shh/6."""
+    """[whisper] — shh/6, and the envelope relay both protocols share (PoW, sizes, pool, timers)."""
+
+    enabled: bool = True  # offer shh/6 (refused together with [waku] enabled = false)
 
     # What we require of received envelopes. status-go forces its nodes to 0.000002 and Status phones
     # seal big payloads at 0.000002; a home mailserver must not drop (or disconnect) its own phones.
@@ -71,7 +73,7 @@ class WhisperConfig:
     pow_formula: str = "either"  # either | legacy | current
     max_message_size: int = 1024 * 1024  # geth DefaultMaxMessageSize
     # Envelopes live here only until they expire (Status: 10–50 s). The budget is memory, counted per
-    # envelope as ~3 x its raw size + 1.1 KB (pimail.whisper.pool.footprint): 16 MB holds ~8,000
+    # envelope as ~3 x its raw size + 1.1 KB (pimail.relay.pool.footprint): 16 MB holds ~8,000
     # Status-sized envelopes, 160/s for their 50 s lifetime. Sized for a 512 MB Pi Zero 2 W.
     pool_max_bytes: int = 16 * 1024 * 1024
     known_per_peer: int = 50_000
@@ -81,6 +83,19 @@ class WhisperConfig:
     rate_limit_packets_per_s: float = 50.0  # per peer, Messages packets
     rate_limit_tolerance: int = 100  # packets over the limit before disconnect
     confirmations: bool = True
+
+
+@dataclass
+class WakuConfig:
+    """[waku] — waku/1 and waku/0 beside shh/6 on the same listener; the relay settings are [whisper]'s."""
+
+    enabled: bool = True  # offer waku/1 and waku/0
+    waku0: bool = True  # also offer waku/0 (older Status clients)
+    confirmations: bool = True  # send Message Response + Batch Ack once the archive has the envelopes
+    # ours: advertised in Status (the peer-ID limit) and enforced on what a peer sends us
+    rate_limit_packets_per_s: float = 50.0  # Messages packets per peer per second
+    rate_limit_tolerance: int = 100  # packets over the limit before disconnect
+    rate_limit_bytes_per_s: int = 0  # Messages bytes per peer per second (waku/1 key 6); 0 = none
 
 
 @dataclass
@@ -149,6 +164,7 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     whisper: WhisperConfig = field(default_factory=WhisperConfig)
+    waku: WakuConfig = field(default_factory=WakuConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     mailserver: MailserverConfig = field(default_factory=MailserverConfig)
     leds: LedConfig = field(default_factory=LedConfig)

@@ -158,6 +158,7 @@ CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
     ("whisper", "forward_interval_s"): _positive,
     ("whisper", "expiry_sweep_s"): _positive,
     ("whisper", "rate_limit_packets_per_s"): _positive,
+    ("waku", "rate_limit_packets_per_s"): _positive,
     ("archive", "url"): _archive_url,
     ("archive", "flush_interval_ms"): _positive,
     ("archive", "flush_max_envelopes"): _positive,
@@ -339,6 +340,10 @@ def _check_whole(config: Config, source: str, index: _LineIndex) -> None:
             raise ConfigError(f"{source}:{line}: [leds] {name}: BCM {pin} is already used by {seen[pin]}")
         if pin:
             seen[pin] = name
+    if not config.whisper.enabled and not config.waku.enabled:
+        line = index.line("waku", "enabled")
+        raise ConfigError(f"{source}:{line}: [whisper] enabled and [waku] enabled are both false: "
+                          "pimail would speak no protocol")
     if config.node.redial_max_s < config.node.redial_min_s:
         line = index.line("node", "redial_max_s")
         raise ConfigError(f"{source}:{line}: [node] redial_max_s must not be below redial_min_s")

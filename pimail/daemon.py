@@ -40,7 +40,7 @@ from pimail.appliance.systemd import SystemdNotifier
 from pimail.archive.base import ArchiveError, ArchiveStats
 from pimail.archive.observed import ObservedArchive
 from pimail.archive.retention import policy_from_config
-from pimail.config import Config, WhisperConfig
+from pimail.config import Config, WakuConfig, WhisperConfig
 from pimail.configfile import ConfigError, load_config
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.errors import RuntimeFailure
@@ -49,6 +49,8 @@ from pimail.mailserver.server import MailServer
 from pimail.node.mesh import Mesh
 from pimail.node.peer import Peer
 from pimail.node.server import NodeServer
+from pimail.relay.core import RelayCore
+from pimail.waku.service import WakuService
 from pimail.whisper.service import WhisperService
 
 if TYPE_CHECKING:
@@ -67,7 +69,8 @@ HEALTH_DISK_LOW = "disk.low"
 # what a SIGHUP applies to the running node; every other change waits for a restart
 RELOADABLE = {
     ("node", "static_peers"),
-    *(("whisper", f.name) for f in dataclasses.fields(WhisperConfig)),
+    *(("whisper", f.name) for f in dataclasses.fields(WhisperConfig) if f.name != "enabled"),
+    *(("waku", f.name) for f in dataclasses.fields(WakuConfig) if f.name not in ("enabled", "waku0")),
     ("archive", "max_age"),
     ("archive", "max_count"),
     ("archive", "max_bytes"),
@@ -114,7 +117,9 @@ class Daemon:
         self.loop_monitor = LoopLagMonitor(self.health)
         self.key: NodeKey | None = None
         self.archive: ObservedArchive | None = None
+        self.relay: RelayCore | None = None
         self.whisper: WhisperService | None = None
+        self.waku: WakuService | None = None
         self.mailserver: MailServer | None = None
         self.server: NodeServer | None = None
         self.mesh: Mesh | None = None
@@ -193,7 +198,8 @@ class Daemon:
         self._services = services = await composition.build_services(
             self.config, key=self.key, archive=self.archive, clock=self.clock, health=self.health,
             pairing=self.pairing, listeners=[self])
-        self.whisper, self.mailserver = services.whisper, services.mailserver
+        self.relay, self.whisper, self.waku = services.relay, services.whisper, services.waku
+        self.mailserver = services.mailserver
 
     async def _start_node(self) -> None:
         assert self.key is not None and self._services is not None
@@ -379,9 +385,15 @@ class Daemon:
                 m.min_request_interval_s, m.bucket_rate_per_s, m.bucket_burst
             )
             changed.append("mailserver limits")
-        if new.whisper != old.whisper and self.whisper is not None:
-            self.whisper.config = new.whisper
+        if new.whisper != old.whisper and self.relay is not None:
+            if self.whisper is not None:
+                self.whisper.config = new.whisper  # the core's settings and the shh peers' flags
+            else:
+                self.relay.config = new.whisper
             changed.append("whisper limits")
+        if new.waku != old.waku and self.waku is not None:
+            self.waku.config = new.waku  # new waku peers get the new limits
+            changed.append("waku limits")
         if restart:
             log.warning("reload: %s changed; takes effect after a restart", ", ".join(restart))
         self.config = new
@@ -532,7 +544,7 @@ class Daemon:
             }
         policy = st.retention if st is not None else policy_from_config(self.config.archive)
         counters: dict[str, int] = dict(self.counters)
-        whisper_counters = getattr(self.whisper, "counters", None)
+        whisper_counters = getattr(self.relay, "counters", None)
         if isinstance(whisper_counters, Mapping):
             counters.update({f"whisper_{k}": int(v) for k, v in whisper_counters.items()})
             if "envelopes_out" in whisper_counters:
@@ -554,6 +566,7 @@ class Daemon:
             "health": self.health.snapshot(),
             "peer_count": len(peers),
             "peers": peers,
+            "peers_by_protocol": self.relay.peer_counts() if self.relay is not None else {},
             "archive": archive,
             "retention": {
                 "max_age_s": policy.max_age_s,

@@ -58,6 +58,13 @@ class _SnapshotCollector(Collector):
         for name, doc, value in gauges:
             if value is not None:
                 yield GaugeMetricFamily(name, doc, value=float(value))
+        by_protocol = snap.get("peers_by_protocol")
+        if isinstance(by_protocol, dict):
+            fam = GaugeMetricFamily("pimail_peers_by_protocol", "Connected peers per sub-protocol "
+                                    "(a peer sharing shh/6 and waku/1 counts in both)", labels=["protocol"])
+            for proto in sorted(set(by_protocol) | {"shh/6", "waku/1", "waku/0"}):
+                fam.add_metric([proto], float(by_protocol.get(proto, 0)))
+            yield fam
         state = (snap.get("health") or {}).get("state")
         health = GaugeMetricFamily("pimail_health", "1 for the node's current health state", labels=["state"])
         for s in HealthState:

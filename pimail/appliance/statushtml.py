@@ -29,7 +29,7 @@ _SECTION_ORDER = ("archive", "retention", "disk", "clock")
 _TITLES = {"mailserver": "History requests"}
 _SKIP_KEYS = {
     "health", "enode", "pairing", "qr_svg", "password_shown", "generated_at", "version", "error",
-    "peers", "peer_count",
+    "peers", "peer_count", "peers_by_protocol",
     "systemd", "node_counters", "leds",  # for `pimail status`; the badge already gives the LED words
 }
 _TIME_KEYS = ("now", "since", "time")
@@ -186,6 +186,14 @@ def _peer_line(peer: Mapping[str, Any]) -> str:
     return f"<li>{_e(client[:60])}<span class=\"note\">{where}{how}</span></li>"
 
 
+def _by_protocol_html(counts: Any) -> str:
+    """``shh/6: 1 · waku/1: 2`` — the same peer counts once per protocol it shares."""
+    if not isinstance(counts, Mapping) or not counts:
+        return ""
+    parts = " · ".join(f"{_e(k)}: {_e(v)}" for k, v in sorted(counts.items()))
+    return f'<p class="protocols">By protocol: {parts}</p>'
+
+
 def _peers_html(peers: Any) -> str:
     if isinstance(peers, int) and not isinstance(peers, bool):
         return f"<p>{peers} connected</p>"
@@ -276,7 +284,8 @@ def render_page(snap: Mapping[str, Any], pairing_offered: bool = False) -> str:
         body.append(f"<section><h2>Pairing</h2>{_pairing_html(snap['pairing'], pairing_offered)}</section>")
     if "peers" in snap or "peer_count" in snap:
         peers = snap.get("peers", snap.get("peer_count"))
-        body.append(f"<section><h2>Peers</h2>{_peers_html(peers)}</section>")
+        body.append(f"<section><h2>Peers</h2>{_by_protocol_html(snap.get('peers_by_protocol'))}"
+                    f"{_peers_html(peers)}</section>")
     rest = {k: v for k, v in snap.items() if k not in _SKIP_KEYS}
     ordered = [k for k in _SECTION_ORDER if k in rest] + [k for k in rest if k not in _SECTION_ORDER]
     scalars: dict[str, Any] = {}

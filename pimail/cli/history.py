@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "history",
         help="fetch stored envelopes from a mailserver",
-        description="Connect to a mailserver as a Whisper peer, ask for the envelopes it stored, "
+        description="Connect to a mailserver as a Waku or Whisper peer, ask for the envelopes it stored, "
         "follow its cursors until it is done, and print each envelope once. Works with pimail, "
         "status-go and go-ethereum (wnode) mailservers.",
     )
@@ -70,6 +70,8 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", type=float, default=DEFAULT_QUIET_S, metavar="S",
                    help="a request is done after this much silence when the server sends no "
                    f"request-complete, as go-ethereum (default {DEFAULT_QUIET_S})")
+    p.add_argument("--protocol", choices=("auto", "waku", "shh"), default="auto",
+                   help="waku (waku/1, waku/0) or shh (shh/6); default auto: waku when the peer offers it")
     p.add_argument("--timeout", type=float, default=DEFAULT_RESPONSE_TIMEOUT_S, metavar="S",
                    help="seconds to wait for the first answer to each request "
                    f"(default {DEFAULT_RESPONSE_TIMEOUT_S:g})")
@@ -144,7 +146,7 @@ def _print_record(rec: dict[str, object], as_json: bool) -> None:
 
 async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
     from pimail.node.server import NodeServer
-    from pimail.whisper.service import WhisperService
+    from pimail.whisper.client import ClientStack
 
     try:
         enode = Enode.parse(args.mailserver)
@@ -166,10 +168,9 @@ async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
         key = NodeKey.generate()
     summary = HistorySummary()
     with tempfile.TemporaryDirectory(prefix="pimail-history-") as tmp:
-        whisper = WhisperService(client_whisper_config(), archive=None, clock_trusted=lambda: True,
-                                 health=None, trusted=set())
+        whisper = ClientStack(client_whisper_config(), args.protocol)
         node = NodeServer(key, NodeConfig(listen="127.0.0.1:0", data_dir=Path(tmp), max_peers=4),
-                          [whisper])
+                          whisper.capabilities)
         await node.start()
         try:
             client = HistoryClient(key, whisper, node)
@@ -183,6 +184,7 @@ async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
                 raise RuntimeFailure(f"cannot talk to the mailserver: {exc or type(exc).__name__}") from None
         finally:
             await node.stop()
+            await whisper.close()
     return summary
 
 

@@ -12,8 +12,8 @@ from pimail.envelope.codec import Envelope
 from pimail.envelope.pow import PowFormula
 from pimail.envelope.seal import seal_async
 from pimail.errors import RuntimeFailure, UserError
+from pimail.relay.validation import pow_meets
 from pimail.whisper.status import MessageResponse
-from pimail.whisper.validation import pow_meets
 
 DEFAULT_TTL_S = 30
 DEFAULT_POW = 0.002  # what Status clients seal with
@@ -23,7 +23,7 @@ MAX_COUNT = 10_000
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "post",
-        help="send a Whisper message to a node",
+        help="send a Whisper or Waku message to a node",
         description="Encrypt MESSAGE (with a password's symmetric key, or to a public key), seal "
         "it with proof of work that satisfies both PoW formulas, and hand it to --peer, which "
         "relays it. Prints the envelope hash of each message sent.",
@@ -41,6 +41,8 @@ def register(sub: Any) -> None:
     p.add_argument("--count", type=int, default=1, metavar="N", help="send N messages (default 1)")
     p.add_argument("--work-time", type=float, default=5.0, metavar="S",
                    help="seconds of sealing allowed per message (default 5)")
+    p.add_argument("--protocol", choices=("auto", "waku", "shh"), default="auto",
+                   help="waku (waku/1, waku/0) or shh (shh/6); default auto: waku when the peer offers it")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for the connection and for confirmations (default 10)")
     p.add_argument("message", metavar="MESSAGE")
@@ -111,7 +113,7 @@ async def _post(args: argparse.Namespace, enode: Any, topic: bytes, pubkey: byte
     if args.sym_password:  # PBKDF2 off the loop
         key = await loop.run_in_executor(None, pl.key_from_password, args.sym_password)
     text = args.message.encode()
-    async with client_session(enode, timeout=args.timeout) as s:
+    async with client_session(enode, timeout=args.timeout, protocol=args.protocol) as s:
         # Seal for --pow under both formulas, and for the peer's requirement under the formula it
         # judges by (go-ethereum 1.8 wants 0.2 under the legacy one only: cheap; both would not be).
         req, formula = s.state.pow_requirement, s.state.formula

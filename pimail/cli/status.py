@@ -97,7 +97,9 @@ def render(snap: dict[str, Any]) -> str:
         f"{counters.get('archived', 0)} archived, {counters.get('requests', 0)} history requests"
     )
     peers = snap.get("peers") or []
-    lines.append(f"  peers      {len(peers)}")
+    by_protocol = snap.get("peers_by_protocol") or {}
+    split = ", ".join(f"{k} {v}" for k, v in sorted(by_protocol.items()))
+    lines.append(f"  peers      {len(peers)}" + (f" ({split})" if split else ""))
     for p in peers:
         direction = "in " if p.get("inbound") else "out"
         lines.append(

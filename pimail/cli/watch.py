@@ -15,8 +15,8 @@ from pimail.errors import RuntimeFailure
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "watch",
-        help="print Whisper messages relayed on a topic",
-        description="Connect to --peer as an ordinary Whisper peer and print every envelope on "
+        help="print Whisper or Waku messages relayed on a topic",
+        description="Connect to --peer as an ordinary Waku or Whisper peer and print every envelope on "
         "--topic that decrypts with the password's key (including those the peer still holds).",
     )
     p.add_argument("--peer", required=True, metavar="ENODE", help="enode://<key>@host:port to listen through")
@@ -26,6 +26,8 @@ def register(sub: Any) -> None:
                    help="stop after N seconds (default: until interrupted)")
     p.add_argument("--json", action="store_true",
                    help="JSON lines: hash, topic, sent, ttl, payload, signer")
+    p.add_argument("--protocol", choices=("auto", "waku", "shh"), default="auto",
+                   help="waku (waku/1, waku/0) or shh (shh/6); default auto: waku when the peer offers it")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S",
                    help="seconds to wait for the connection (default 10)")
     p.set_defaults(func=run)
@@ -89,7 +91,7 @@ async def _watch(args: argparse.Namespace, enode: Any, topic: bytes) -> int:
 
     loop = asyncio.get_running_loop()
     key = await loop.run_in_executor(None, pl.key_from_password, args.sym_password)
-    async with client_session(enode, timeout=args.timeout) as s:
+    async with client_session(enode, timeout=args.timeout, protocol=args.protocol) as s:
         printer = _Printer(topic, key, args.json)
         s.whisper.listeners.append(printer)
         if await wait_closed_or(s.peer, args.seconds):

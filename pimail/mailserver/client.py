@@ -1,11 +1,11 @@
 """The history client: ask a mailserver (pimail, status-go or go-ethereum) for stored envelopes.
 
-It connects as an ordinary peer (``NodeServer.connect`` + ``WhisperService``), marks the server
-trusted so its 125/127 are accepted, sends one request per page in the chosen form, follows
-cursors until the server says "done", and deduplicates by envelope hash (LevelDB-backed servers
-resend one boundary envelope per page). go-ethereum never sends 125: a request is then considered
-done after ``quiet_s`` without traffic. status-go's PostgreSQL backend pages newest-first; the
-client does not care about order.
+It connects as an ordinary peer (``NodeServer.connect`` + a client stack speaking waku or shh/6),
+marks the server trusted so its 125/127 are accepted, sends one request per page in the chosen
+form (over waku when both sides have it), follows cursors until the server says "done", and
+deduplicates by envelope hash (LevelDB-backed servers resend one boundary envelope per page).
+go-ethereum never sends 125: a request is then considered done after ``quiet_s`` without traffic.
+status-go's PostgreSQL backend pages newest-first; the client does not care about order.
 """
 
 from __future__ import annotations
@@ -190,6 +190,8 @@ class HistoryClient:
         if opts.form != "direct":
             sym_key = await loop.run_in_executor(None, key_from_password, opts.password)
         peer = await connect_trusted(self.node, self.whisper, mailserver)
+        chosen = getattr(self.whisper, "chosen", None)  # a ClientStack picks waku when it can
+        capability = chosen(peer) if chosen is not None else "shh"
         collector = _Collector(peer.node_id)
         listeners = self.whisper.listeners  # type: ignore[attr-defined]
         listeners.append(collector)
@@ -199,8 +201,8 @@ class HistoryClient:
             rate_retries = 0
             upper = opts.upper or int(time.time())
             while summary.pages < MAX_PAGES:
-                rid, payload = await self._build(opts, upper, cursor, sym_key, loop)
-                await peer.send_wait("shh", 126, payload)
+                rid, payload = await self._build(opts, upper, cursor, sym_key, loop, capability)
+                await peer.send_wait(capability, 126, payload)
                 resp: Response | None = None
                 got_any = False
                 while True:
@@ -253,11 +255,13 @@ class HistoryClient:
                 listeners.remove(collector)
 
     async def _build(self, opts: HistoryOptions, upper: int, cursor: bytes | None, sym_key: bytes,
-                     loop: asyncio.AbstractEventLoop) -> tuple[bytes, bytes]:
+                     loop: asyncio.AbstractEventLoop, capability: str = "shh") -> tuple[bytes, bytes]:
         bloom = topics_to_bloom(opts.topics) if opts.topics else FULL_BLOOM
         if opts.form == "direct":
+            # waku's MessagesRequest has a 7th field, Topics (PROTOCOL.md §4.2.2 (c))
+            topics = tuple(opts.topics) if capability == "waku" else None
             req = MessagesRequest(os.urandom(16).hex().encode(), opts.lower, upper, opts.limit,
-                                  cursor or b"", bloom)
+                                  cursor or b"", bloom, topics)
             return req.request_id, req.encode()
         if opts.form == "envelope":
             inner = MessagesRequestPayload(opts.lower, upper, bloom, opts.limit, cursor or b"", True,

@@ -1,4 +1,4 @@
-"""``MailServer``: the Whisper service's ``request_handler`` for codes 123, 124 and 126.
+"""``MailServer``: the relay core's ``request_handler`` for codes 123, 124 (shh) and 126 (shh, waku).
 
 For each history request (126): decode (garbage ⇒ disconnect), check access and concurrency,
 open and validate it (status-go's checks and ``ERROR=`` texts), apply the rate limits (a request
@@ -83,6 +83,15 @@ class DeliveryStats:
     bytes_sent: int = 0
     sync_served: int = 0
     by_form: dict[str, int] = field(default_factory=dict)
+    by_protocol: dict[str, int] = field(default_factory=dict)  # accepted requests per capability
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Where a request came in and its answers go: the capability, and whether 127 must be a list."""
+
+    capability: str = "shh"
+    lists_only: bool = False
 
 
 SyncResponseSink = Callable[[PeerLike, SyncResponse], None]
@@ -138,9 +147,12 @@ class MailServer:
 
     # -- request_handler interface ---------------------------------------------------------
 
-    async def handle(self, peer: PeerLike, code: int, payload: bytes) -> None:
+    async def handle(self, peer: PeerLike, code: int, payload: bytes, *, capability: str = CAPABILITY,
+                     lists_only: bool = False) -> None:
+        """One request-side message. ``capability`` is the protocol it came in on (answers go back
+        the same way: shh/6 or waku); ``lists_only`` forces list-form 127s (waku knows no other)."""
         if code == CODE_P2P_REQUEST:
-            self._on_p2p_request(peer, payload)
+            self._on_p2p_request(peer, payload, Channel(capability, lists_only))
         elif code == CODE_SYNC_REQUEST:
             self._on_sync_request(peer, payload)
         elif code == CODE_SYNC_RESPONSE:
@@ -164,7 +176,7 @@ class MailServer:
 
     # -- 126 -------------------------------------------------------------------------------
 
-    def _on_p2p_request(self, peer: PeerLike, payload: bytes) -> None:
+    def _on_p2p_request(self, peer: PeerLike, payload: bytes, channel: Channel) -> None:
         self.stats.requests += 1
         try:
             parsed = parse_p2p_request(payload)
@@ -177,18 +189,18 @@ class MailServer:
             self.stats.denied += 1
             self._done(parsed.form_hint, "denied")
             log.info("history request from %s refused: not an allowed client", _short(peer))
-            self._reply_error(peer, rid, "peer is not allowed to request history")
+            self._reply_error(peer, rid, "peer is not allowed to request history", channel)
             return
         active = self._active.get(peer.node_id, set())
         if len(active) >= self.config.max_concurrent_per_peer:
             self.stats.rate_limited += 1
             self._done(parsed.form_hint, "rate_limited")
-            self._reply_error(peer, rid, "too many concurrent requests")
+            self._reply_error(peer, rid, "too many concurrent requests", channel)
             return
         if self.active_deliveries >= MAX_ACTIVE_DELIVERIES:
             self.stats.rate_limited += 1
             self._done(parsed.form_hint, "rate_limited")
-            self._reply_error(peer, rid, "mailserver is busy")
+            self._reply_error(peer, rid, "mailserver is busy", channel)
             return
         now_m = self.monotonic()
         self._purge_limits(now_m)
@@ -197,7 +209,7 @@ class MailServer:
         # Refusals are cheap for direct requests; envelope requests cost one decryption.
         limited = not self.limits.interval.would_allow(peer.node_id, now_m)
         if limited and parsed.direct is not None and not self._is_continuation(peer, parsed.direct.cursor):
-            self._refuse_rate(peer, rid, parsed.form_hint)
+            self._refuse_rate(peer, rid, parsed.form_hint, channel)
             return
         try:
             req = self.opener.open(parsed, peer.pubkey, int(self.clock()))
@@ -205,15 +217,16 @@ class MailServer:
             self.stats.rejected += 1
             self._done(parsed.form_hint, "rejected")
             log.info("history request %s from %s rejected: %s", rid.hex()[:12], _short(peer), exc.message)
-            self._reply_error(peer, rid, exc.message)
+            self._reply_error(peer, rid, exc.message, channel)
             return
         if self._take_continuation(peer, req.cursor):
             pass  # paging on: Status clients ask for the next page at once and fail on a refusal
         elif not self.limits.allow(peer.node_id, now_m):
-            self._refuse_rate(peer, rid, req.form.value)
+            self._refuse_rate(peer, rid, req.form.value, channel)
             return
         self.stats.by_form[req.form.value] = self.stats.by_form.get(req.form.value, 0) + 1
-        task = asyncio.get_running_loop().create_task(self._deliver(peer, req))
+        self.stats.by_protocol[channel.capability] = self.stats.by_protocol.get(channel.capability, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._deliver(peer, req, channel))
         self._track(peer.node_id, task)
 
     def _track(self, node_id: bytes, task: asyncio.Task[None]) -> None:
@@ -233,11 +246,11 @@ class MailServer:
         if not task.cancelled() and task.exception() is not None:
             log.error("history delivery failed: %r", task.exception())
 
-    def _refuse_rate(self, peer: PeerLike, rid: bytes, form: str) -> None:
+    def _refuse_rate(self, peer: PeerLike, rid: bytes, form: str, channel: Channel) -> None:
         self.stats.rate_limited += 1
         self._done(form, "rate_limited")
         log.debug("history request from %s refused: rate limit", _short(peer))
-        self._reply_error(peer, rid, "rate limit exceeded")
+        self._reply_error(peer, rid, "rate limit exceeded", channel)
 
     def _is_continuation(self, peer: PeerLike, cursor: bytes | None) -> bool:
         issued = self._issued.get(peer.node_id)
@@ -285,29 +298,31 @@ class MailServer:
             self.limits.purge(now_m)
             self._last_purge = now_m
 
-    def _reply_error(self, peer: PeerLike, rid: bytes, message: str) -> None:
+    def _reply_error(self, peer: PeerLike, rid: bytes, message: str, channel: Channel | None = None) -> None:
         # Never waits: a peer that floods us and does not read loses its error replies.
-        peer.send(self.capability, CODE_REQUEST_COMPLETE, RequestFailed(rid, message).encode())
+        cap = channel.capability if channel is not None else self.capability
+        peer.send(cap, CODE_REQUEST_COMPLETE, RequestFailed(rid, message).encode())
 
-    async def _send(self, peer: PeerLike, code: int, payload: bytes) -> None:
-        if peer.send(self.capability, code, payload):
+    async def _send(self, peer: PeerLike, code: int, payload: bytes, channel: Channel | None = None) -> None:
+        cap = channel.capability if channel is not None else self.capability
+        if peer.send(cap, code, payload):
             return
-        await asyncio.wait_for(peer.send_wait(self.capability, code, payload), self.stall_timeout_s)
+        await asyncio.wait_for(peer.send_wait(cap, code, payload), self.stall_timeout_s)
 
-    async def _deliver(self, peer: PeerLike, req: HistoryRequest) -> None:
+    async def _deliver(self, peer: PeerLike, req: HistoryRequest, channel: Channel) -> None:
         started = self.monotonic()
         try:
-            last_hash, cursor, count = await self._stream(peer, req)
+            last_hash, cursor, count = await self._stream(peer, req, channel)
         except InvalidCursor as exc:
             log.info("history request %s from %s: %s", req.request_id.hex()[:12], _short(peer), exc)
             self.stats.rejected += 1
             self._done(req.form.value, "rejected", started)
-            self._reply_error(peer, req.request_id, "request is invalid: invalid cursor")
+            self._reply_error(peer, req.request_id, "request is invalid: invalid cursor", channel)
             return
         except ArchiveError as exc:
             log.error("history request %s failed reading the archive: %s", req.request_id.hex()[:12], exc)
             self._done(req.form.value, "failed", started)
-            self._reply_error(peer, req.request_id, "failed to process the request")
+            self._reply_error(peer, req.request_id, "failed to process the request", channel)
             return
         except (TimeoutError, ConnectionError, OSError) as exc:
             self.stats.aborted += 1
@@ -319,7 +334,7 @@ class MailServer:
             return
         try:
             await self._send(peer, CODE_REQUEST_COMPLETE,
-                             RequestComplete(req.request_id, last_hash, cursor).encode())
+                             RequestComplete(req.request_id, last_hash, cursor).encode(), channel)
         except (TimeoutError, ConnectionError, OSError):
             self.stats.aborted += 1
             self._done(req.form.value, "aborted", started, count)
@@ -329,12 +344,13 @@ class MailServer:
             self._remember_cursor(peer, cursor)
         self._done(req.form.value, "completed", started, count)
         log.info(
-            "delivered %d envelopes (%s form%s) to %s in %.2f s%s",
-            count, req.form.value, ", batched" if req.batch else "", _short(peer),
+            "delivered %d envelopes (%s form%s, %s) to %s in %.2f s%s",
+            count, req.form.value, ", batched" if req.batch else "", channel.capability, _short(peer),
             self.monotonic() - started, ", more pages" if cursor else "",
         )
 
-    async def _stream(self, peer: PeerLike, req: HistoryRequest) -> tuple[bytes, bytes | None, int]:
+    async def _stream(self, peer: PeerLike, req: HistoryRequest,
+                      channel: Channel) -> tuple[bytes, bytes | None, int]:
         """Send every matching envelope; return (last hash, next cursor, count).
 
         Stored bytes go out as they are (never re-encoded): one list packet per page (split at
@@ -369,11 +385,11 @@ class MailServer:
                     page_n = max(MIN_PAGE_SIZE, min(self.page_size, PAGE_BYTES_BUDGET // avg))
                 if more:  # prefetch the next page while this one goes out
                     pending = fetch(page.next_cursor, remaining)
-                if req.batch:
-                    await self._send_bundles(peer, raws, size)
+                if req.batch or channel.lists_only:
+                    await self._send_bundles(peer, raws, size, channel)
                     await asyncio.sleep(0)  # one page (≤ page_size envelopes) per slice of the loop
                 else:
-                    await self._send_each(peer, raws)
+                    await self._send_each(peer, raws, channel)
                 if raws:
                     count += len(raws)
                     last_cursor = page.last_cursor
@@ -397,27 +413,27 @@ class MailServer:
         return RawHistoryPage([e.raw for e in envs], envs[-1].cursor if envs else None,
                               full.next_cursor is not None)
 
-    async def _send_bundles(self, peer: PeerLike, raws: list[bytes], size: int) -> None:
+    async def _send_bundles(self, peer: PeerLike, raws: list[bytes], size: int, channel: Channel) -> None:
         """List packets of whole envelopes, each under ``max_message_size`` (one if the page fits)."""
         if size < self.max_message_size:
             if raws:
-                await self._flush(peer, raws, size)
+                await self._flush(peer, raws, size, channel)
             return
         bundle: list[bytes] = []
         bundle_size = 0
         for raw in raws:
             if bundle and bundle_size + len(raw) >= self.max_message_size:
-                await self._flush(peer, bundle, bundle_size)
+                await self._flush(peer, bundle, bundle_size, channel)
                 bundle, bundle_size = [], 0
             bundle.append(raw)
             bundle_size += len(raw)
         if bundle:
-            await self._flush(peer, bundle, bundle_size)
+            await self._flush(peer, bundle, bundle_size, channel)
 
-    async def _send_each(self, peer: PeerLike, raws: list[bytes]) -> None:
+    async def _send_each(self, peer: PeerLike, raws: list[bytes], channel: Channel) -> None:
         """One packet per envelope (go-ethereum clients); waits only when the write buffer is full,
         and lets other tasks run every ``YIELD_EVERY_PACKETS`` packets."""
-        cap, stats = self.capability, self.stats
+        cap, stats = channel.capability, self.stats
         for i, raw in enumerate(raws, 1):
             if not peer.send(cap, CODE_P2P_MESSAGE, raw):
                 await asyncio.wait_for(peer.send_wait(cap, CODE_P2P_MESSAGE, raw), self.stall_timeout_s)
@@ -426,8 +442,8 @@ class MailServer:
             stats.envelopes_sent += 1
             stats.bytes_sent += len(raw)
 
-    async def _flush(self, peer: PeerLike, bundle: list[bytes], size: int) -> None:
-        await self._send(peer, CODE_P2P_MESSAGE, encode_list_of_raw(bundle))
+    async def _flush(self, peer: PeerLike, bundle: list[bytes], size: int, channel: Channel) -> None:
+        await self._send(peer, CODE_P2P_MESSAGE, encode_list_of_raw(bundle), channel)
         self.stats.envelopes_sent += len(bundle)
         self.stats.bytes_sent += size
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from pimail.devp2p.messages import DisconnectReason
 
-__all__ = ["Capability", "DisconnectReason", "PeerLike", "ProtocolError"]
+__all__ = ["Capability", "DisconnectReason", "PeerLike", "ProtocolError", "shared_version"]
 
 
 class ProtocolError(Exception):
@@ -58,12 +58,25 @@ class PeerLike(Protocol):
         """Send Disconnect with ``reason`` and close."""
 
 
+def shared_version(peer: PeerLike, name: str, default: int) -> int:
+    """The version of capability ``name`` negotiated with ``peer`` (after the Hello exchange)."""
+    for cap_name, version in getattr(peer, "capabilities", ()):
+        if cap_name == name:
+            return int(version)
+    return default
+
+
 class Capability(abc.ABC):
     """A sub-protocol served by this node."""
 
     name: str
     version: int
     length: int  # number of message ids it uses
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """Every version offered in Hello (default: just ``version``)."""
+        return (self.version,)
 
     @abc.abstractmethod
     async def peer_started(self, peer: PeerLike) -> None:

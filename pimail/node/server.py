@@ -61,7 +61,9 @@ class NodeServer:
             if cap.name in self._caps:
                 raise ValueError(f"capability {cap.name} registered twice")
             self._caps[cap.name] = cap
-        self._specs = [CapabilitySpec(c.name, c.version, c.length) for c in capabilities]
+        # a capability may serve several versions of its protocol (waku/0 and waku/1); the peer
+        # gets the highest one both sides share, and the handler asks the peer which it was
+        self._specs = [CapabilitySpec(c.name, v, c.length) for c in capabilities for v in c.versions]
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._peers: dict[bytes, Peer] = {}  # node_id → admitted peer
         self._pending: dict[Peer, None] = {}  # insertion-ordered: oldest first

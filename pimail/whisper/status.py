@@ -1,5 +1,6 @@
-"""shh/6 control messages: Status (0), PoW requirement (2), bloom exchange (3), Batch Ack (11),
-Message Response (12) and rate limits (20). PROTOCOL.md §3.1, §3.2, §3.8. Sans-I/O.
+"""shh/6 control messages: Status (0), PoW requirement (2), bloom exchange (3) and rate limits (20).
+PROTOCOL.md §3.1, §3.2, §3.8. Sans-I/O. Batch Ack (11) and Message Response (12) are shared with
+waku and live in ``pimail.relay.confirmations`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -11,9 +12,22 @@ from pimail import rlpcodec
 from pimail.envelope.bloom import BLOOM_LEN, FULL_BLOOM
 from pimail.envelope.codec import UINT64_MAX, EnvelopeError, decode_uint
 from pimail.envelope.pow import pow_from_bits, pow_to_bits
+from pimail.relay.confirmations import (
+    MESSAGE_RESPONSE_VERSION,
+    EnvelopeErrorReport,
+    ErrorCodes,
+    MessageResponse,
+    WireError,
+    decode_batch_ack,
+    encode_batch_ack,
+)
+
+__all__ = [
+    "MESSAGE_RESPONSE_VERSION", "EnvelopeErrorReport", "MessageResponse", "RateLimits", "StatusError",
+    "StatusPacket", "decode_batch_ack", "encode_batch_ack",
+]
 
 VERSION = 6
-MESSAGE_RESPONSE_VERSION = 1
 
 # Relative message codes (PROTOCOL.md §3.1).
 STATUS = 0
@@ -33,10 +47,11 @@ PROTOCOL_LENGTH = 128
 # status-go v0.78 monorepo whisper iota values (PROTOCOL.md §3.8, trap 21).
 ENVELOPE_TIME_NOT_SYNCED = 37
 ENVELOPE_OTHER_ERROR = 38
+ERROR_CODES = ErrorCodes(ENVELOPE_TIME_NOT_SYNCED, ENVELOPE_OTHER_ERROR)
 
 
-class StatusError(ValueError):
-    """A control message is malformed (the peer is disconnected with 0x10)."""
+class StatusError(WireError):
+    """A shh control message is malformed (the peer is disconnected with 0x10)."""
 
 
 def _decode(payload: bytes, what: str) -> object:
@@ -155,58 +170,3 @@ def decode_bloom_exchange(payload: bytes) -> bytes:
         size = len(raw) if isinstance(raw, bytes) else "a list"
         raise StatusError(f"bloom filter must be {BLOOM_LEN} bytes (got {size})")
     return raw
-
-
-def encode_batch_ack(batch_hash: bytes) -> bytes:
-    encoded: bytes = rlpcodec.encode(batch_hash)
-    return encoded
-
-
-def decode_batch_ack(payload: bytes) -> bytes:
-    raw = _decode(payload, "batch ack")
-    if not isinstance(raw, bytes) or len(raw) != 32:
-        raise StatusError("batch ack must be a 32-byte hash")
-    return raw
-
-
-@dataclass(frozen=True)
-class EnvelopeErrorReport:
-    """One entry of a Message Response."""
-
-    hash: bytes
-    code: int
-    description: str
-
-
-@dataclass(frozen=True)
-class MessageResponse:
-    """Code 12: ``[1, [batchHash, [[envHash, code, description], ...]]]``."""
-
-    batch_hash: bytes
-    errors: tuple[EnvelopeErrorReport, ...] = ()
-
-    def encode(self) -> bytes:
-        errs = [[e.hash, e.code, e.description.encode()] for e in self.errors]
-        encoded: bytes = rlpcodec.encode([MESSAGE_RESPONSE_VERSION, [self.batch_hash, errs]])
-        return encoded
-
-    @classmethod
-    def decode(cls, payload: bytes) -> MessageResponse:
-        items = _decode(payload, "message response")
-        if not isinstance(items, list) or len(items) < 2:
-            raise StatusError("message response must be [version, response]")
-        if _uint(items[0], "message response version") != MESSAGE_RESPONSE_VERSION:
-            raise StatusError("unknown message response version")
-        body = items[1]
-        if not isinstance(body, list) or len(body) < 2 or not isinstance(body[0], bytes):
-            raise StatusError("message response body must be [hash, errors]")
-        if not isinstance(body[1], list):
-            raise StatusError("message response errors must be a list")
-        errors = []
-        for e in body[1]:
-            if not isinstance(e, list) or len(e) < 3 or not isinstance(e[0], bytes):
-                raise StatusError("malformed envelope error")
-            desc = e[2] if isinstance(e[2], bytes) else b""
-            errors.append(EnvelopeErrorReport(e[0], _uint(e[1], "error code"),
-                                              desc.decode(errors="replace")))
-        return cls(body[0], tuple(errors))

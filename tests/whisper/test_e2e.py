@@ -16,8 +16,8 @@ from pimail.envelope.codec import Envelope, encode_envelope_list
 from pimail.envelope.pow import pow_to_bits
 from pimail.envelope.seal import seal
 from pimail.health import HealthModel
+from pimail.relay.pool import footprint
 from pimail.whisper import status as st
-from pimail.whisper.pool import footprint
 
 from .nodes import Node, raw_peer, start_node, until
 

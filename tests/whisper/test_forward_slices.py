@@ -116,7 +116,7 @@ async def test_timer_gives_the_loop_a_turn_between_slices(tmp_path: Path) -> Non
 def test_known_set_add_many_matches_add() -> None:
     import random
 
-    from pimail.whisper.pool import KnownSet
+    from pimail.relay.pool import KnownSet
 
     rng = random.Random(7)
     one, many = KnownSet(50), KnownSet(50)

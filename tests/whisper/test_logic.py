@@ -11,10 +11,11 @@ import pytest
 from pimail.envelope.codec import Envelope, decode_envelope_list, encode_envelope_list
 from pimail.envelope.pow import PowFormula
 from pimail.envelope.seal import seal
-from pimail.whisper.pool import EnvelopePool, KnownSet, PacketRateLimiter, footprint
+from pimail.relay.pool import EnvelopePool, KnownSet, PacketRateLimiter, footprint
+from pimail.relay.validation import Outcome, Rules, judge
+from pimail.whisper import status as st
 from pimail.whisper.service import peer_formula
 from pimail.whisper.status import ENVELOPE_OTHER_ERROR, ENVELOPE_TIME_NOT_SYNCED
-from pimail.whisper.validation import Outcome, Rules, judge
 
 NOW = 1_800_000_000
 
@@ -37,7 +38,8 @@ def test_future_within_allowance_recomputes_pow_with_diff() -> None:
 
 def test_future_beyond_ten_seconds_is_time_error() -> None:
     v = judge(env_at(NOW + 11), Rules(min_pow=0), NOW)
-    assert v.outcome is Outcome.TIME_ERROR and "future" in v.reason and v.code == ENVELOPE_TIME_NOT_SYNCED
+    assert v.outcome is Outcome.TIME_ERROR and "future" in v.reason
+    assert v.code(st.ERROR_CODES) == ENVELOPE_TIME_NOT_SYNCED
 
 
 def test_expired_recently_dropped_silently_and_very_old_is_time_error() -> None:
@@ -53,7 +55,8 @@ def test_untrusted_clock_skips_time_rules() -> None:
 
 def test_oversized_is_error() -> None:
     v = judge(env_at(NOW, data=b"x" * 2000), Rules(min_pow=0, max_size=1000), NOW)
-    assert v.outcome is Outcome.ERROR and "oversized" in v.reason and v.code == ENVELOPE_OTHER_ERROR
+    assert v.outcome is Outcome.ERROR and "oversized" in v.reason
+    assert v.code(st.ERROR_CODES) == ENVELOPE_OTHER_ERROR
 
 
 def _low_pow_envelope(target: float) -> Envelope:

@@ -1,4 +1,5 @@
-"""Judging a received envelope (PROTOCOL.md §3.6) with status-go's outcomes. Sans-I/O.
+"""Judging a received envelope (PROTOCOL.md §3.6) with status-go's outcomes, for shh and waku alike.
+Sans-I/O.
 
 Time errors (from the future, very old) keep the peer and are reported in the Message Response;
 every other error disconnects the peer (0x10). Expired-but-recent envelopes are dropped silently.
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pimail.envelope.bloom import bloom_matches
 from pimail.envelope.codec import Envelope
 from pimail.envelope.pow import PowFormula
-from pimail.whisper.status import ENVELOPE_OTHER_ERROR, ENVELOPE_TIME_NOT_SYNCED
+from pimail.relay.confirmations import ErrorCodes
 
 VERY_OLD_S = 20  # geth: Expiry + 20 < now is an error, younger expired envelopes are just dropped
 DEFAULT_SYNC_ALLOWANCE_S = 10  # geth DefaultSyncAllowance
@@ -30,9 +31,9 @@ class Verdict:
     outcome: Outcome
     reason: str = ""
 
-    @property
-    def code(self) -> int:
-        return ENVELOPE_TIME_NOT_SYNCED if self.outcome is Outcome.TIME_ERROR else ENVELOPE_OTHER_ERROR
+    def code(self, codes: ErrorCodes) -> int:
+        """The Message Response code for this verdict in the protocol whose ``codes`` are given."""
+        return codes.time_not_synced if self.outcome is Outcome.TIME_ERROR else codes.other
 
 
 ACCEPTED = Verdict(Outcome.ACCEPT)
