@@ -5,9 +5,10 @@ Unknown sections or keys and values of the wrong type or out of range stop the s
 ``FILE:LINE: reason`` (exit code 2 through ``ConfigError``). ``tomllib`` reports line numbers for
 syntax errors only, so the line of a bad key is found by scanning the text.
 
-Where the config comes from, first match wins: ``--config PATH``; ``<data dir>/pimail.toml`` when a
-data dir was given on the command line; ``$CONFIGURATION_DIRECTORY/pimail.toml`` (systemd);
-``/etc/pimail/pimail.toml``; otherwise the built-in defaults.
+Where the config comes from, first match wins: ``--config PATH``; ``<data dir>/pimail.toml`` (the
+data dir given on the command line, else the default one: ``$STATE_DIRECTORY`` under systemd, else
+``./var`` — so no options behave exactly like ``--data-dir ./var``); ``$CONFIGURATION_DIRECTORY/pimail.toml``
+(systemd); ``/etc/pimail/pimail.toml``; otherwise the built-in defaults.
 """
 
 from __future__ import annotations
@@ -393,9 +394,7 @@ def find_config(config_path: Path | None, data_dir: Path | None) -> Path | None:
     """Where the config comes from (see module docstring); None = built-in defaults."""
     if config_path is not None:
         return config_path
-    candidates: list[Path] = []
-    if data_dir is not None:
-        candidates.append(data_dir / CONFIG_NAME)
+    candidates = [(data_dir if data_dir is not None else default_data_dir()) / CONFIG_NAME]
     if os.environ.get("CONFIGURATION_DIRECTORY"):
         candidates.append(Path(os.environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / CONFIG_NAME)
     candidates.append(INSTALLED_CONFIG)
@@ -437,6 +436,14 @@ def load(path: Path) -> Config:
 
 
 INSTALLED_DATA_DIR = Path("/var/lib/pimail")  # systemd StateDirectory=pimail
+
+
+def default_data_dir() -> Path:
+    """The data dir when none is given: systemd's state directory for the service, else ``./var``."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    return Config().node.data_dir
 
 
 def _default_data_dir(config: Config, explicit: set[tuple[str, str]], path: Path | None = None) -> None:
