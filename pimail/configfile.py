@@ -13,6 +13,7 @@ data dir given on the command line, else the default one: ``$STATE_DIRECTORY`` u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -325,6 +326,7 @@ class LoadedConfig:
     config: Config
     path: Path | None  # None = built-in defaults
     explicit: set[tuple[str, str]]  # (section, key) pairs the file set
+    problem: str | None = None  # set by load_config_leniently: why the file on disk was not used
 
 
 def parse_config_text(text: str, source: str) -> tuple[Config, set[tuple[str, str]]]:
@@ -428,6 +430,40 @@ def load_config(path: Path | None) -> LoadedConfig:
     config, explicit = parse_config_text(text, str(path))
     _default_data_dir(config, explicit, path)
     return LoadedConfig(config, path, explicit)
+
+
+def load_config_leniently(path: Path | None) -> LoadedConfig:
+    """For read-only commands (``status``, ``doctor``, ``pair --status``, ``archive stats``): a bad
+    file on disk must not stop them — a running node keeps the settings it last loaded. On a
+    ConfigError this returns the built-in defaults (with the file's ``data_dir`` and archive ``url``
+    when those two can still be read) and the error in ``problem``."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        config = Config()
+        _default_data_dir(config, set(), path)
+        explicit: set[tuple[str, str]] = set()
+        raw = _raw_table(path)
+        node, archive = raw.get("node"), raw.get("archive")
+        if isinstance(node, dict) and isinstance(node.get("data_dir"), str) and node["data_dir"]:
+            config.node.data_dir = Path(node["data_dir"])
+            explicit.add(("node", "data_dir"))
+        if isinstance(archive, dict) and isinstance(archive.get("url"), str):
+            with contextlib.suppress(ValueError):
+                _archive_url(archive["url"])
+                config.archive.url = archive["url"]
+                explicit.add(("archive", "url"))
+        return LoadedConfig(config, path, explicit, problem=str(exc))
+
+
+def _raw_table(path: Path | None) -> dict[str, Any]:
+    """The file's TOML as plain data, or {} when it cannot be read or parsed."""
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_bytes()[:MAX_CONFIG_BYTES].decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
 
 
 def load(path: Path) -> Config:

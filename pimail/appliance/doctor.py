@@ -127,21 +127,39 @@ def check_archive(config: Config, timeout_s: float = QUICK_CHECK_TIMEOUT_S) -> C
         "stop pimail and run `sqlite3 archive.sqlite .recover`, or move the file away")
 
 
-def check_port(config: Config, daemon_running: bool) -> Check:
-    host, port = parse_hostport(config.node.listen)
+def running_listen(status: dict[str, Any] | None) -> str | None:
+    """The address a running node listens on, from its status (its port from its enode when the
+    config said port 0), or None."""
+    if not status or not isinstance(status.get("listen"), str):
+        return None
+    try:
+        host, port = parse_hostport(status["listen"])
+    except ValueError:
+        return None
+    enode = status.get("enode")
+    if port == 0 and isinstance(enode, str):
+        tail = enode.rpartition(":")[2].split("?", 1)[0]
+        if tail.isdigit():
+            port = int(tail)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_port(config: Config, daemon_running: bool, listen: str | None = None) -> Check:
+    listen = listen or config.node.listen
+    host, port = parse_hostport(listen)
     probe = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     listening = False
     with contextlib.suppress(OSError), socket.create_connection((probe, port), timeout=1.0):
         listening = True
     if daemon_running:
         if listening:
-            return Check("port", "ok", f"pimail is listening on {config.node.listen}")
+            return Check("port", "ok", f"pimail is listening on {listen}")
         return Check("port", "fail", f"pimail runs but nothing answers on {probe}:{port}",
                      "check `journalctl -u pimail` for listener errors")
     if listening:
-        return Check("port", "fail", f"{config.node.listen} is taken by another program",
+        return Check("port", "fail", f"{listen} is taken by another program",
                      f"stop it or set [node] listen to another port (`ss -ltnp 'sport = :{port}'`)")
-    return Check("port", "ok", f"{config.node.listen} is free (pimail is not running)")
+    return Check("port", "ok", f"{listen} is free (pimail is not running)")
 
 
 def check_gpio(config: Config, chips: Sequence[str] | None = None) -> Check:
@@ -215,13 +233,25 @@ def daemon_status(config: Config) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-def run_checks(config: Config) -> list[Check]:
+def check_config(problem: str | None, path: Path | None) -> Check:
+    if problem:
+        return Check("config", "fail", problem,
+                     "fix the file; a running node keeps its last settings until a reload or restart")
+    if path is None:
+        return Check("config", "ok", "no config file: built-in defaults")
+    return Check("config", "ok", f"{path} loads")
+
+
+def run_checks(
+    config: Config, config_problem: str | None = None, config_path: Path | None = None
+) -> list[Check]:
     status = daemon_status(config)
     checks: list[Callable[[], Check]] = [
+        lambda: check_config(config_problem, config_path),
         lambda: check_clock(config),
         lambda: check_disk(config),
         lambda: check_archive(config),
-        lambda: check_port(config, status is not None),
+        lambda: check_port(config, status is not None, running_listen(status)),
         lambda: check_gpio(config),
         lambda: check_power(),
         lambda: check_write_rate(status),

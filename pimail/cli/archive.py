@@ -27,6 +27,7 @@ from pimail.archive.base import Archive, ArchiveStats, RetentionPolicy
 from pimail.config import Config
 from pimail.errors import RuntimeFailure, UserError
 
+READ_ONLY_ACTIONS = ("stats", "check", "export")  # these work with a bad config file on disk
 Action = Callable[[Archive, argparse.Namespace], Awaitable[int]]
 
 
@@ -80,7 +81,15 @@ def load_config(args: argparse.Namespace) -> tuple[Config, Path]:
     from pimail import configfile
 
     data_dir: Path | None = args.data_dir
-    loaded = configfile.load_config(configfile.find_config(args.config, data_dir))
+    path = configfile.find_config(args.config, data_dir)
+    if getattr(args, "archive_action", None) in READ_ONLY_ACTIONS:
+        from pimail.cli.run import warn_bad_config
+
+        loaded = configfile.load_config_leniently(path)
+        if loaded.problem:
+            warn_bad_config(loaded.problem)
+    else:
+        loaded = configfile.load_config(path)
     config = loaded.config
     if data_dir is not None:
         config.node.data_dir = data_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,28 @@ def load(args: argparse.Namespace) -> configfile.LoadedConfig:
     loaded = configfile.load_config(path)
     overrides(args)(loaded.config)
     return loaded
+
+
+def load_readonly(args: argparse.Namespace) -> configfile.LoadedConfig:
+    """Like ``load``, for commands that only read: a bad file on disk is a warning, not an exit 2
+    (after a refused SIGHUP reload the daemon runs on its old settings and must stay inspectable)."""
+    data_dir: Path | None = getattr(args, "data_dir", None)
+    path = configfile.find_config(getattr(args, "config", None), data_dir)
+    loaded = configfile.load_config_leniently(path)
+    if loaded.problem:
+        warn_bad_config(loaded.problem)
+    configfile.apply_overrides(loaded.config, data_dir=data_dir)
+    return loaded
+
+
+def warn_bad_config(problem: str) -> None:
+    """One warning on stderr for a config file on disk that does not load."""
+    print(
+        f"pimail: warning: the config file on disk is bad: {problem}\n"
+        "pimail: warning: a running node keeps the settings it last loaded; fix the file before "
+        "the next reload or restart (read-only commands go on with its data dir and defaults)",
+        file=sys.stderr,
+    )
 
 
 def overrides(args: argparse.Namespace) -> Callable[[Config], None]:

@@ -122,7 +122,7 @@ def test_doctor_command_exit_codes(tmp_path: Path) -> None:
     ok = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     lines = ok.stdout.strip().splitlines()
-    assert len(lines) == 7 and all(line.split()[0] in ("OK", "WARN", "SKIP") for line in lines)
+    assert len(lines) == 8 and all(line.split()[0] in ("OK", "WARN", "SKIP") for line in lines)
     (tmp_path / doctor.ARCHIVE_FILE).write_bytes(b"garbage" * 1000)
     bad = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1

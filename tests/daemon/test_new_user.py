@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,34 @@ def test_make_run_leaves_the_listen_address_to_the_file() -> None:
     given = subprocess.run(["make", "-n", "-C", str(REPO), "run", "LISTEN=127.0.0.1:30412"],
                            capture_output=True, text=True, timeout=60)
     assert "--listen 127.0.0.1:30412" in given.stdout
+
+
+# -- 3. read-only commands go on with a bad config file on disk -------------------------------------
+
+
+@pytest.mark.slow
+def test_read_only_commands_work_and_warn_when_the_file_on_disk_is_bad() -> None:
+    from tests.daemon.procs import DaemonProcess, wait_until
+
+    node = DaemonProcess()
+    try:
+        node.wait_ready()
+        good = node.config.read_text()
+        node.config.write_text(good + "[node]\nmax_peerz = 3\n")  # a second [node] table: TOML error
+        node.signal(signal.SIGHUP)
+        assert wait_until(lambda: "reload refused" in node.log(), 30), node.log()
+        conf = ("--config", str(node.config))
+        for cmd in (("status",), ("status", "--json"), ("pair", "--status"), ("archive", "stats")):
+            r = node.cli(*cmd, *conf)
+            assert r.returncode == 0, (cmd, r.stderr)
+            assert "the config file on disk is bad" in r.stderr and str(node.config) in r.stderr, cmd
+            assert "Traceback" not in r.stderr
+        doctor = node.cli("doctor", *conf)
+        assert "the config file on disk is bad" in doctor.stderr
+        assert any(line.startswith("FAIL  config") for line in doctor.stdout.splitlines()), doctor.stdout
+        assert any(line.startswith("OK    port") for line in doctor.stdout.splitlines()), doctor.stdout
+        # commands that change things still refuse a bad file
+        run = node.cli("pair", *conf)
+        assert run.returncode == 2 and "pimail: error:" in run.stderr
+    finally:
+        node.close()
