@@ -109,22 +109,64 @@ def check_archive(config: Config, timeout_s: float = QUICK_CHECK_TIMEOUT_S) -> C
     path = config.node.data_dir / ARCHIVE_FILE
     if not path.exists():
         return Check("archive", "ok", f"no archive yet at {path} (created on first start)")
+    if not os.access(path, os.R_OK):
+        return Check("archive", "warn", f"{path}: this user may not read it (permission denied)",
+                     "run the check as the node's user: `sudo -u pimail pimail doctor`")
     try:
         # read-only, and never waits long on a writer holding a lock
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
-        try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-        finally:
-            conn.close()
+        results = _quick_check(f"file:{path}?mode=ro", timeout_s)
     except sqlite3.Error as exc:
+        if not os.access(path.parent, os.W_OK | os.X_OK) or not _can_create_in(path.parent):
+            return _read_only_dir(path, timeout_s)
         return Check("archive", "fail", f"{path}: {exc}",
-                     "stop pimail, copy the file away, and start again to rebuild an empty archive")
-    results = [str(r[0]) for r in rows]
+                     "stop pimail, move the file aside (`mv archive.sqlite archive.sqlite.damaged`) and "
+                     "start it again: a fresh archive starts")
     if results == ["ok"]:
         return Check("archive", "ok", f"{path}: quick_check ok ({human_bytes(path.stat().st_size)})")
     return Check("archive", "fail", f"{path}: quick_check: {results[0]}" + (
         f" (+{len(results) - 1} more)" if len(results) > 1 else ""),
         "stop pimail and run `sqlite3 archive.sqlite .recover`, or move the file away")
+
+
+def _quick_check(uri: str, timeout_s: float) -> list[str]:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout_s)
+    try:
+        return [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+    finally:
+        conn.close()
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether this user can create a file in ``directory`` (a read-only mount fails even for root)."""
+    probe = directory / f".pimail-doctor-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return True
+
+
+def _read_only_dir(path: Path, timeout_s: float) -> Check:
+    """The archive cannot be opened because its directory is read-only: SQLite needs to create
+    ``archive.sqlite-shm`` next to a WAL-mode file even to read it. The file is not damaged."""
+    wal = path.with_name(path.name + "-wal")
+    detail = f"{path.parent} is read-only for this user: SQLite cannot create {path.name}-shm to read it"
+    if not wal.exists() or wal.stat().st_size == 0:
+        try:  # nothing pending in a WAL: the main file alone is the whole archive
+            results = _quick_check(f"file:{path}?mode=ro&immutable=1", timeout_s)
+        except sqlite3.Error as exc:
+            results = [str(exc)]
+        if results == ["ok"]:
+            detail += "; the file itself reads fine (quick_check ok)"
+        else:
+            detail += f"; reading the file alone: {results[0]}"
+    return Check("archive", "warn", detail,
+                 "this is not damage, do not rebuild the archive: run the check as the node's user "
+                 "(`sudo -u pimail pimail doctor`), and if the node's data dir itself is read-only, "
+                 "remount it read-write or give the pimail user write access to it")
 
 
 def running_listen(status: dict[str, Any] | None) -> str | None:
