@@ -282,14 +282,18 @@ class Daemon:
         self.enode = self._own_enode(server.listen_port)
 
     def _own_enode(self, port: int) -> Enode:
-        from pimail.appliance.lan import advertised_address, enode_for
+        from pimail.appliance.lan import advertised_address, enode_for, reachability_warning
 
         assert self.key is not None
         host = self.config.node.listen.rpartition(":")[0] or "0.0.0.0"
         try:
             address = advertised_address(f"{host}:{port}", self.config.node.public_host)
-        except UserError:
+        except UserError as exc:
+            log.warning("enode: %s; advertising 127.0.0.1, which only this machine can reach", exc)
             return Enode(self.key.public, "127.0.0.1", port)
+        warning = reachability_warning(address)
+        if warning and (address.loopback or address.source == "fallback"):
+            log.warning("enode: %s", warning)
         return enode_for(self.key.public, address)
 
     def enode_url(self) -> str:

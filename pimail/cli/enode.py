@@ -9,7 +9,7 @@ from typing import Any
 
 from pimail import configfile
 from pimail.appliance import qr as qrcodes
-from pimail.appliance.lan import AdvertisedAddress, advertised_address, enode_for
+from pimail.appliance.lan import AdvertisedAddress, advertised_address, enode_for, reachability_warning
 from pimail.config import Config
 from pimail.crypto.keys import KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
@@ -64,15 +64,8 @@ def load_node_key(data_dir: Path) -> NodeKey:
 
 def lan_warning(address: AdvertisedAddress) -> str | None:
     """The stderr warning for a host phones outside the LAN cannot reach, or None."""
-    if not address.lan_only:
-        return None
-    if address.host.startswith("127.") or address.host in ("::1", "localhost"):
-        return f"warning: {address.host} is a loopback address: only programs on this machine can reach it."
-    return (
-        f"warning: {address.host} is a private address: only phones on this network can reach it. "
-        "For phones elsewhere set [node] public_host (or --host) to a public name or address and "
-        f"forward TCP port {address.port} to this node."
-    )
+    warning = reachability_warning(address)
+    return f"warning: {warning}" if warning else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,3 +80,36 @@ def test_read_only_commands_work_and_warn_when_the_file_on_disk_is_bad() -> None
         assert run.returncode == 2 and "pimail: error:" in run.stderr
     finally:
         node.close()
+
+
+# -- 5. the advertised enode is one that can be dialled ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_node_on_loopback_advertises_loopback_everywhere() -> None:
+    import socket as socketlib
+
+    from tests.daemon.procs import DaemonProcess
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = DaemonProcess(args=["--listen", f"127.0.0.1:{port}"])
+    try:
+        node.wait_ready()
+        status = node.status()
+        assert status["enode"].endswith(f"@127.0.0.1:{port}"), status["enode"]
+        ready = next(line for line in node.log().splitlines() if " ready: " in line)
+        assert f"@127.0.0.1:{port}" in ready
+        assert "loopback address" in node.log()
+    finally:
+        node.close()
+
+
+def test_pimail_enode_on_a_loopback_listener(tmp_path: Path) -> None:
+    conf = tmp_path / "pimail.toml"
+    conf.write_text('[node]\nlisten = "[::1]:30414"\n')
+    r = pimail_in(tmp_path, "enode", "--config", str(conf), "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("@[::1]:30414")
+    assert "loopback address" in r.stderr
