@@ -1,11 +1,33 @@
-"""LoopLagMonitor's recent ticks: lateness and loop-thread CPU per tick, bounded, numbered."""
+"""LoopLagMonitor's recent ticks: lateness and loop-thread CPU per tick, bounded, numbered.
+
+The monitor reads its wall and CPU clocks through injectable functions; here they are clocks the
+test moves, so what is asserted does not depend on how busy the machine is."""
 
 from __future__ import annotations
 
 import asyncio
-import time
+
+import pytest
 
 from pimail.appliance.health import LOOP_RECENT_TICKS, HealthModel, LoopLagMonitor
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def ticks_past(mon: LoopLagMonitor, count: int, timeout: float = 30.0) -> None:
+    target = mon.ticks + count
+
+    async def wait() -> None:
+        while mon.ticks < target:
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(wait(), timeout)
 
 
 def test_recent_ticks_tell_a_busy_loop_from_a_waiting_one() -> None:
@@ -13,27 +35,32 @@ def test_recent_ticks_tell_a_busy_loop_from_a_waiting_one() -> None:
 
 
 async def _ticks() -> None:
+    wall, cpu = FakeClock(), FakeClock()
     h = HealthModel()
     h.mark_started()
-    mon = LoopLagMonitor(h, tick_s=0.02, stall_s=5.0)
+    mon = LoopLagMonitor(h, tick_s=0.01, stall_s=5.0, clock=wall, cpu_clock=cpu)
     mon.start()
     try:
-        await asyncio.sleep(0.1)
-        assert mon.ticks >= 2 and len(mon.recent) == min(mon.ticks, LOOP_RECENT_TICKS)
+        await ticks_past(mon, 2)
+        assert len(mon.recent) == min(mon.ticks, LOOP_RECENT_TICKS)
+        assert all(t == (0.0, 0.0) for t in mon.recent), "on time, no CPU: the clocks did not move"
         before = mon.ticks
-        end = time.monotonic() + 0.2
-        while time.monotonic() < end:  # the loop itself busy: CPU on the loop thread
-            pass
-        await asyncio.sleep(0.05)
-        busy = max(mon.recent, key=lambda t: t[0])
-        assert busy[0] >= 0.15 and busy[1] >= 0.15
-        time.sleep(0.2)  # the loop thread off CPU (like waiting for a core or the GIL)
-        await asyncio.sleep(0.05)
-        late = [t for t in list(mon.recent)[-3:] if t[0] >= 0.15]
-        assert late and late[0][1] < 0.1
+        # while a tick sleeps: 0.5 s pass on the wall, 0.45 s of them on the loop thread's CPU (busy)
+        wall.now += 0.5
+        cpu.now += 0.45
+        await ticks_past(mon, 2)
+        busy = [t for t in mon.recent if t[0] > 0]
+        assert len(busy) == 1
+        assert busy[0] == pytest.approx((0.5 - 0.01, 0.45))
+        # 0.3 s on the wall with no CPU: the thread waited for a core (or the GIL), not a busy loop
+        wall.now += 0.3
+        await ticks_past(mon, 2)
+        waited = [t for t in list(mon.recent) if t[0] == pytest.approx(0.3 - 0.01)]
+        assert len(waited) == 1 and waited[0][1] == 0.0
         assert mon.ticks > before
-        await asyncio.sleep(0.02 * (LOOP_RECENT_TICKS + 10))
+        await ticks_past(mon, LOOP_RECENT_TICKS + 10)
         assert len(mon.recent) == LOOP_RECENT_TICKS  # bounded
-        assert mon.max_lag_s >= 0.15
+        assert mon.max_lag_s == pytest.approx(0.5 - 0.01)
+        assert not mon.stalled
     finally:
         await mon.stop()
