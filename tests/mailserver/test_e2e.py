@@ -17,6 +17,7 @@ from pimail.mailserver.response import RequestComplete, RequestFailed
 from pimail.whisper.bloom import FULL_BLOOM
 from pimail.whisper.envelope import Envelope
 from pimail.whisper.payload import key_from_password, seal_symmetric
+from tests.waiting import eventually
 
 from .nodes import (
     MIN_POW,
@@ -285,8 +286,7 @@ def test_client_that_stops_reading_is_dropped_without_blocking_others(tmp_path: 
             legacy = LegacyRequestPayload(NOW - 4000, NOW, FULL_BLOOM).encode()
             env = seal_request_envelope(legacy, PASSWORD_KEY, slow.key.private, int(time.time()), MIN_POW)
             await speer.send_wait("shh", 126, env.raw)
-            await asyncio.sleep(0.3)
-            assert ms.mailserver.active_deliveries == 1
+            await eventually(lambda: ms.mailserver.active_deliveries == 1, what="the slow delivery started")
             # meanwhile another client is served normally
             got, summary = await other.history(ms.enode, lower=NOW - 3000, upper=NOW - 2990, limit=100)
             assert len(got) == 11 and summary.completed
