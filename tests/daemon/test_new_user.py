@@ -113,3 +113,44 @@ def test_pimail_enode_on_a_loopback_listener(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("@[::1]:30414")
     assert "loopback address" in r.stderr
+
+
+# -- 8. output to a closed pipe: no traceback -------------------------------------------------------
+
+
+def run_into_closed_pipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pimail ARGS | true``: the reader has gone before pimail writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY")}
+        return subprocess.run([sys.executable, "-m", "pimail", *args], cwd=cwd, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    finally:
+        os.close(write_end)
+
+
+def test_a_closed_pipe_gives_no_traceback(tmp_path: Path) -> None:
+    conf = tmp_path / "pimail.toml"
+    conf.write_text('[node]\nlisten = "127.0.0.1:30415"\n[leds]\nenabled = false\n')
+    common = ("--config", str(conf), "--data-dir", str(tmp_path / "d"))
+    for cmd in (("enode", "--qr"), ("pair", "--list"), ("archive", "stats"), ("doctor",),
+                ("archive", "stats", "--json")):
+        r = run_into_closed_pipe(tmp_path, *cmd, *common)
+        assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, (cmd, r.stderr)
+        assert r.returncode == 141, (cmd, r.returncode, r.stderr)
+
+
+@pytest.mark.slow
+def test_status_into_a_closed_pipe() -> None:
+    from tests.daemon.procs import DaemonProcess
+
+    node = DaemonProcess()
+    try:
+        node.wait_ready()
+        for cmd in (("status",), ("status", "--json")):
+            r = run_into_closed_pipe(node.root, *cmd, "--config", str(node.config),
+                                     "--data-dir", str(node.data_dir))
+            assert "Traceback" not in r.stderr and r.returncode == 141, (cmd, r.stderr)
+    finally:
+        node.close()
