@@ -502,32 +502,43 @@ def apply_overrides(
     static_peers: Sequence[str] | None = None,
     archive_url: str | None = None,
     metrics_listen: str | None = None,
+    page_listen: str | None = None,
     no_metrics: bool = False,
     no_leds: bool = False,
     no_page: bool = False,
     clock_trust: str | None = None,
 ) -> None:
     """Apply command-line overrides; bad values raise ConfigError naming the option."""
+    option = ""
     try:
         if listen is not None:
+            option = "--listen"
             parse_hostport(listen)
             config.node.listen = listen
         if data_dir is not None:
             config.node.data_dir = data_dir
         if static_peers:
+            option = "--static-peer"
             _enodes(list(static_peers))
             config.node.static_peers = list(static_peers)
         if archive_url is not None:
+            option = "--archive-url"
             _archive_url(archive_url)
             config.archive.url = archive_url
         if metrics_listen is not None:
+            option = "--metrics-listen"
             parse_hostport(metrics_listen)
             config.status.metrics_listen = metrics_listen
+        if page_listen is not None:
+            option = "--page-listen"
+            parse_hostport(page_listen)
+            config.status.page_listen = page_listen
         if clock_trust is not None:
+            option = "--clock-trust"
             _one_of("auto", "always", "synced")(clock_trust)
             config.archive.clock_trust = clock_trust
     except ValueError as exc:
-        raise ConfigError(f"command line: {exc}") from None
+        raise ConfigError(f"command line: {option}: {exc}") from None
     if no_metrics:
         config.status.metrics = False
     if no_leds:

@@ -37,6 +37,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--archive-url", metavar="URL", help='postgresql://… for a fleet archive ("" = SQLite)')
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="metrics address (127.0.0.1:9464)")
+    p.add_argument("--page-listen", metavar="HOST:PORT", help="status page address (default 0.0.0.0:8080)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     p.add_argument("--no-page", action="store_true", help="do not serve the LAN status page")
     p.add_argument("--no-leds", action="store_true", help="leave the GPIO LEDs alone")
@@ -91,6 +92,7 @@ def overrides(args: argparse.Namespace) -> Callable[[Config], None]:
         static_peers=getattr(args, "static_peers", None),
         archive_url=getattr(args, "archive_url", None),
         metrics_listen=getattr(args, "metrics_listen", None),
+        page_listen=getattr(args, "page_listen", None),
         no_metrics=getattr(args, "no_metrics", False),
         no_page=getattr(args, "no_page", False),
         no_leds=getattr(args, "no_leds", False),
