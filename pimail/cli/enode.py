@@ -32,7 +32,18 @@ def register(sub: Any) -> None:
         action="store_true",
         help="Status form enode://<key>:<mailserver password>@host:port",
     )
-    p.add_argument("--qr", action="store_true", help="also draw the enode as a QR code in the terminal")
+    p.add_argument(
+        "--qr",
+        action="store_true",
+        help="also draw the enode as a QR code: black on white with colour codes, which scans on light "
+        "and dark terminals alike, also through `ssh pi pimail enode --qr` without -t",
+    )
+    p.add_argument(
+        "--qr-plain",
+        action="store_true",
+        help="draw the QR code without colour codes (blocks are the light modules: scans on a "
+        "dark-background terminal only)",
+    )
     p.add_argument("--png", metavar="FILE", type=Path, help="write the QR code as a PNG image")
     p.add_argument("--svg", metavar="FILE", type=Path, help="write the QR code as an SVG image")
     p.set_defaults(func=run)
@@ -80,10 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     print(url)
-    if args.qr or args.png or args.svg:
+    if args.qr or args.qr_plain or args.png or args.svg:
         code = qrcodes.make_qr(url)
-        if args.qr:
-            sys.stdout.write(qrcodes.render_terminal(code, ansi=sys.stdout.isatty()))
+        if args.qr or args.qr_plain:
+            # Whether stdout is a terminal says nothing of the terminal's colours at the far end of
+            # an ssh pipe: the coloured form is the one that scans on both.
+            sys.stdout.write(qrcodes.render_terminal(code, ansi=not args.qr_plain))
         for path, kind in ((args.png, "png"), (args.svg, "svg")):
             if path is not None:
                 qrcodes.save(code, path, kind)

@@ -90,7 +90,15 @@ def test_qr_in_terminal_decodes_to_the_printed_enode(
     rc, out, _ = run_cli(capsys, "--data-dir", str(tmp_path), "--host", "10.1.2.3", "--with-password", "--qr")
     assert rc == 0
     first, _, drawing = out.partition("\n")
-    assert max(len(line) for line in drawing.splitlines()) <= 80
+    plain = drawing.replace("\x1b[30;47m", "").replace("\x1b[0m", "")
+    assert max(len(line) for line in plain.splitlines()) <= 80
+    assert decode_qr(*modules_to_gray(qr.parse_terminal(drawing), border=0)) == [first]
+    # stdout here is not a terminal (as through `ssh pi pimail enode --qr`): still black on white,
+    # with the colours spelled out, so it scans on a light terminal as on a dark one
+    assert all(line.startswith("\x1b[30;47m") for line in drawing.splitlines())
+    rc, out, _ = run_cli(capsys, "--data-dir", str(tmp_path), "--host", "10.1.2.3", "--qr-plain")
+    first, _, drawing = out.partition("\n")
+    assert rc == 0 and "\x1b[" not in drawing
     assert decode_qr(*modules_to_gray(qr.parse_terminal(drawing), border=0)) == [first]
 
 
