@@ -62,6 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def quiet_node_logs(args: argparse.Namespace) -> None:
+    """For client tools (post, watch, history, sync): the node they run inside is an implementation
+    detail, so its INFO chatter ("listening for peers…", "node stopped…") shows only with -v;
+    warnings and errors still do. The tool's own result goes to stdout."""
+    if not getattr(args, "verbose", False):
+        logging.getLogger("pimail").setLevel(logging.WARNING)
+
+
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what `yes | head -1` reports for `yes`
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from pimail.cli import quiet_node_logs
 from pimail.config import Config
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
@@ -99,9 +99,7 @@ async def sync_from(args: argparse.Namespace) -> tuple[SyncResult, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not getattr(args, "verbose", False):
-        # a client tool: node chatter only with -v; our own result goes to stdout
-        logging.getLogger("pimail").setLevel(logging.WARNING)
+    quiet_node_logs(args)
     result, lower, upper = asyncio.run(sync_from(args))
     print(f"synced {lower}..{upper}: {result.new} new envelopes stored, "
           f"{result.received - result.new} already here, {result.rounds} requests")

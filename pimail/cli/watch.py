@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from pimail.cli import quiet_node_logs
 from pimail.errors import RuntimeFailure
 from pimail.whisper import payload as pl
 from pimail.whisper.envelope import Envelope
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--seconds must be ≥ 0")
     if args.timeout <= 0:
         raise UserError("--timeout must be > 0")
+    quiet_node_logs(args)
     return asyncio.run(_watch(args, enode, topic))
 
 

@@ -154,3 +154,40 @@ def test_status_into_a_closed_pipe() -> None:
             assert "Traceback" not in r.stderr and r.returncode == 141, (cmd, r.stderr)
     finally:
         node.close()
+
+
+# -- 10, 14. a client tool shows its own work, not the node's chatter -------------------------------
+
+
+@pytest.mark.slow
+def test_post_with_a_long_ttl_says_what_the_work_takes_and_hides_node_logs() -> None:
+    from tests.daemon.procs import DaemonProcess
+
+    node = DaemonProcess()
+    try:
+        node.wait_ready()
+        enode = node.status()["enode"]
+        # a TTL of an hour at PoW 0.02: ~2^30 hashes, far more than 1 s anywhere; --work-time caps it
+        r = subprocess.run(
+            [sys.executable, "-m", "pimail", "post", "--peer", enode, "--topic", "cd423760", "--sym-password",
+             "pw", "--ttl", "3600", "--pow", "0.02", "--work-time", "2", "--timeout", "30", "hello"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "sealing message 1/1: proof of work needs ~" in r.stderr and "hashes" in r.stderr
+        assert "--work-time 2 s" in r.stderr  # more than the limit: it says so
+        assert "sealing message 1/1: done in" in r.stderr
+        assert "listening for peers" not in r.stderr and "node stopped" not in r.stderr
+        assert r.stdout.startswith("0x")
+    finally:
+        node.close()
+
+
+def test_the_work_estimate() -> None:
+    from pimail.cli.post import describe_work, expected_hashes
+
+    small = expected_hashes(2000, 30, b"abcd", b"x" * 200, 0.002, 0.002)
+    big = expected_hashes(5000, 3600, b"abcd", b"x" * 200, 0.002, 0.002)
+    assert small < 2**16 <= big  # the default TTL needs no estimate, an hour's does
+    assert "about 2.0 s" in describe_work("m", 4_000_000, 2_000_000, 5.0)
+    assert "more than --work-time 5 s" in describe_work("m", 40_000_000, 2_000_000, 5.0)
