@@ -671,7 +671,9 @@ def test_age_retention_drops_whole_partitions(pg_url: str, schema: str) -> None:
     # 4 envelopes per day over the last 6 days, plus two ancient ones in the default partition
     envs = [make_env(today - d * DAY_S + h * 3600, nonce=d * 10 + h) for d in range(6) for h in range(4)]
     envs += [make_env(1000, nonce=999), make_env(2000, nonce=998)]
-    max_age = int(2.5 * DAY_S)
+    # the cutoff falls at noon two days ago whatever the time of day (2.5 days from before noon
+    # put it a day earlier, where the partition of three days ago still held rows after it)
+    max_age = (now - today) + int(1.5 * DAY_S)
     cutoff = now - max_age
 
     async def scenario() -> None:

@@ -1,0 +1,97 @@
+"""``SqliteArchive``: the embedded archive, one SQLite file in WAL mode written by one thread with
+group commit (the file's layout: ``layout``; the rooms: ``writer``, ``space``, ``reader`` on the
+shared state of ``core``). This module opens and closes it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import sqlite3
+import threading
+
+from pimail.archive.base import ArchiveError
+from pimail.archive.sqlite.core import proc_write_bytes
+from pimail.archive.sqlite.layout import SCHEMA_VERSION, prepare
+from pimail.archive.sqlite.reader import MAX_INFLIGHT_READS, READER_THREADS, SqliteReader
+from pimail.archive.sqlite.writer import SqliteWriter
+
+log = logging.getLogger(__name__)
+
+WAL_MIN_PAGES = 64
+
+
+class SqliteArchive(SqliteWriter, SqliteReader):
+    """The SQLite archive (see ``pimail.archive.sqlite``).
+
+    ``on_durable`` is called from the writer thread after each commit with the envelopes of that
+    group; keep it short (the next group waits for it).
+    """
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open_sync)
+        self._readers = concurrent.futures.ThreadPoolExecutor(READER_THREADS,
+                                                              thread_name_prefix="archive-read")
+        self._read_slots = asyncio.Semaphore(MAX_INFLIGHT_READS)
+        self._writer = threading.Thread(target=self._writer_main, name="archive-writer", daemon=True)
+        self._opened = True
+        self._writer.start()
+
+    def _open_sync(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        conn = self._connect()
+        try:
+            prepare(conn, self.path, synchronous=self.synchronous,
+                    autocheckpoint_pages=self._autocheckpoint_pages)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise ArchiveError(f"cannot open the archive {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._wconn = conn
+        self._make_reserve()
+        self._write_bytes_at_open = proc_write_bytes()
+        log.info("archive open: %s (schema %d, synchronous=%s)", self.path, SCHEMA_VERSION,
+                 self.synchronous.lower())
+
+    def _autocheckpoint_pages(self, conn: sqlite3.Connection) -> int:
+        """The configured WAL size, but at most 1/16 of the filesystem (a WAL of several MB would
+        crowd out the archive itself on a tiny filesystem)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return self.wal_autocheckpoint_pages
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        cap = st.f_blocks * st.f_frsize // 16 // page_size
+        return max(WAL_MIN_PAGES, min(self.wal_autocheckpoint_pages, cap))
+
+    async def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        await asyncio.to_thread(self._stop_threads)
+        log.info("archive closed: %s", self.path)
+
+    def _stop_threads(self) -> None:
+        """Wait for the writer to flush and stop, then for the readers (blocking: run in a thread)."""
+        if self._writer is not None:
+            self._writer.join()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._reader_local = threading.local()
+

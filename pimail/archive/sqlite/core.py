@@ -1,0 +1,216 @@
+"""The SQLite archive's shared state: settings, the writer connection, jobs for the writer thread,
+health reporting. The rooms (space, writer, reader) build on this; ``SqliteArchive`` joins them.
+
+Threads: the event loop only queues work. One writer thread owns the only writing connection: it
+groups submitted envelopes into one transaction, resolves the submit futures after COMMIT, and runs
+retention in bounded batches between commits. Reads run in a small pool whose threads each hold
+their own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pimail.appliance.health import HealthModel, Severity
+from pimail.archive.base import Archive, ArchiveError, DurableCallback, RetentionPolicy
+from pimail.archive.common import GroupQueue, HealthConditions, PruneTally, post
+from pimail.archive.sqlite.layout import WAL_AUTOCHECKPOINT_PAGES
+
+T = TypeVar("T")
+
+MAX_TOPIC_RANGES = 64  # above this many matching topics, walk the time range with a topic filter
+BUSY_TIMEOUT_MS = 5000
+
+SQLITE_FULL = 13
+SQLITE_IOERR = 10
+SQLITE_BUSY = 5
+SQLITE_LOCKED = 6
+
+HEALTH_DISK_FULL = "archive.disk_full"
+HEALTH_WRITE = "archive.write_failed"
+HEALTH_DISK_LOW = "archive.disk_low"
+
+
+def errcode(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def proc_write_bytes() -> int | None:
+    try:
+        with open("/proc/self/io", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def free_disk(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+@dataclass
+class Job:
+    """Work for the writer thread other than ingest (prune, vacuum)."""
+
+    fn: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+class SqliteCore(Archive):
+    """State and plumbing shared by the rooms of ``SqliteArchive`` (see its docstring)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        flush_interval_ms: int = 200,
+        flush_max_envelopes: int = 2000,
+        synchronous: str = "normal",
+        retention: RetentionPolicy | None = None,
+        health: HealthModel | None = None,
+        prune_interval_s: float = 60.0,
+        on_durable: DurableCallback | None = None,
+        max_pending_envelopes: int = 0,
+        wal_autocheckpoint_pages: int = WAL_AUTOCHECKPOINT_PAGES,
+    ) -> None:
+        if synchronous.lower() not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        if flush_interval_ms < 0 or flush_max_envelopes < 1:
+            raise ValueError("flush_interval_ms must be ≥ 0 and flush_max_envelopes ≥ 1")
+        self.path = Path(path)
+        self.flush_interval_s = flush_interval_ms / 1000
+        self.flush_max = flush_max_envelopes
+        self.synchronous = synchronous.upper()
+        self.retention = retention or RetentionPolicy()
+        self.health = health
+        self.prune_interval_s = prune_interval_s
+        self.on_durable = on_durable
+        self.max_pending = max_pending_envelopes or max(20_000, 10 * flush_max_envelopes)
+        self.wal_autocheckpoint_pages = wal_autocheckpoint_pages
+        #: query planner threshold (see the reader's _select); tests force one path or the other
+        self.max_topic_ranges = MAX_TOPIC_RANGES
+        self.health_reason = "ok"
+        #: envelopes actually added (not duplicates) by this instance since open
+        self.inserted_total = 0
+        self.archived_bytes = 0
+
+        self._queue = GroupQueue(self.max_pending, "archive is behind")
+        self._cond = self._queue.cond  # guards the queue, the jobs and the retention flags
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._prune_run: PruneTally | None = None
+        self._prune_asked = False
+        self._stopping = False
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._read_slots: asyncio.Semaphore | None = None
+        self._health = HealthConditions(health, "archive recovered (%s)", self._health_call)
+        self._write_bytes_at_open: int | None = None
+        self._opened = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._need_reserve = True
+
+    def _open_sync(self) -> None:  # SqliteArchive: (re)opens the writer connection
+        raise NotImplementedError
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            raise ArchiveError(f"cannot open the archive {self.path}: {exc}") from exc
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._wconn is None:
+            raise sqlite3.OperationalError("archive writer connection is closed")
+        return self._wconn
+
+    def _rollback(self) -> None:
+        if self._wconn is not None and self._wconn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.execute("ROLLBACK")
+
+    def _drop_writer(self) -> None:
+        if self._wconn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.close()
+        self._wconn = None
+
+    def _reopen_writer(self) -> None:
+        try:
+            self._open_sync()
+        except ArchiveError as exc:
+            raise sqlite3.OperationalError(str(exc)) from exc
+
+    def _file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    # -- jobs for the writer thread ----------------------------------------------------------------
+
+    async def _writer_job(self, fn: Callable[[], T]) -> T:
+        if not self._opened:
+            raise ArchiveError("the archive is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        with self._cond:
+            self._jobs.append(Job(fn, fut, loop))
+            self._cond.notify()
+        return await fut
+
+    def _run_job(self, job: Job) -> None:
+        try:
+            result = job.fn()
+        except sqlite3.Error as exc:
+            self._rollback()
+            post(job.loop, job.future, None, ArchiveError(str(exc)))
+        except BaseException as exc:
+            post(job.loop, job.future, None, exc)
+        else:
+            post(job.loop, job.future, result)
+
+    # -- health ------------------------------------------------------------------------------------
+
+    def _raise(self, key: str, severity: Severity, message: str) -> None:
+        self._health.report(key, severity, message)
+        self.health_reason = self._health.reason
+
+    def _clear(self, key: str) -> None:
+        self._health.clear(key)
+        self.health_reason = self._health.reason
+
+    def _health_call(self, fn: Callable[..., None], *args: Any) -> None:
+        # The health model belongs to the event loop: hop onto it when called from the writer.
+        loop = self._loop
+        if loop is not None and threading.current_thread() is not threading.main_thread() \
+                and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn, *args)
+                return
+        fn(*args)
