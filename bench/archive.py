@@ -23,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import rlp
@@ -31,8 +32,8 @@ from bench.common import Result, print_table
 from pimail.archive.base import Archive, ArchivedEnvelope, HistoryQuery
 from pimail.archive.sqlite import SqliteArchive
 from pimail.config import ArchiveConfig
-from pimail.crypto.hashing import keccak256
-from pimail.whisper.bloom import topics_to_bloom
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.bloom import topics_to_bloom
 
 AREA = "archive"
 ENVELOPE_BYTES = 300
@@ -134,6 +135,88 @@ async def trickle(archive: SqliteArchive, total: int, t0: int, topics: list[byte
     return (_proc_write_bytes() - w0) / len(envs)
 
 
+CURVE_RATES = (5, 20, 50, 200)  # envelopes/s, one per submit, as relayed one by one
+CURVE_INTERVALS_MS = (SHIPPED.flush_interval_ms, 250, 4000)  # the default and two others
+DAY_S = 86400
+
+
+def live_envelopes(start: int, n: int, sent0: int, rate: int, topics: list[bytes]) -> list[ArchivedEnvelope]:
+    """``n`` envelopes sent from ``sent0`` on at ``rate`` per second (newer than everything stored)."""
+    envs = make_envelopes(start, n, n, sent0, topics)  # sent0 + i·30 d/n: re-time them to the rate
+    return [ArchivedEnvelope(sent0 + i // rate, e.hash, e.topic, e.expiry - e.sent + sent0 + i // rate,
+                             e.raw, sent0 + i // rate) for i, e in enumerate(envs)]
+
+
+async def wear_point(path: Path, interval_ms: int, rate: int, seconds: float, start: int, sent0: int,
+                     topics: list[bytes], synchronous: str) -> tuple[float, float, float]:
+    """Bytes written per envelope (its final checkpoint included) and the ack latency p50/p99 (ms)
+    when envelopes arrive one by one at ``rate`` for ``seconds``."""
+    archive = SqliteArchive(path, prune_interval_s=0, flush_interval_ms=interval_ms,
+                            flush_max_envelopes=SHIPPED.flush_max_envelopes, synchronous=synchronous)
+    await archive.open()
+    try:
+        n = max(10, int(rate * seconds))
+        envs = live_envelopes(start, n, sent0, rate, topics)
+        await archive.vacuum()  # start from a checkpointed file and an empty WAL
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+
+        def acked(t: float) -> Callable[[asyncio.Future[None]], None]:
+            return lambda _f: latencies.append(time.perf_counter() - t)
+
+        w0 = _proc_write_bytes()
+        t0 = loop.time()
+        futs = []
+        for i, env in enumerate(envs):
+            delay = t0 + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            fut = archive.submit([env])
+            fut.add_done_callback(acked(time.perf_counter()))
+            futs.append(fut)
+        await asyncio.gather(*futs)
+        await archive.vacuum()  # the checkpoint: every page where it comes to rest
+        written = _proc_write_bytes() - w0
+    finally:
+        await archive.close()
+    lat = sorted(x * 1000 for x in latencies)
+    return written / n, statistics.median(lat), lat[int(0.99 * (len(lat) - 1))]
+
+
+async def wear_curve(directory: Path, total: int, quick: bool, synchronous: str) -> list[Result]:
+    """The SD-wear curve: bytes written per 300 B envelope at CURVE_RATES for CURVE_INTERVALS_MS, on
+    an archive already holding ``total`` envelopes, with GB/day (what a node at that rate writes)."""
+    rng = random.Random(1)
+    topics = [rng.randbytes(4) for _ in range(TOPICS)]
+    path = directory / "curve.sqlite"
+    t0 = int(time.time()) - SPAN_S
+    archive = SqliteArchive(path, prune_interval_s=0, flush_interval_ms=SHIPPED.flush_interval_ms,
+                            flush_max_envelopes=SHIPPED.flush_max_envelopes)
+    await archive.open()
+    try:
+        await ingest(archive, total, t0, topics)
+    finally:
+        await archive.close()
+    seconds = 8.0 if quick else 30.0
+    results = []
+    start = total
+    sent0 = t0 + SPAN_S
+    for interval in CURVE_INTERVALS_MS:
+        for rate in CURVE_RATES:
+            per_env, p50, p99 = await wear_point(path, interval, rate, seconds, start, sent0, topics,
+                                                 synchronous)
+            start += int(rate * seconds) + 10
+            sent0 += int(seconds) + 2
+            gb_day = per_env * rate * DAY_S / 1e9
+            default = interval == SHIPPED.flush_interval_ms
+            target = 6 * ENVELOPE_BYTES if default and rate == 50 else None
+            results.append(Result(
+                AREA, f"written per envelope, {rate} env/s, flush {interval} ms", per_env, "B", target, False,
+                f"{per_env / ENVELOPE_BYTES:.1f}x, {gb_day:.2f} GB/day, ack p50 {p50:.0f} ms p99 {p99:.0f} ms"
+                f", synchronous={synchronous}"))
+    return results
+
+
 async def measure(directory: Path, total: int, quick: bool) -> list[Result]:
     rng = random.Random(1)
     topics = [rng.randbytes(4) for _ in range(TOPICS)]
@@ -176,13 +259,23 @@ async def measure(directory: Path, total: int, quick: bool) -> list[Result]:
     ]
 
 
-def run(quick: bool, count: int | None = None, directory: Path | None = None) -> list[Result]:
+def run(quick: bool, count: int | None = None, directory: Path | None = None, *, curve: bool = True,
+        main: bool = True, synchronous: str = SHIPPED.synchronous) -> list[Result]:
     total = count or (100_000 if quick else 1_000_000)
-    tmp = Path(tempfile.mkdtemp(prefix="pimail-bench-archive-", dir=directory))
-    try:
-        return asyncio.run(measure(tmp, total, quick))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    results: list[Result] = []
+    if main:
+        tmp = Path(tempfile.mkdtemp(prefix="pimail-bench-archive-", dir=directory))
+        try:
+            results += asyncio.run(measure(tmp, total, quick))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if curve:
+        tmp = Path(tempfile.mkdtemp(prefix="pimail-bench-archive-", dir=directory))
+        try:  # the curve on a smaller archive: wear depends on the current time bucket, not the total
+            results += asyncio.run(wear_curve(tmp, min(total, 100_000), quick, synchronous))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
 
 
 if __name__ == "__main__":
@@ -190,5 +283,10 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="100k envelopes instead of 1M")
     parser.add_argument("--count", type=int, default=None, help="envelopes to store")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the archive (default /tmp)")
+    parser.add_argument("--only", choices=("main", "curve"), default=None,
+                        help="only the ingest/page/disk figures, or only the wear curve")
+    parser.add_argument("--synchronous", choices=("normal", "full"), default=SHIPPED.synchronous,
+                        help=f"the wear curve's SQLite synchronous mode (default {SHIPPED.synchronous})")
     args = parser.parse_args()
-    print_table(run(args.quick, args.count, args.dir))
+    print_table(run(args.quick, args.count, args.dir, curve=args.only != "main", main=args.only != "curve",
+                    synchronous=args.synchronous))

@@ -68,11 +68,11 @@ def _rss_self_mb() -> float:
 
 async def _post_tracking(enode: str, raws: list[bytes], acked: set[bytes], stop: asyncio.Event) -> None:
     """Post batches over two connections; add each acknowledged batch's envelope hashes to ``acked``."""
-    from pimail.crypto.hashing import keccak256
+    from pimail.crypto.keccak import keccak256
     from pimail.crypto.keys import Enode
+    from pimail.envelope.codec import encode_envelope_list
     from pimail.whisper import status as st
     from pimail.whisper.client import client_session
-    from pimail.whisper.envelope import encode_envelope_list
 
     async def one(share: list[bytes]) -> None:
         async with client_session(Enode.parse(enode), timeout=10) as s:
@@ -101,7 +101,7 @@ async def _post_tracking(enode: str, raws: list[bytes], acked: set[bytes], stop:
 
 
 def _archive_hashes(data_dir: Path) -> tuple[str, set[bytes]]:
-    from pimail.crypto.hashing import keccak256
+    from pimail.crypto.keccak import keccak256
 
     con = sqlite3.connect(f"file:{data_dir / 'archive.sqlite'}?mode=ro", uri=True, timeout=30)
     try:
@@ -368,12 +368,12 @@ def _fuzz_targets() -> list[FuzzTarget]:
     from pimail.config import WhisperConfig
     from pimail.crypto.keys import NodeKey
     from pimail.devp2p.messages import Disconnect, Hello, MessageError
+    from pimail.envelope.bloom import FULL_BLOOM
+    from pimail.envelope.codec import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
     from pimail.mailserver.request import MalformedRequest, MessagesRequest, parse_p2p_request
     from pimail.rlpx.frame import FrameCodec, FrameError
     from pimail.rlpx.handshake import HandshakeError, Initiator, Recipient
     from pimail.whisper import status as st
-    from pimail.whisper.bloom import FULL_BLOOM
-    from pimail.whisper.envelope import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
     from pimail.whisper.service import WhisperService
 
     a, b = NodeKey.generate(), NodeKey.generate()

@@ -262,7 +262,7 @@ def preseal(n: int, target: float = POW_TARGET, salt: bytes | None = None,
     last sent). Sent times rise by one second every ``per_second`` envelopes and end now, as a busy
     network's would (one sent second for all would make every row key land in one second's range
     in random order: the worst case for the archive's write pattern, not a relay's)."""
-    from pimail.whisper.seal import seal
+    from pimail.envelope.seal import seal
 
     salt = salt if salt is not None else os.urandom(8)
     first = int(time.time()) - (n - 1) // per_second
@@ -288,11 +288,11 @@ async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks:
 
     Without acks (a server that sends none), the time is to the last send.
     """
-    from pimail.crypto.hashing import keccak256
+    from pimail.crypto.keccak import keccak256
     from pimail.crypto.keys import Enode
+    from pimail.envelope.codec import encode_envelope_list
     from pimail.whisper import status as st
     from pimail.whisper.client import client_session
-    from pimail.whisper.envelope import encode_envelope_list
 
     enode = Enode.parse(enode_url)
     shares = [raws[i::conns] for i in range(conns)]
@@ -457,7 +457,7 @@ def prefill(data_dir: Path, n: int) -> float:
     from pimail.archive import open_archive
     from pimail.archive.base import ArchivedEnvelope
     from pimail.config import ArchiveConfig
-    from pimail.whisper.envelope import Envelope
+    from pimail.envelope.codec import Envelope
 
     async def fill() -> float:
         archive = open_archive(ArchiveConfig(max_age="0", min_free_disk="0"), data_dir, None)

@@ -44,7 +44,7 @@ BASE = 1_600_000_000
 
 def _envelopes(n: int, first: int) -> list[Any]:
     from pimail.archive.base import ArchivedEnvelope
-    from pimail.whisper.envelope import Envelope
+    from pimail.envelope.codec import Envelope
 
     out: list[Any] = []
     blob = os.urandom(300)
@@ -112,7 +112,7 @@ class _LeanShh(Capability):
             self.status.set()
 
     def _take_list(self, payload: bytes) -> None:
-        from pimail.whisper.rlpscan import scan_item, top_level_list
+        from pimail.rlpcodec import scan_item, top_level_list
 
         pos, end = top_level_list(payload)
         take = self._take
@@ -122,7 +122,7 @@ class _LeanShh(Capability):
             pos = stop
 
     def _take(self, raw: bytes) -> None:
-        from pimail.whisper.keccak import keccak256
+        from pimail.crypto.keccak import keccak256
 
         h = keccak256(raw)
         if h in self.seen:
@@ -135,6 +135,9 @@ class _LeanShh(Capability):
 async def _client_main(spec: dict[str, Any]) -> dict[str, Any]:
     from pimail.config import NodeConfig, WhisperConfig
     from pimail.crypto.keys import Enode, NodeKey
+    from pimail.envelope.bloom import FULL_BLOOM
+    from pimail.envelope.payload import key_from_password
+    from pimail.envelope.pow import PowFormula
     from pimail.mailserver.client import (
         HistoryClient,
         HistoryOptions,
@@ -145,9 +148,6 @@ async def _client_main(spec: dict[str, Any]) -> dict[str, Any]:
     from pimail.mailserver.request import LegacyRequestPayload, MessagesRequest
     from pimail.mailserver.response import RequestComplete, decode
     from pimail.node.server import NodeServer
-    from pimail.whisper.bloom import FULL_BLOOM
-    from pimail.whisper.payload import key_from_password
-    from pimail.whisper.pow import PowFormula
     from pimail.whisper.service import WhisperService
 
     enode = Enode.parse(spec["enode"])
@@ -267,7 +267,7 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
 async def _digest(archive: Any, lower: int, upper: int) -> tuple[int, str]:
     """(count, XOR of the envelope hashes) of what the archive holds in [lower, upper]."""
     from pimail.archive.base import HistoryQuery
-    from pimail.whisper.keccak import keccak256
+    from pimail.crypto.keccak import keccak256
 
     n, digest, cursor = 0, 0, None
     while True:

@@ -36,7 +36,7 @@ from bench.common import Result, print_table
 from pimail.archive.base import Archive, HistoryQuery, RetentionPolicy
 from pimail.archive.postgres import PostgresArchive
 from pimail.archive.sqlite import SqliteArchive
-from pimail.whisper.bloom import topics_to_bloom
+from pimail.envelope.bloom import topics_to_bloom
 
 AREA = "postgres"
 PG_ENV = "PIMAIL_TEST_PG_URL"

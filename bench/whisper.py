@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 
 from bench.common import Result, print_table
-from pimail.whisper.envelope import Envelope, decode_envelope_list, encode_envelope_list
-from pimail.whisper.keccak import FAST
-from pimail.whisper.seal import seal
+from pimail.crypto.keccak import FAST
+from pimail.envelope.codec import Envelope, decode_envelope_list, encode_envelope_list
+from pimail.envelope.seal import seal
 from pimail.whisper.validation import Rules, judge
 
 AREA = "whisper"

@@ -2,11 +2,14 @@
 
 The TOML loader (file, line and one-line reason on bad input) and CLI overrides live in
 ``pimail.configfile``; the sample with every key documented is ``pimail.toml`` at the repo root.
-Each section belongs to one layer; a layer reads only its own section.
+Each section belongs to one layer; a layer reads only its own section. The value parsers at the end
+(sizes, durations, host:port, listen addresses) stand here so every layer reads values one way.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +65,9 @@ class ArchiveConfig:
     # commits every 10,000 envelopes (bench/archive.py); confirmations wait for the group.
     flush_interval_ms: int = 1000
     flush_max_envelopes: int = 10000
-    synchronous: str = "normal"  # normal | full ("power-loss safe")
+    # full: an ack means the commit is on stable storage (power-loss safe); normal: acks survive a
+    # crash of pimail, not a power cut (the last commits before the cut may be rolled back)
+    synchronous: str = "full"
     max_age: str = "30d"
     max_count: int = 0
     max_bytes: str = "0"  # e.g. "8GB"; 0 = no cap
@@ -120,3 +125,95 @@ class Config:
     mailserver: MailserverConfig = field(default_factory=MailserverConfig)
     leds: LedConfig = field(default_factory=LedConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+
+
+# -- value parsers: the units and addresses operators write (the loader, the archive, the node and the
+# appliance all read them the same way)
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_NUMBER_UNIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """``"8GB"`` → 8_000_000_000 bytes. SI units (kB, MB, GB, TB = powers of 1000) and binary ones
+    (KiB, MiB, GiB, TiB); a bare number is bytes; ``0`` means "no limit" where a limit is meant."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size such as \"8GB\", got a boolean")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"size must not be negative (got {text})")
+        return text
+    m = _NUMBER_UNIT_RE.match(text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as \"512MB\" or \"8GB\", got {text!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(text: str | int) -> int:
+    """``"30d"`` → seconds. Units s, m, h, d, w; a bare number is seconds; ``0`` means "no limit"."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration such as \"30d\", got a boolean")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"duration must not be negative (got {text})")
+        return text
+    m = _NUMBER_UNIT_RE.match(text)
+    if not m or m.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(f"expected a duration such as \"12h\" or \"30d\", got {text!r}")
+    return int(float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()])
+
+
+def parse_hostport(text: str, *, allow_zero_port: bool = True) -> tuple[str, int]:
+    """``"0.0.0.0:30303"`` / ``"[::1]:30303"`` → (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        sep, port_s = rest[:1], rest[1:]
+    else:
+        host, sep, port_s = text.rpartition(":")
+    if sep != ":" or not host or not port_s:
+        raise ValueError(f"expected HOST:PORT such as \"0.0.0.0:30303\", got {text!r}")
+    if not port_s.isdigit() or not (0 if allow_zero_port else 1) <= int(port_s) <= 65535:
+        raise ValueError(f"port must be a number from {0 if allow_zero_port else 1} to 65535, got {port_s!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9.-]+$", host):
+            raise ValueError(f"host is neither an IP address nor a hostname: {host!r}") from None
+    return host, int(port_s)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); raises ValueError with a one-line reason.
+
+    An empty host means every IPv4 address (``"0.0.0.0"``).
+    """
+    text = listen.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"listen address {listen!r} is not [host]:port")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"listen address {listen!r} lacks a port (expected host:port)")
+    host = host or "0.0.0.0"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"listen port is not a number: {port_s!r}") from None
+    if not 0 <= port < 65536:
+        raise ValueError(f"listen port out of range: {port}")
+    return host, port

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import os
 import re
 import tomllib
@@ -24,8 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pimail.archive.base import RetentionPolicy
-from pimail.config import Config
+from pimail.config import Config, parse_duration, parse_hostport, parse_size
 from pimail.errors import UserError
 
 INSTALLED_CONFIG = Path("/etc/pimail/pimail.toml")
@@ -35,83 +33,6 @@ MAX_CONFIG_BYTES = 1024 * 1024  # a config is a few KB; refuse to parse somethin
 
 class ConfigError(UserError):
     """Bad configuration: one line naming the file, the line and the reason. Exit code 2."""
-
-
-# -- value parsers (also used by the archive and doctor) ---------------------------------------------
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_NUMBER_UNIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-
-
-def parse_size(text: str | int) -> int:
-    """``"8GB"`` → 8_000_000_000 bytes. SI units (kB, MB, GB, TB = powers of 1000) and binary ones
-    (KiB, MiB, GiB, TiB); a bare number is bytes; ``0`` means "no limit" where a limit is meant."""
-    if isinstance(text, bool):
-        raise ValueError("expected a size such as \"8GB\", got a boolean")
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"size must not be negative (got {text})")
-        return text
-    m = _NUMBER_UNIT_RE.match(text)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"expected a size such as \"512MB\" or \"8GB\", got {text!r}")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-
-
-def parse_duration(text: str | int) -> int:
-    """``"30d"`` → seconds. Units s, m, h, d, w; a bare number is seconds; ``0`` means "no limit"."""
-    if isinstance(text, bool):
-        raise ValueError("expected a duration such as \"30d\", got a boolean")
-    if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"duration must not be negative (got {text})")
-        return text
-    m = _NUMBER_UNIT_RE.match(text)
-    if not m or m.group(2).lower() not in _DURATION_UNITS:
-        raise ValueError(f"expected a duration such as \"12h\" or \"30d\", got {text!r}")
-    return int(float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()])
-
-
-def parse_hostport(text: str, *, allow_zero_port: bool = True) -> tuple[str, int]:
-    """``"0.0.0.0:30303"`` / ``"[::1]:30303"`` → (host, port)."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        sep, port_s = rest[:1], rest[1:]
-    else:
-        host, sep, port_s = text.rpartition(":")
-    if sep != ":" or not host or not port_s:
-        raise ValueError(f"expected HOST:PORT such as \"0.0.0.0:30303\", got {text!r}")
-    if not port_s.isdigit() or not (0 if allow_zero_port else 1) <= int(port_s) <= 65535:
-        raise ValueError(f"port must be a number from {0 if allow_zero_port else 1} to 65535, got {port_s!r}")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not re.match(r"^[A-Za-z0-9.-]+$", host):
-            raise ValueError(f"host is neither an IP address nor a hostname: {host!r}") from None
-    return host, int(port_s)
-
-
-def retention_policy(config: Config) -> RetentionPolicy:
-    """The archive's retention policy from ``[archive]`` (values already validated by the loader)."""
-    a = config.archive
-    return RetentionPolicy(
-        max_age_s=parse_duration(a.max_age),
-        max_count=a.max_count,
-        max_bytes=parse_size(a.max_bytes),
-        min_free_disk_bytes=parse_size(a.min_free_disk),
-    )
 
 
 # -- per-key checks beyond the type ---------------------------------------------------------------
@@ -464,6 +385,13 @@ def _raw_table(path: Path | None) -> dict[str, Any]:
         return tomllib.loads(path.read_bytes()[:MAX_CONFIG_BYTES].decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
+def load_node_config(config_path: Path | None, data_dir: Path | None) -> Config:
+    """The config the daemon would use (``config_path``, else the search of ``find_config``), with
+    ``data_dir`` applied: what the commands that open the node's files (archive, enode, pair, sync)
+    read."""
+    config = load_config(find_config(config_path, data_dir)).config
+    apply_overrides(config, data_dir=data_dir)
+    return config
 
 
 def load(path: Path) -> Config:

@@ -29,17 +29,19 @@ from typing import Any
 from pimail import __version__
 from pimail.appliance import control
 from pimail.appliance.clock import ClockTrust
-from pimail.appliance.health import LOOP_TICK_S, HealthModel, HealthState, LoopLagMonitor, Severity
 from pimail.appliance.leds import LedPanel
+from pimail.appliance.looplag import LOOP_TICK_S, LoopLagMonitor
 from pimail.appliance.metrics import NodeMetrics
 from pimail.appliance.pairing import PairingController
 from pimail.appliance.systemd import SystemdNotifier
 from pimail.archive import open_archive
 from pimail.archive.base import Archive, ArchivedEnvelope, ArchiveError, ArchiveStats
+from pimail.archive.retention import policy_from_config
 from pimail.config import Config, WhisperConfig
-from pimail.configfile import ConfigError, load_config, retention_policy
+from pimail.configfile import ConfigError, load_config
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
+from pimail.health import HealthModel, HealthState, Severity
 from pimail.mailserver.access import SiblingPolicy
 from pimail.mailserver.server import MailServer, create_mailserver
 from pimail.node.peer import Peer
@@ -472,7 +474,7 @@ class Daemon:
             self.server.set_static_peers(list(new.node.static_peers))
             changed.append("static_peers")
         if new.archive != old.archive and self.archive is not None:
-            self.archive.set_retention(retention_policy(new))
+            self.archive.set_retention(policy_from_config(new.archive))
             changed.append("retention")
         if new.mailserver != old.mailserver and self.mailserver is not None:
             from pimail.mailserver.limits import RequestLimits
@@ -568,7 +570,7 @@ class Daemon:
 
     def _check_disk(self) -> None:
         free = self._disk.get("free_bytes")
-        need = retention_policy(self.config).min_free_disk_bytes
+        need = policy_from_config(self.config.archive).min_free_disk_bytes
         if free is not None and need and free < need:
             self.health.report(
                 HEALTH_DISK_LOW,
@@ -634,7 +636,7 @@ class Daemon:
                 "bytes_written_since_start": st.bytes_written_since_start,
                 "reason": self.archive.inner.health_reason if self.archive else None,
             }
-        policy = st.retention if st is not None else retention_policy(self.config)
+        policy = st.retention if st is not None else policy_from_config(self.config.archive)
         counters: dict[str, int] = dict(self.counters)
         whisper_counters = getattr(self.whisper, "counters", None)
         if isinstance(whisper_counters, Mapping):
@@ -719,7 +721,7 @@ class Daemon:
 
 
 def _node_id(entry: str) -> bytes:
-    from pimail.crypto.hashing import keccak256
+    from pimail.crypto.keccak import keccak256
     from pimail.mailserver.access import parse_client_key
 
     return keccak256(parse_client_key(entry))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pimail.appliance.health import HealthModel, Severity
+from pimail.health import HealthModel, Severity
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from typing import Any
 
 from pimail.appliance import control
 from pimail.appliance.clock import ClockTrust
-from pimail.config import Config
-from pimail.configfile import parse_hostport, parse_size
+from pimail.config import Config, parse_hostport, parse_size
 from pimail.errors import RuntimeFailure
 
 ARCHIVE_FILE = "archive.sqlite"

@@ -14,9 +14,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from pimail.config import parse_listen as config_parse_listen
 from pimail.crypto.keys import Enode
 from pimail.errors import UserError
-from pimail.node.server import parse_listen as node_parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def reachability_warning(address: AdvertisedAddress) -> str | None:
 def parse_listen(listen: str) -> tuple[str, int]:
     """``"0.0.0.0:30303"`` / ``"[::]:30303"`` → (host, port); raise UserError on bad input."""
     try:
-        return node_parse_listen(listen)
+        return config_parse_listen(listen)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

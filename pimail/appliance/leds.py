@@ -29,8 +29,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from pimail.appliance.health import HealthModel, HealthState
 from pimail.config import LedConfig
+from pimail.health import HealthModel, HealthState
 
 log = logging.getLogger(__name__)
 

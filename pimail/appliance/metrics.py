@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pimail.appliance.health import HealthState
-from pimail.configfile import parse_hostport
+from pimail.config import parse_hostport
+from pimail.health import HealthState
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.errors import UserError
+from pimail.health import HealthModel, Severity
 from pimail.mailserver.access import parse_client_key
 
 log = logging.getLogger(__name__)

@@ -29,13 +29,13 @@ from urllib.parse import parse_qs
 
 from pimail import __version__
 from pimail.appliance import qr as qrcodes
-from pimail.appliance.health import HealthState
 from pimail.appliance.lan import parse_listen
 from pimail.appliance.leds import PATTERNS, SLOW_BLINK_S
 from pimail.appliance.pairing import PairingController
 from pimail.config import StatusConfig
 from pimail.crypto.keys import Enode
 from pimail.errors import UserError
+from pimail.health import HealthState
 
 log = logging.getLogger(__name__)
 

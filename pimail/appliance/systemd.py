@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from pimail.appliance.health import HealthModel, HealthState
+from pimail.health import HealthModel, HealthState
 
 log = logging.getLogger(__name__)
 

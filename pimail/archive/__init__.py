@@ -10,7 +10,7 @@ from pimail.archive.base import Archive
 from pimail.config import ArchiveConfig
 
 if TYPE_CHECKING:
-    from pimail.appliance.health import HealthModel
+    from pimail.health import HealthModel
 
 SQLITE_FILE = "archive.sqlite"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")

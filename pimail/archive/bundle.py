@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from pimail.archive.base import Archive, ArchivedEnvelope, HistoryQuery
+from pimail.envelope.codec import Envelope, EnvelopeError
 from pimail.errors import UserError
-from pimail.whisper.envelope import Envelope, EnvelopeError
 
 MAGIC = b"PIMAIL-ENVELOPES/1\n"
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # larger than any devp2p frame can carry

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import ArchivedEnvelope, ArchiveError, DurableCallback, PruneResult
+from pimail.health import HealthModel, Severity
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ def post(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: A
 # -- the group-commit queue ------------------------------------------------------------------------
 
 
+BUSY_GROUP_BYTES = 256 * 1024  # this much envelope data waiting makes a group due at once
+
+
 @dataclass
 class Pending:
     """One submit() call waiting for its group to commit."""
@@ -73,6 +76,32 @@ class Pending:
     envelopes: Sequence[ArchivedEnvelope]
     future: asyncio.Future[None]
     loop: asyncio.AbstractEventLoop
+    at: float = 0.0  # time.monotonic() of the submit
+    nbytes: int = 0  # envelope bytes
+
+
+@dataclass(frozen=True)
+class GroupPolicy:
+    """When the writer commits what waits: group commit that adapts to the load.
+
+    A quiet node commits when the oldest waiting envelope has waited ``interval_s`` (its ack waits
+    that long at most; a trickle costs one commit per interval, not one per envelope). A busy node
+    commits as soon as the writer is free once ``max_envelopes`` or ``busy_bytes`` of envelope data
+    wait; what arrives while that commit runs is the next group, so groups grow with the load by
+    themselves.
+    """
+
+    interval_s: float
+    max_envelopes: int
+    busy_bytes: int = BUSY_GROUP_BYTES
+
+    def full(self, envelopes: int, nbytes: int) -> bool:
+        """Enough waits to commit now (the writer being free)."""
+        return envelopes >= self.max_envelopes or nbytes >= self.busy_bytes
+
+    def deadline(self, oldest_at: float) -> float:
+        """When a group whose oldest envelope arrived at ``oldest_at`` is due at the latest."""
+        return oldest_at + self.interval_s
 
 
 class GroupQueue:
@@ -89,6 +118,7 @@ class GroupQueue:
         self.items: collections.deque[Pending] = collections.deque()
         self.count = 0
         self.waiting = 0
+        self.waiting_bytes = 0
         self._bound_waiting = bound_waiting
         self._behind = behind  # "archive is behind", …: the backlog warning's subject
         self._last_backlog_log = 0.0
@@ -108,9 +138,11 @@ class GroupQueue:
             held = self.waiting if self._bound_waiting else self.count
             full = held + len(envelopes) > self.max_pending
             if not full:
-                self.items.append(Pending(envelopes, fut, loop))
+                nbytes = sum(len(e.raw) for e in envelopes)
+                self.items.append(Pending(envelopes, fut, loop, time.monotonic(), nbytes))
                 self.count += len(envelopes)
                 self.waiting += len(envelopes)
+                self.waiting_bytes += nbytes
                 self.cond.notify()
         if full:
             now = time.monotonic()
@@ -130,6 +162,7 @@ class GroupQueue:
                 item = self.items.popleft()
                 taken.append(item)
                 n += len(item.envelopes)
+                self.waiting_bytes -= item.nbytes
             self.waiting -= n
         return taken
 
@@ -137,7 +170,12 @@ class GroupQueue:
         """The front submit (the caller holds ``cond`` and knows the queue is not empty)."""
         item = self.items.popleft()
         self.waiting -= len(item.envelopes)
+        self.waiting_bytes -= item.nbytes
         return item
+
+    def oldest_at(self) -> float | None:
+        """When the oldest waiting submit arrived (None: nothing waits)."""
+        return self.items[0].at if self.items else None
 
     def finish(self, group: list[Pending], error: BaseException | None,
                on_durable: DurableCallback | None) -> None:
@@ -160,6 +198,7 @@ class GroupQueue:
             n = sum(len(p.envelopes) for p in items)
             self.count -= n
             self.waiting -= n
+            self.waiting_bytes = 0
         for p in items:
             post(p.loop, p.future, None, error)
 

@@ -1,6 +1,6 @@
 """Retention settings as operators write them ("30d", "8GB", "256MB") → a ``RetentionPolicy``.
 
-The unit rules themselves live in ``pimail.configfile`` (one parser for the whole config); this
+The unit rules themselves live in ``pimail.config`` (one parser for the whole config); this
 module turns the ``[archive]`` section into the policy the archive enforces, with a one-line
 ``UserError`` naming the setting when a value is bad.
 """
@@ -9,25 +9,23 @@ from __future__ import annotations
 
 from pimail.archive.base import RetentionPolicy
 from pimail.config import ArchiveConfig
+from pimail.config import parse_duration as config_parse_duration
+from pimail.config import parse_size as config_parse_size
 from pimail.errors import UserError
 
 
 def parse_size(text: str | int, what: str = "size") -> int:
     """``"8GB"`` → 8_000_000_000 (SI units; KiB/MiB/GiB binary); ``0`` = no limit."""
-    from pimail.configfile import parse_size as _parse
-
     try:
-        return _parse(text)
+        return config_parse_size(text)
     except ValueError as exc:
         raise UserError(f"{what}: {exc}") from None
 
 
 def parse_duration(text: str | int, what: str = "duration") -> int:
     """``"30d"`` → 2_592_000 seconds (units s, m, h, d, w); ``0`` = no limit."""
-    from pimail.configfile import parse_duration as _parse
-
     try:
-        return _parse(text)
+        return config_parse_duration(text)
     except ValueError as exc:
         raise UserError(f"{what}: {exc}") from None
 

@@ -5,16 +5,14 @@ Each action opens the archive the node would use (``[archive]`` from the config 
 and closes it. Stop the daemon first for ``vacuum`` and ``import`` on a busy Pi if you can; all of
 them are safe next to a running node (SQLite WAL, one writer at a time).
 
-Other modules can add actions (the PostgreSQL engineer's ``migrate``): a module
-``pimail.archive.migrate`` that defines ``register_cli(actions, common)`` is called with the
-archive's sub-parsers and the parent parser holding the shared ``--data-dir/--config/--json``.
+``migrate`` (copy into PostgreSQL) is its own module, ``pimail.cli.migrate``: its ``register_action`` gets
+the archive's sub-parsers and the parent parser holding the shared ``--data-dir/--config/--json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import sys
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pimail.archive.base import Archive, ArchiveStats, RetentionPolicy
+from pimail.cli import migrate
 from pimail.config import Config
 from pimail.errors import RuntimeFailure, UserError
 
@@ -62,13 +61,7 @@ def register(subparsers: Any) -> None:
     imp.add_argument(
         "file", type=Path, metavar="FILE", help="bundle written by `pimail archive export`"
     )
-    try:
-        extra = importlib.import_module("pimail.archive.migrate")
-    except ImportError:
-        return
-    hook = getattr(extra, "register_cli", None)
-    if hook is not None:
-        hook(actions, common)
+    migrate.register_action(actions, common)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

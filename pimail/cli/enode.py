@@ -57,11 +57,7 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 def load_config(args: argparse.Namespace) -> Config:
     """The config the daemon would use (``--config``, else ``<data dir>/pimail.toml``, systemd's
     configuration directory, /etc/pimail) with ``--data-dir`` applied."""
-    data_dir: Path | None = getattr(args, "data_dir", None)
-    path = configfile.find_config(getattr(args, "config", None), data_dir)
-    config = configfile.load_config(path).config
-    configfile.apply_overrides(config, data_dir=data_dir)
-    return config
+    return configfile.load_node_config(getattr(args, "config", None), getattr(args, "data_dir", None))
 
 
 def load_node_key(data_dir: Path) -> NodeKey:

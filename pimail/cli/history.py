@@ -15,6 +15,8 @@ from typing import Any
 from pimail.cli import quiet_node_logs
 from pimail.config import NodeConfig
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
+from pimail.envelope.codec import Envelope
+from pimail.envelope.payload import key_from_password
 from pimail.errors import RuntimeFailure, UserError
 from pimail.mailserver.client import (
     DEFAULT_QUIET_S,
@@ -28,8 +30,6 @@ from pimail.mailserver.client import (
     client_whisper_config,
     open_with_password,
 )
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.payload import key_from_password
 
 DEFAULT_PASSWORD = "status-offline-inbox"
 DEFAULT_WINDOW_S = 86400  # Status clients ask for the last day by default

@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 from pimail.cli import quiet_node_logs
+from pimail.envelope import payload as pl
+from pimail.envelope.codec import Envelope
+from pimail.envelope.pow import ENVELOPE_HEADER_LEN, PowFormula
+from pimail.envelope.seal import seal_async
 from pimail.errors import RuntimeFailure, UserError
-from pimail.whisper import payload as pl
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.pow import ENVELOPE_HEADER_LEN, PowFormula
-from pimail.whisper.seal import seal_async
 from pimail.whisper.status import MessageResponse
 from pimail.whisper.validation import pow_meets
 

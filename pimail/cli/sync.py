@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pimail import configfile
 from pimail.cli import quiet_node_logs
-from pimail.config import Config
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
 from pimail.mailserver.sync import BACKFILL_MARGIN_S, Heartbeat, SyncError, SyncResult
@@ -36,15 +36,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _load_config(args: argparse.Namespace) -> Config:
-    from pimail import configfile
-
-    config: Config = configfile.load_config(configfile.find_config(args.config, args.data_dir)).config
-    if args.data_dir is not None:
-        config.node.data_dir = args.data_dir
-    return config
-
-
 async def sync_from(args: argparse.Namespace) -> tuple[SyncResult, int, int]:
     from pimail.archive import open_archive
     from pimail.config import NodeConfig
@@ -59,7 +50,7 @@ async def sync_from(args: argparse.Namespace) -> tuple[SyncResult, int, int]:
         raise UserError(f"--from: {exc}") from None
     if enode.host is None:
         raise UserError("--from needs host:port")
-    config = _load_config(args)
+    config = configfile.load_node_config(args.config, args.data_dir)
     data_dir = Path(config.node.data_dir)
     now = int(time.time())
     upper = now if args.until is None else args.until

@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 from pimail.cli import quiet_node_logs
+from pimail.envelope import payload as pl
+from pimail.envelope.codec import Envelope
 from pimail.errors import RuntimeFailure
-from pimail.whisper import payload as pl
-from pimail.whisper.envelope import Envelope
 
 
 def register(sub: Any) -> None:

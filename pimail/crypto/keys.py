@@ -10,7 +10,7 @@ from pathlib import Path
 
 import coincurve
 
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 
 PUBKEY_LEN = 64  # X||Y without the 0x04 prefix (devp2p wire form)
 SIGNATURE_LEN = 65  # R||S||V

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pimail.archive.base import MAX_QUERY_LIMIT
 from pimail.config import WhisperConfig
 from pimail.crypto.keys import Enode, NodeKey
+from pimail.envelope.bloom import FULL_BLOOM, topics_to_bloom
+from pimail.envelope.codec import Envelope, EnvelopeError
+from pimail.envelope.payload import PayloadError, key_from_password, open_data, seal_symmetric
+from pimail.envelope.pow import PowFormula
 from pimail.node.capability import PeerLike
-from pimail.whisper.bloom import FULL_BLOOM, topics_to_bloom
-from pimail.whisper.envelope import Envelope, EnvelopeError
-from pimail.whisper.payload import PayloadError, key_from_password, open_data, seal_symmetric
-from pimail.whisper.pow import PowFormula
 
 from .request import LegacyRequestPayload, MessagesRequest, MessagesRequestPayload
 from .response import RequestComplete, RequestFailed, Response, ResponseError, decode, parse_body

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from pimail import rlpcodec
 from pimail.archive.base import CURSOR_LEN, MAX_QUERY_LIMIT
-from pimail.whisper.bloom import BLOOM_LEN, FULL_BLOOM, TOPIC_LEN
-from pimail.whisper.envelope import UINT32_MAX, Envelope, EnvelopeError, decode_uint
-from pimail.whisper.payload import PayloadError, open_data
-from pimail.whisper.pow import PowFormula
+from pimail.envelope.bloom import BLOOM_LEN, FULL_BLOOM, TOPIC_LEN
+from pimail.envelope.codec import UINT32_MAX, Envelope, EnvelopeError, decode_uint
+from pimail.envelope.payload import PayloadError, open_data
+from pimail.envelope.pow import PowFormula
 
 from .response import request_id_from_bytes
 

@@ -29,8 +29,8 @@ from pimail.archive.base import (
     RawHistoryPage,
 )
 from pimail.config import MailserverConfig
+from pimail.envelope.payload import key_from_password
 from pimail.node.capability import DisconnectReason, PeerLike, ProtocolError
-from pimail.whisper.payload import key_from_password
 
 from .access import AccessPolicy, StaticAccessPolicy
 from .limits import RequestLimits

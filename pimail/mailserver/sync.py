@@ -19,9 +19,9 @@ from pathlib import Path
 from pimail.archive.base import MAX_QUERY_LIMIT, Archive, ArchivedEnvelope
 from pimail.config import MailserverConfig
 from pimail.crypto.keys import Enode, KeyError_
+from pimail.envelope.bloom import FULL_BLOOM
+from pimail.envelope.codec import Envelope, EnvelopeError
 from pimail.node.capability import PeerLike
-from pimail.whisper.bloom import FULL_BLOOM
-from pimail.whisper.envelope import Envelope, EnvelopeError
 
 from .server import CAPABILITY, CODE_SYNC_REQUEST, MailServer
 from .syncwire import SyncMailRequest, SyncResponse

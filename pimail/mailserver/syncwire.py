@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from pimail import rlpcodec
 from pimail.archive.base import CURSOR_LEN, MAX_QUERY_LIMIT
-from pimail.whisper.bloom import BLOOM_LEN
-from pimail.whisper.envelope import UINT32_MAX, EnvelopeError, decode_uint
+from pimail.envelope.bloom import BLOOM_LEN
+from pimail.envelope.codec import UINT32_MAX, EnvelopeError, decode_uint
 
 from .request import _bool
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 
 from pimail.config import NodeConfig
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import NodeKey
 from pimail.devp2p.capabilities import CapabilitySpec
 from pimail.devp2p.messages import DisconnectReason, Hello

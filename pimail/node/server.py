@@ -14,11 +14,11 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from pimail import __version__
-from pimail.appliance.health import HealthModel, Severity
-from pimail.config import NodeConfig
+from pimail.config import NodeConfig, parse_listen
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.devp2p.capabilities import CapabilitySpec
 from pimail.devp2p.messages import BASE_PROTOCOL_VERSION, DisconnectReason, Hello
+from pimail.health import HealthModel, Severity
 from pimail.node.capability import Capability
 from pimail.node.peer import Peer, PeerDisconnected
 
@@ -37,31 +37,6 @@ COUNTER_NAMES = (
     "already_connected", "connected_to_self", "read_timeout", "subprotocol_error", "handler_error",
     "disconnects_received", "internal_error", "write_timeout",
 )
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); raises ValueError with a one-line reason.
-
-    An empty host means every IPv4 address (``"0.0.0.0"``).
-    """
-    text = listen.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"listen address {listen!r} is not [host]:port")
-        port_s = rest[1:]
-    else:
-        host, sep, port_s = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"listen address {listen!r} lacks a port (expected host:port)")
-    host = host or "0.0.0.0"
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"listen port is not a number: {port_s!r}") from None
-    if not 0 <= port < 65536:
-        raise ValueError(f"listen port out of range: {port}")
-    return host, port
 
 
 class NodeServer:

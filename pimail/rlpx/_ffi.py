@@ -2,11 +2,12 @@
 
 A 100-byte frame costs ~20 calls into pycryptodome (CTR, 16-byte AES blocks, 16-byte absorbs,
 32-byte digests), and the Python wrappers around those calls cost far more than the cryptography.
-Here we open the same shared libraries pycryptodome loads (``Crypto.Hash._keccak``,
-``Crypto.Cipher._raw_aes``/``_raw_aesni``/``_raw_aes_armv8``, ``_raw_ecb``, ``_raw_ctr``,
-``Crypto.Util._strxor``) with our own cffi ``FFI`` and declarations, create our own C states (freed by
-``ffi.gc``) and call the functions with ``bytes`` arguments and preallocated output buffers. Every
-cryptographic operation is still pycryptodome's C code; nothing cryptographic is implemented here.
+Here we open the same shared libraries pycryptodome loads (``Crypto.Cipher._raw_aes``/``_raw_aesni``/
+``_raw_aes_armv8``, ``_raw_ecb``, ``_raw_ctr``, ``Crypto.Util._strxor``) with our own cffi ``FFI`` and
+declarations, create our own C states (freed by ``ffi.gc``) and call the functions with ``bytes``
+arguments and preallocated output buffers. The MAC sponges are keccak states of the one keccak loader,
+``pimail.crypto.keccak.native()`` (its declarations, its checks). Every cryptographic operation is
+still pycryptodome's C code; nothing cryptographic is implemented here.
 
 The declarations state the C signatures of those libraries' functions (as pycryptodome's Python
 modules declare them). If a library or function is missing, or the functions do not reproduce the
@@ -21,13 +22,12 @@ import logging
 from hmac import compare_digest
 from typing import Any
 
+from pimail.crypto import keccak as _keccak
+from pimail.crypto.keccak import PADDING as _KECCAK_PADDING
+
 log = logging.getLogger(__name__)
 
 _CDEF = """
-int keccak_init(void **state, size_t capacity_bytes, uint8_t rounds);
-int keccak_destroy(void *state);
-int keccak_absorb(void *state, const uint8_t *in, size_t len);
-int keccak_digest(void *state, uint8_t *digest, size_t len, uint8_t padding);
 int AES_start_operation(const uint8_t key[], size_t key_len, void **pResult);
 int AES_stop_operation(void *state);
 int AESNI_start_operation(const uint8_t key[], size_t key_len, void **pResult);
@@ -45,9 +45,6 @@ int CTR_stop_operation(void *ctrState);
 void strxor(const uint8_t *in1, const uint8_t *in2, uint8_t *out, size_t len);
 """
 
-_KECCAK_CAPACITY = 64  # Keccak-256: 512-bit capacity
-_KECCAK_ROUNDS = 24
-_KECCAK_PADDING = 0x01  # original Keccak, not SHA3
 _ZERO16 = bytes(16)
 _HEADER_TAIL = b"\xc2\x80\x80" + bytes(10)  # header = size(3) || rlp([0, 0]) || zero padding
 #: scratch buffers up to this size are kept per direction; larger frames get a temporary one
@@ -60,10 +57,14 @@ class Native:
     def __init__(self) -> None:
         from cffi import FFI  # type: ignore[import-untyped]
 
+        keccak = _keccak.native()
+        if keccak is None:
+            raise OSError("pimail.crypto.keccak has no direct calls in this process")
         ffi = FFI()
         ffi.cdef(_CDEF)
-        self.ffi = ffi
-        self.keccak_lib_name, keccak = _open(ffi, _keccak_candidates())
+        self.ffi = ffi  # its cdata types are cffi's own, shared with the keccak handle's
+        self.keccak_lib_name = keccak.name
+        self.sponge = keccak.sponge
         self.aes_lib_name, aes = _open(ffi, [name for name, _ in _aes_candidates()])
         prefix = dict(_aes_candidates())[self.aes_lib_name]
         self.aes_start = getattr(aes, prefix + "_start_operation")
@@ -71,25 +72,13 @@ class Native:
         _, ecb = _open(ffi, ["Crypto.Cipher._raw_ecb"])
         _, ctr = _open(ffi, ["Crypto.Cipher._raw_ctr"])
         _, xor = _open(ffi, ["Crypto.Util._strxor"])
-        self.keccak_init, self.keccak_destroy = keccak.keccak_init, keccak.keccak_destroy
-        self.absorb, self.digest = keccak.keccak_absorb, keccak.keccak_digest
+        self.absorb, self.digest = keccak.absorb, keccak.digest
         self.ecb_start, self.ecb_encrypt, self.ecb_stop = (
             ecb.ECB_start_operation, ecb.ECB_encrypt, ecb.ECB_stop_operation)
         self.ctr_start, self.ctr_encrypt, self.ctr_stop = (
             ctr.CTR_start_operation, ctr.CTR_encrypt, ctr.CTR_stop_operation)
         self.strxor = xor.strxor
-        self._libs = (keccak, aes, ecb, ctr, xor)  # the function objects keep them open anyway
-
-    def sponge(self, seed: bytes) -> Any:
-        """A new Keccak-256 state that has absorbed ``seed``."""
-        ffi = self.ffi
-        out = ffi.new("void **")
-        if self.keccak_init(out, _KECCAK_CAPACITY, _KECCAK_ROUNDS):
-            raise ValueError("keccak_init failed")
-        state = ffi.gc(out[0], self.keccak_destroy)
-        if seed and self.absorb(state, seed, len(seed)):
-            raise ValueError("keccak_absorb failed")
-        return state
+        self._libs = (aes, ecb, ctr, xor)  # the function objects keep them open anyway
 
     def _cipher(self, key: bytes) -> Any:
         out = self.ffi.new("void **")
@@ -114,19 +103,6 @@ class Native:
             self.aes_stop(cipher)
             raise ValueError("CTR_start_operation failed")
         return self.ffi.gc(out[0], self.ctr_stop)
-
-
-def _keccak_candidates() -> list[str]:
-    """The Keccak library ``Crypto.Hash.keccak`` uses (AVX2 build if it picked that), then portable."""
-    names = ["Crypto.Hash._keccak"]
-    try:
-        from Crypto.Hash import keccak
-
-        if getattr(keccak, "_raw_keccak_avx2_bmi2_lib", None) is not None:
-            names.insert(0, "Crypto.Hash._keccak_avx2_bmi2")
-    except ImportError:
-        pass
-    return names
 
 
 def _aes_candidates() -> list[tuple[str, str]]:
@@ -316,18 +292,13 @@ def _self_test(n: Native) -> str | None:
     """Compare every primitive with pycryptodome's public API; a description of the first mismatch."""
     from Crypto.Cipher import AES
 
-    from pimail.crypto.hashing import keccak256
-
+    # the keccak calls were checked by their loader; here: this handle's buffers work with them
     seed = b"pimail rlpx self-test" * 9
     state = n.sponge(seed)
     dig = n.ffi.new("uint8_t[32]")
     n.digest(state, dig, 32, _KECCAK_PADDING)
-    if n.ffi.buffer(dig)[:] != keccak256(seed):
+    if n.ffi.buffer(dig)[:] != _keccak.reference_keccak256(seed):
         return "keccak digest differs"
-    n.absorb(state, b"x" * 300, 300)
-    n.digest(state, dig, 32, _KECCAK_PADDING)
-    if n.ffi.buffer(dig)[:] != keccak256(seed + b"x" * 300):
-        return "keccak absorb after digest differs"
     key = bytes(range(32))
     data = bytes(range(100, 148))
     out = n.ffi.new("uint8_t[48]")

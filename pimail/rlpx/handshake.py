@@ -22,7 +22,7 @@ from Crypto.Util.strxor import strxor
 
 from pimail import rlpcodec
 from pimail.crypto import ecies
-from pimail.crypto.hashing import keccak256, keccak_sponge
+from pimail.crypto.keccak import keccak256, keccak_sponge
 from pimail.crypto.keys import KeyError_, NodeKey, ecdh_x, import_pubkey, pubkey_from_private, recover, sign
 
 AUTH_PLAIN_LEN = 194  # sig 65 + hash 32 + pub 64 + nonce 32 + flag 1 (geth authMsgLen)
@@ -89,9 +89,9 @@ def derive_secrets(
         ephemeral_key = ecdh_x(ephemeral_private, remote_ephemeral_pub)
     except KeyError_ as exc:
         raise HandshakeFormatError(f"remote ephemeral key unusable: {exc}") from exc
-    shared = keccak256(ephemeral_key, keccak256(recipient_nonce, initiator_nonce))
-    aes = keccak256(ephemeral_key, shared)
-    mac = keccak256(ephemeral_key, aes)
+    shared = keccak256(ephemeral_key + keccak256(recipient_nonce + initiator_nonce))
+    aes = keccak256(ephemeral_key + shared)
+    mac = keccak256(ephemeral_key + aes)
     seed_auth = strxor(mac, recipient_nonce) + auth_packet
     seed_ack = strxor(mac, initiator_nonce) + ack_packet
     egress, ingress = (seed_auth, seed_ack) if initiator else (seed_ack, seed_auth)

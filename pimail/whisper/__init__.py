@@ -1,1 +1,1 @@
-"""Whisper v6 (shh/6): envelopes, PoW, bloom, payloads and the sub-protocol (PROTOCOL.md §3)."""
+"""Whisper v6 (shh/6): the sub-protocol on top of the envelope primitives (PROTOCOL.md §3)."""

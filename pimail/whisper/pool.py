@@ -15,7 +15,7 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
-from pimail.whisper.envelope import Envelope
+from pimail.envelope.codec import Envelope
 
 ENVELOPE_OBJECT_BYTES = 1100  # fixed per-envelope Python overhead (dict, hash, topic, ints, pows)
 

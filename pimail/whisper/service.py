@@ -19,16 +19,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.config import WhisperConfig
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.bloom import FULL_BLOOM, is_full
+from pimail.envelope.codec import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
+from pimail.envelope.pow import PowFormula
+from pimail.health import HealthModel, Severity
 from pimail.node.capability import Capability, DisconnectReason, PeerLike, ProtocolError
 from pimail.whisper import status as st
-from pimail.whisper.bloom import FULL_BLOOM, is_full
-from pimail.whisper.envelope import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
-from pimail.whisper.keccak import keccak256
 from pimail.whisper.pool import EnvelopePool, KnownSet, PacketRateLimiter
-from pimail.whisper.pow import PowFormula
 from pimail.whisper.validation import Outcome, Rules, judge, pow_meets
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import math
 from dataclasses import dataclass, field
 
 from pimail import rlpcodec
-from pimail.whisper.bloom import BLOOM_LEN, FULL_BLOOM
-from pimail.whisper.envelope import UINT64_MAX, EnvelopeError, decode_uint
-from pimail.whisper.pow import pow_from_bits, pow_to_bits
+from pimail.envelope.bloom import BLOOM_LEN, FULL_BLOOM
+from pimail.envelope.codec import UINT64_MAX, EnvelopeError, decode_uint
+from pimail.envelope.pow import pow_from_bits, pow_to_bits
 
 VERSION = 6
 MESSAGE_RESPONSE_VERSION = 1

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from pimail.whisper.bloom import bloom_matches
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.pow import PowFormula
+from pimail.envelope.bloom import bloom_matches
+from pimail.envelope.codec import Envelope
+from pimail.envelope.pow import PowFormula
 from pimail.whisper.status import ENVELOPE_OTHER_ERROR, ENVELOPE_TIME_NOT_SYNCED
 
 VERY_OLD_S = 20  # geth: Expiry + 20 < now is an error, younger expired envelopes are just dropped

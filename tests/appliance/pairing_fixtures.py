@@ -14,8 +14,8 @@ from typing import Any
 
 import zxingcpp
 
-from pimail.appliance.health import HealthModel
 from pimail.crypto.keys import NodeKey
+from pimail.health import HealthModel
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_TIMEOUT_S = 90.0

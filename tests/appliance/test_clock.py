@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pimail.appliance.clock import HEALTH_KEY, ClockTrust, kernel_clock_synced
-from pimail.appliance.health import HealthModel, HealthState
+from pimail.health import HealthModel, HealthState
 
 
 def make(tmp_path: Path, mode: str, *, kernel: bool | None = False, mechanism: bool = False,

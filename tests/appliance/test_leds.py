@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from pimail.appliance.health import HealthModel, HealthState, Severity
 from pimail.appliance.leds import PATTERNS, LedPanel
 from pimail.config import LedConfig
+from pimail.health import HealthModel, HealthState, Severity
 from tests.waiting import eventually
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from pimail.appliance import pairing as pairing_mod
-from pimail.appliance.health import HealthModel, HealthState
 from pimail.appliance.pairing import PAIRED_FILE, PairButton, PairingController, fingerprint
 from pimail.crypto.keys import NodeKey
 from pimail.errors import UserError
+from pimail.health import HealthModel, HealthState
 from tests.waiting import eventually
 
 

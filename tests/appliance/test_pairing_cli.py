@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 import pytest
 
 from pimail.appliance.control import CommandRegistry, ControlServer, socket_path
-from pimail.appliance.health import HealthModel, HealthState
 from pimail.appliance.pairing import PairingController, fingerprint, register_control_commands
 from pimail.cli import main
 from pimail.cli import pair as pair_cli
 from pimail.crypto.keys import NodeKey
+from pimail.health import HealthModel, HealthState
 
 T = TypeVar("T")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pimail.appliance.health import HealthState
 from pimail.appliance.pairing import PAIRED_FILE, fingerprint
 from pimail.config import Config
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.daemon import Daemon
+from pimail.health import HealthState
 from tests.appliance.pairing_fixtures import chromium, decode_qr, read_png_gray
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from pimail.appliance import statuspage as sp
-from pimail.appliance.health import HealthModel, HealthState, Severity
 from pimail.appliance.pairing import PairingController
 from pimail.appliance.statuspage import StatusPage
 from pimail.config import StatusConfig
 from pimail.crypto.keys import Enode, NodeKey
+from pimail.health import HealthModel, HealthState, Severity
 from tests.appliance.pairing_fixtures import chromium, decode_qr, read_png_gray, real_provider
 
 PASSWORD = "status-offline-inbox"

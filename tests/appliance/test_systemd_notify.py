@@ -10,8 +10,8 @@ import os
 import pytest
 
 from pimail.appliance import journal
-from pimail.appliance.health import HealthModel, Severity
 from pimail.appliance.systemd import SystemdNotifier, watchdog_interval_s
+from pimail.health import HealthModel, Severity
 from tests.appliance.notify_fixtures import NotifySocket
 from tests.waiting import eventually
 

@@ -20,7 +20,7 @@ import pytest
 
 from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.archive.sqlite import SqliteArchive
-from pimail.whisper.envelope import Envelope
+from pimail.envelope.codec import Envelope
 
 T = TypeVar("T")
 BackendFactory = Callable[..., Archive]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pimail.archive.base import ArchivedEnvelope
 from pimail.archive.sqlite import SqliteArchive
-from pimail.whisper.envelope import Envelope
+from pimail.envelope.codec import Envelope
 from tests.archive.conftest import make_envelope
 
 BATCH = 100

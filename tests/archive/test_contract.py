@@ -20,7 +20,7 @@ from pimail.archive.base import (
     InvalidCursor,
     RetentionPolicy,
 )
-from pimail.whisper.bloom import FULL_BLOOM, bloom_matches, topic_to_bloom, topics_to_bloom
+from pimail.envelope.bloom import FULL_BLOOM, bloom_matches, topic_to_bloom, topics_to_bloom
 from tests.archive.conftest import BackendFactory, make_envelope, run, topic_n
 
 ALL = (0, 2**32 - 1)

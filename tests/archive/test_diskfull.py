@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pimail.appliance.health import HealthModel, HealthState
 from pimail.archive.base import ArchiveError, HistoryQuery, RetentionPolicy
 from pimail.archive.sqlite import HEALTH_DISK_FULL, RESERVE_BYTES, SqliteArchive
+from pimail.health import HealthModel, HealthState
 from tests.archive.conftest import make_envelope, run
 
 FS_SIZE = "6m"

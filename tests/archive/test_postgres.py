@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive import open_archive
 from pimail.archive.base import (
     ArchivedEnvelope,
@@ -36,8 +35,9 @@ from pimail.archive.postgres import (
     describe_url,
 )
 from pimail.config import ArchiveConfig
-from pimail.whisper.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
-from pimail.whisper.envelope import Envelope
+from pimail.envelope.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
+from pimail.envelope.codec import Envelope
+from pimail.health import HealthModel, Severity
 
 T = TypeVar("T")
 TIMEOUT_S = 60.0
@@ -772,6 +772,32 @@ def test_maintenance_timer_prunes_and_creates_partitions_ahead(pg_url: str, sche
                     break
                 await asyncio.sleep(0.05)
             assert (await a.stats()).count == 5
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_sessions_commit_synchronously_even_when_the_server_default_is_off(pg_url: str, schema: str) -> None:
+    """An ack waits for a synchronous commit: with synchronous_commit=off as the session default
+    (libpq options), the archive's own connections run with it on."""
+    sep = "&" if "?" in pg_url else "?"
+    url = pg_url + sep + "options=" + "-c%20synchronous_commit%3Doff"
+
+    async def scenario() -> None:
+        probe = await psycopg.AsyncConnection.connect(url)
+        cur = await probe.execute("SHOW synchronous_commit")
+        assert (await cur.fetchone()) == ("off",)  # the default really is off
+        await probe.close()
+        a = archive(url, schema)
+        await a.open()
+        try:
+            await a.submit([make_env(int(time.time()))])
+            assert a._pool is not None
+            for _ in range(3):
+                async with a._pool.connection() as conn:
+                    cur = await conn.execute("SHOW synchronous_commit")
+                    assert (await cur.fetchone()) == ("on",)
         finally:
             await a.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,10 @@ from pimail.archive.sqlite import (
     topic_bytes,
     topic_int,
 )
+from pimail.archive.sqlite.core import Job
 from pimail.config import ArchiveConfig
+from pimail.envelope.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
 from pimail.errors import UserError
-from pimail.whisper.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
 from tests.archive.conftest import make_envelope, run, topic_n
 from tests.waiting import eventually
 
@@ -331,7 +334,7 @@ def test_health_reason_starts_ok(tmp_path: Path) -> None:
 def test_io_error_fails_the_batch_reports_and_recovers(tmp_path: Path) -> None:
     """An I/O error (injected at the storage edge) fails that batch only; health shows it until a
     later batch is written through a fresh connection."""
-    from pimail.appliance.health import HealthModel, HealthState
+    from pimail.health import HealthModel, HealthState
 
     health = HealthModel()
     health.mark_started()
@@ -452,6 +455,89 @@ def test_a_due_group_takes_what_is_already_waiting(tmp_path: Path) -> None:
             await asyncio.gather(*futs)
             assert groups == expect
         assert (await a.stats()).count == 1350
+        await a.close()
+
+    run(main())
+
+
+# -- durability and adaptive group commit (issue 17) --------------------------------------------------
+
+
+def test_acks_are_power_loss_safe_by_default_and_normal_is_the_opt_out(tmp_path: Path) -> None:
+    """The writer connection runs with synchronous=FULL (2) by default, from the config too;
+    "normal" (1) is what an operator gets only by asking for it."""
+
+    async def main() -> None:
+        for archive, want in (
+            (SqliteArchive(tmp_path / "default.sqlite"), 2),
+            (open_archive(ArchiveConfig(), tmp_path / "cfg", None), 2),
+            (open_archive(ArchiveConfig(synchronous="normal"), tmp_path / "normal", None), 1),
+        ):
+            assert isinstance(archive, SqliteArchive)
+            await archive.open()
+            await archive.submit([make_envelope(1)])
+            assert archive._wconn is not None
+            assert archive._wconn.execute("PRAGMA synchronous").fetchone()[0] == want
+            assert (await archive.stats()).extra["synchronous"] == ("full" if want == 2 else "normal")
+            await archive.close()
+
+    assert ArchiveConfig().synchronous == "full"
+    run(main())
+
+
+def _block_writer(a: SqliteArchive) -> tuple[threading.Event, threading.Event]:
+    """Park the writer thread in a job until the returned ``release`` is set; ``parked`` is set once
+    it sits there (so anything submitted meanwhile waits in the queue)."""
+    parked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        parked.set()
+        release.wait(60)
+
+    with a._cond:
+        a._jobs.append(Job(hold, asyncio.get_running_loop().create_future(), asyncio.get_running_loop()))
+        a._cond.notify()
+    return parked, release
+
+
+def test_submissions_behind_a_busy_writer_commit_as_one_group_when_it_is_free(tmp_path: Path) -> None:
+    """A busy node: what queues while the writer works is one group, committed as soon as the writer
+    is free (a full group by bytes), not after another flush interval."""
+    groups: list[int] = []
+
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=600_000, flush_max_envelopes=10_000,
+                          prune_interval_s=0, busy_group_bytes=1500,
+                          on_durable=lambda envs: groups.append(len(envs)))
+        await a.open()
+        parked, release = _block_writer(a)
+        assert await asyncio.to_thread(parked.wait, 30)
+        envs = [make_envelope(100 + i, BASE + i) for i in range(40)]
+        futs = [a.submit([e]) for e in envs]  # 40 submits of one envelope, ≥ 1500 bytes in all
+        assert sum(len(e.raw) for e in envs) >= 1500
+        release.set()
+        # the 10-minute interval never elapses here: only the full group can have committed them
+        await asyncio.wait_for(asyncio.gather(*futs), 30)
+        assert groups == [40]
+        await a.close()
+
+    run(main())
+
+
+def test_a_quiet_node_commits_a_lone_envelope_at_the_end_of_the_interval(tmp_path: Path) -> None:
+    """A quiet node: a single envelope (far below a full group) is committed by the interval alone,
+    never before it has waited the interval, and alone in its group."""
+    groups: list[tuple[int, float]] = []
+    interval_ms = 300
+
+    async def main() -> None:
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=interval_ms, prune_interval_s=0,
+                          on_durable=lambda envs: groups.append((len(envs), time.monotonic())))
+        await a.open()
+        submitted = time.monotonic()
+        await asyncio.wait_for(a.submit([make_envelope(7)]), 30)
+        assert len(groups) == 1 and groups[0][0] == 1
+        assert groups[0][1] - submitted >= interval_ms / 1000 * 0.99  # not one moment early
         await a.close()
 
     run(main())

@@ -1,4 +1,4 @@
-"""Node keys, enode URLs, ECIES and keccak (pimail.crypto)."""
+"""Node keys, enode URLs and ECIES (pimail.crypto)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,10 @@ from pathlib import Path
 import pytest
 
 from pimail.crypto import ecies
-from pimail.crypto.hashing import keccak256, keccak_sponge
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import Enode, KeyError_, NodeKey, import_pubkey, recover, sign
 
 PUB = "ca634cae0d49acb401d8a4c6b6fe8c55b70d115bf400769cc1400f3258cd31387574077f301b421bc84df7266c44e9e6d569fc56be00812904767bf5ccd1fc7f"  # noqa: E501
-
-
-def test_keccak_is_not_sha3() -> None:
-    assert keccak256(b"").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
-    sponge = keccak_sponge(b"ab")
-    first = sponge.digest()
-    sponge.update(b"c")  # digest() did not finalise the running state
-    assert first == keccak256(b"ab") and sponge.digest() == keccak256(b"abc")
 
 
 def test_node_key_created_with_mode_0600_and_reused(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pimail.archive.retention import policy_from_config
 from pimail.config import Config
 from pimail.configfile import (
     ConfigError,
@@ -19,11 +20,7 @@ from pimail.configfile import (
     find_config,
     load_config,
     parse_config_text,
-    parse_duration,
-    parse_hostport,
-    parse_size,
     render_config,
-    retention_policy,
     section_types,
 )
 
@@ -98,8 +95,8 @@ def test_values_are_typed(tmp_path: Path) -> None:
     assert c.node.static_peers == [peer]
     assert c.node.handshake_timeout_s == 2.0 and isinstance(c.node.handshake_timeout_s, float)
     assert c.archive.clock_trust == "synced"
-    assert retention_policy(c).max_bytes == 8_000_000_000
-    assert retention_policy(c).max_age_s == 12 * 3600
+    assert policy_from_config(c.archive).max_bytes == 8_000_000_000
+    assert policy_from_config(c.archive).max_age_s == 12 * 3600
     assert c.leds.enabled is False and c.leds.active_high is False
     assert ("node", "max_peers") in loaded.explicit
 
@@ -239,20 +236,6 @@ def test_find_config_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert find_config(None, tmp_path / "empty") == confdir / "pimail.toml"
 
 
-def test_unit_parsers() -> None:
-    assert parse_size("256MB") == 256_000_000
-    assert parse_size("1GiB") == 1024**3
-    assert parse_size("0") == 0 and parse_size(42) == 42
-    assert parse_duration("30d") == 30 * 86400 and parse_duration("90s") == 90
-    assert parse_duration("2w") == 14 * 86400
-    assert parse_hostport("[::1]:30303") == ("::1", 30303)
-    for bad in ("-1MB", "1XB", "", "MB"):
-        with pytest.raises(ValueError):
-            parse_size(bad)
-    with pytest.raises(ValueError):
-        parse_size(True)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        parse_duration("3 fortnights")
 
 
 def test_pimail_run_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:

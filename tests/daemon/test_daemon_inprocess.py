@@ -12,13 +12,13 @@ from gpiozero.pins.mock import MockFactory
 
 from pimail.appliance import control
 from pimail.appliance.clock import ClockTrust
-from pimail.appliance.health import HealthState
 from pimail.config import Config
 from pimail.configfile import apply_overrides, load_config
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.daemon import Daemon
+from pimail.envelope.seal import seal
+from pimail.health import HealthState
 from pimail.whisper.client import client_session
-from pimail.whisper.seal import seal
 
 
 def write_config(path: Path, data_dir: Path, node: str = "", archive: str = "") -> None:

@@ -15,13 +15,13 @@ from pimail.archive import open_archive
 from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.config import ArchiveConfig, MailserverConfig, NodeConfig, WhisperConfig
 from pimail.crypto.keys import Enode, NodeKey
+from pimail.envelope.codec import Envelope
+from pimail.envelope.payload import key_from_password, seal_symmetric
 from pimail.mailserver.client import HistoryClient, HistoryOptions, HistorySummary, connect_trusted
 from pimail.mailserver.response import Response, decode
 from pimail.mailserver.server import MailServer, create_mailserver
 from pimail.node.capability import PeerLike
 from pimail.node.server import NodeServer
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.payload import key_from_password, seal_symmetric
 from pimail.whisper.service import WhisperService
 
 MIN_POW = 0.000002

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.bloom import FULL_BLOOM
+from pimail.envelope.payload import key_from_password
+from pimail.envelope.pow import PowFormula
 from pimail.mailserver.client import decode_request_complete, seal_request_envelope
 from pimail.mailserver.request import (
     LegacyRequestPayload,
@@ -14,9 +17,6 @@ from pimail.mailserver.request import (
     parse_p2p_request,
 )
 from pimail.mailserver.response import RequestComplete, RequestFailed
-from pimail.whisper.bloom import FULL_BLOOM
-from pimail.whisper.payload import key_from_password
-from pimail.whisper.pow import PowFormula
 
 KEY = key_from_password("status-offline-inbox")
 

@@ -11,12 +11,12 @@ import pytest
 import rlp
 
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.bloom import FULL_BLOOM
+from pimail.envelope.codec import Envelope
+from pimail.envelope.payload import key_from_password, seal_symmetric
 from pimail.mailserver.client import HistoryError, seal_request_envelope
 from pimail.mailserver.request import LegacyRequestPayload, MessagesRequest, MessagesRequestPayload
 from pimail.mailserver.response import RequestComplete, RequestFailed
-from pimail.whisper.bloom import FULL_BLOOM
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.payload import key_from_password, seal_symmetric
 from tests.waiting import eventually
 
 from .nodes import (
@@ -78,7 +78,7 @@ def test_poster_envelopes_come_back_in_every_form(tmp_path: Path) -> None:
 
 
 def _open(env: Envelope) -> str:
-    from pimail.whisper.payload import open_data
+    from pimail.envelope.payload import open_data
 
     return open_data(env.data, sym_key=msg_key()).payload.decode()
 
@@ -501,8 +501,8 @@ def test_big_request_to_a_stalled_client_reads_only_a_bounded_part_of_the_archiv
 
 def test_client_reports_a_server_that_hangs_up_on_its_request_form(tmp_path: Path) -> None:
     async def main() -> None:
+        from pimail.envelope.codec import EnvelopeError
         from pimail.node.capability import ProtocolError
-        from pimail.whisper.envelope import EnvelopeError
 
         class GethDecoder:
             """go-ethereum: a 126 payload must be one envelope, else the peer is dropped."""

@@ -9,6 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.codec import Envelope
+from pimail.envelope.payload import seal_symmetric
 from pimail.mailserver.request import (
     HistoryRequest,
     MalformedRequest,
@@ -18,8 +20,6 @@ from pimail.mailserver.request import (
 )
 from pimail.mailserver.response import ResponseError, decode, parse_body
 from pimail.mailserver.syncwire import SyncMailRequest, SyncResponse, SyncWireError
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.payload import seal_symmetric
 
 KEY = bytes(range(32))
 PEER = NodeKey.generate()

@@ -12,10 +12,10 @@ import pytest
 
 from pimail.archive.base import HistoryQuery, InvalidCursor
 from pimail.archive.sqlite import SqliteArchive
+from pimail.envelope.bloom import FULL_BLOOM, topics_to_bloom
+from pimail.envelope.codec import Envelope
 from pimail.mailserver.request import MessagesRequest
 from pimail.mailserver.response import RequestComplete
-from pimail.whisper.bloom import FULL_BLOOM, topics_to_bloom
-from pimail.whisper.envelope import Envelope
 
 from .nodes import TOPIC_A, TOPIC_B, archived, client_node, mail_node, plain_envelopes
 

@@ -9,6 +9,9 @@ import rlp
 
 from pimail.archive.base import MAX_QUERY_LIMIT
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.bloom import FULL_BLOOM, topic_to_bloom
+from pimail.envelope.codec import Envelope
+from pimail.envelope.payload import key_from_password, seal_asymmetric, seal_symmetric
 from pimail.mailserver.request import (
     UNLIMITED,
     LegacyRequestPayload,
@@ -20,9 +23,6 @@ from pimail.mailserver.request import (
     RequestRejected,
     parse_p2p_request,
 )
-from pimail.whisper.bloom import FULL_BLOOM, topic_to_bloom
-from pimail.whisper.envelope import Envelope
-from pimail.whisper.payload import key_from_password, seal_asymmetric, seal_symmetric
 from tests.conftest import load_vector
 
 NOW = 1_700_000_000

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import rlp
 
+from pimail.envelope.bloom import FULL_BLOOM
+from pimail.envelope.codec import Envelope
 from pimail.mailserver.syncwire import SyncMailRequest, SyncResponse, SyncWireError, encode_list_of_raw
-from pimail.whisper.bloom import FULL_BLOOM
-from pimail.whisper.envelope import Envelope
 
 
 def _env(i: int, size: int = 10) -> bytes:

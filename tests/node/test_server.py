@@ -139,8 +139,8 @@ async def test_handler_sending_to_a_closed_peer_does_not_stall_this_one(tmp_path
 
 
 async def test_listen_failure_is_reported_to_health(tmp_path: Path) -> None:
-    from pimail.appliance.health import HealthModel, Severity
     from pimail.crypto.keys import NodeKey
+    from pimail.health import HealthModel, Severity
     from pimail.node.server import NodeServer
     from tests.node.helpers import EchoCapability, fast_config
 

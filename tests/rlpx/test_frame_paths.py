@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from Crypto.Util import _cpu_features
 
+from pimail.crypto.keccak import native as keccak_native
 from pimail.rlpx import _ffi
 from pimail.rlpx.frame import BadFrameMac, BadHeaderMac, FrameCodec, FrameError, FrameTooLarge
 from pimail.rlpx.handshake import Secrets
@@ -176,20 +177,22 @@ def test_self_test_rejects_functions_that_misbehave(monkeypatch: pytest.MonkeyPa
 
 def test_codecs_free_their_c_states(monkeypatch: pytest.MonkeyPatch) -> None:
     n = _ffi.native()
-    assert n is not None
+    k = keccak_native()
+    assert n is not None and k is not None
     freed: dict[str, int] = {}
 
-    def counting(name: str) -> None:
-        real = getattr(n, name)
+    def counting(owner: object, name: str) -> None:
+        real = getattr(owner, name)
 
         def free(state: object) -> object:
             freed[name] = freed.get(name, 0) + 1
             return real(state)
 
-        monkeypatch.setattr(n, name, free)
+        monkeypatch.setattr(owner, name, free)
 
-    for name in ("keccak_destroy", "ecb_stop", "ctr_stop"):
-        counting(name)
+    counting(k, "destroy")  # the MAC sponges are states of the one keccak loader
+    for name in ("ecb_stop", "ctr_stop"):
+        counting(n, name)
     codecs = [FrameCodec(legacy_secrets(True)) for _ in range(20)]
     assert all(c.direct_mac for c in codecs) and not freed
     for c in codecs:
@@ -197,20 +200,15 @@ def test_codecs_free_their_c_states(monkeypatch: pytest.MonkeyPatch) -> None:
     del codecs, c
     gc.collect()
     # each codec: two MAC sponges, two ECB states, two CTR states (each AES cipher goes with its mode)
-    assert freed == {"keccak_destroy": 40, "ecb_stop": 40, "ctr_stop": 40}
+    assert freed == {"destroy": 40, "ecb_stop": 40, "ctr_stop": 40}
 
 
 @pytest.mark.usefixtures("fresh_native")
 @pytest.mark.parametrize("armv8", [False, True], ids=["no-aes-instructions", "armv8-without-its-library"])
 def test_without_aes_ni_the_portable_aes_library_works(monkeypatch: pytest.MonkeyPatch, armv8: bool) -> None:
     # what a Raspberry Pi sees: no AES-NI; an ARMv8 CPU whose wheel may lack _raw_aes_armv8
-    from Crypto.Hash import keccak
-
     monkeypatch.setattr(_cpu_features, "have_aes_ni", lambda: 0)
     monkeypatch.setattr(_cpu_features, "have_aes_armv8", lambda: int(armv8))
-    # and a pycryptodome that chose an AVX2 keccak build which is not installed here
-    monkeypatch.setattr(keccak, "_raw_keccak_avx2_bmi2_lib", object())
-    assert _ffi._keccak_candidates() == ["Crypto.Hash._keccak_avx2_bmi2", "Crypto.Hash._keccak"]
     assert [name for name, _ in _ffi._aes_candidates()] == (
         ["Crypto.Cipher._raw_aes_armv8"] if armv8 else []) + ["Crypto.Cipher._raw_aes"]
     n = _ffi.native()

@@ -9,7 +9,7 @@ import rlp
 from Crypto.Util.strxor import strxor
 
 from pimail.crypto import ecies
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import NodeKey, ecdh_x, pubkey_from_private, recover
 from pimail.rlpx.handshake import ACK_LEGACY_LEN, AUTH_LEGACY_LEN, Initiator, Recipient, derive_secrets
 from tests.conftest import load_vector

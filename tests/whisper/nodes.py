@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pimail.appliance.health import HealthModel
 from pimail.archive.base import Archive
 from pimail.config import NodeConfig, WhisperConfig
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.codec import Envelope
+from pimail.health import HealthModel
 from pimail.node.capability import Capability, PeerLike
 from pimail.node.peer import Peer
 from pimail.node.server import NodeServer
-from pimail.whisper.envelope import Envelope
 from pimail.whisper.service import WhisperService
 
 

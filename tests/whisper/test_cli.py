@@ -11,10 +11,10 @@ import rlp
 
 from pimail.config import NodeConfig, WhisperConfig
 from pimail.crypto.keys import NodeKey
+from pimail.envelope.codec import decode_envelope_list
+from pimail.envelope.payload import key_from_password, open_asymmetric
+from pimail.envelope.pow import pow_to_bits
 from pimail.node.server import NodeServer
-from pimail.whisper.envelope import decode_envelope_list
-from pimail.whisper.payload import key_from_password, open_asymmetric
-from pimail.whisper.pow import pow_to_bits
 
 from .nodes import RawShh, start_node, until
 

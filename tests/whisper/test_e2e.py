@@ -8,16 +8,16 @@ from pathlib import Path
 
 import rlp
 
-from pimail.appliance.health import HealthModel
 from pimail.archive.base import ArchivedEnvelope
 from pimail.archive.sqlite import SqliteArchive
 from pimail.config import WhisperConfig
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.codec import Envelope, encode_envelope_list
+from pimail.envelope.pow import pow_to_bits
+from pimail.envelope.seal import seal
+from pimail.health import HealthModel
 from pimail.whisper import status as st
-from pimail.whisper.envelope import Envelope, encode_envelope_list
 from pimail.whisper.pool import footprint
-from pimail.whisper.pow import pow_to_bits
-from pimail.whisper.seal import seal
 
 from .nodes import Node, raw_peer, start_node, until
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import rlp
 
 from pimail.config import WhisperConfig
+from pimail.envelope.codec import Envelope
 from pimail.node.server import NodeServer
-from pimail.whisper.envelope import Envelope
 
 from .nodes import Node, RawShh, raw_peer, start_node, until
 

@@ -1,20 +1,17 @@
-"""Validation outcomes, the pool, payload round trips, sealing and the packet rate limiter."""
+"""Validation outcomes, the pool and the packet rate limiter."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import tracemalloc
 
 import pytest
 
-from pimail.crypto.keys import NodeKey
-from pimail.whisper import payload as pl
-from pimail.whisper.envelope import Envelope, decode_envelope_list, encode_envelope_list
+from pimail.envelope.codec import Envelope, decode_envelope_list, encode_envelope_list
+from pimail.envelope.pow import PowFormula
+from pimail.envelope.seal import seal
 from pimail.whisper.pool import EnvelopePool, KnownSet, PacketRateLimiter, footprint
-from pimail.whisper.pow import PowFormula
-from pimail.whisper.seal import seal, seal_async
 from pimail.whisper.service import peer_formula
 from pimail.whisper.status import ENVELOPE_OTHER_ERROR, ENVELOPE_TIME_NOT_SYNCED
 from pimail.whisper.validation import Outcome, Rules, judge
@@ -170,85 +167,3 @@ def test_peer_formula() -> None:
     assert peer_formula("StatusIM/v0.36.0/linux-amd64/go1.12", 5) is PowFormula.CURRENT
     assert peer_formula("StatusIM/v0.30.0-beta.0/linux-amd64/go1.11", 5) is PowFormula.BOTH
     assert peer_formula("something", 5) is PowFormula.BOTH
-
-
-@pytest.mark.parametrize("size", [0, 1, 200, 255, 256, 300, 70_000])
-@pytest.mark.parametrize("signed", [False, True])
-def test_symmetric_roundtrip_and_padding(size: int, signed: bool) -> None:
-    key = pl.key_from_password("pw")
-    signer = NodeKey.generate()
-    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    plain = pl.build_plaintext(body, signer.private if signed else None)
-    assert len(plain) % 256 == 0
-    data = pl.seal_symmetric(key, body, signer.private if signed else None)
-    opened = pl.open_symmetric(key, data)
-    assert opened.payload == body
-    assert len(opened.padding) >= 1
-    assert opened.signer == (signer.public if signed else None)
-
-
-def test_asymmetric_roundtrip() -> None:
-    recipient, signer = NodeKey.generate(), NodeKey.generate()
-    data = pl.seal_asymmetric(b"\x04" + recipient.public, b"hi there", signer.private)
-    opened = pl.open_asymmetric(recipient.private, data)
-    assert opened.payload == b"hi there" and opened.signer == signer.public
-    with pytest.raises(pl.PayloadError):
-        pl.seal_asymmetric(b"\x01" * 64, b"x")
-
-
-def test_signature_v_27_28_accepted() -> None:
-    signer = NodeKey.generate()
-    plain = bytearray(pl.build_plaintext(b"hello", signer.private))
-    plain[-1] += 27
-    assert pl.parse_plaintext(bytes(plain)).signer == signer.public
-
-
-def test_bad_plaintexts() -> None:
-    with pytest.raises(pl.PayloadError):
-        pl.parse_plaintext(b"")
-    with pytest.raises(pl.PayloadError, match="exceeds"):
-        pl.parse_plaintext(bytes([1, 200]) + b"short")
-    with pytest.raises(pl.PayloadError, match="signature"):
-        pl.parse_plaintext(bytes([0x05]) + b"x" * 10)
-    bad_sig = pl.build_plaintext(b"x", NodeKey.generate().private)[:-65] + b"\x00" * 64 + b"\x09"
-    with pytest.raises(pl.PayloadError, match="signature"):
-        pl.parse_plaintext(bad_sig)
-    with pytest.raises(pl.PayloadError):
-        pl.decrypt_symmetric(b"\x00" * 32, b"short")
-
-
-def test_seal_meets_both_formulas() -> None:
-    r = seal(NOW + 15, 15, b"abcd", b"y" * 256, 0.002, 10)
-    assert r.met and r.pow_legacy >= 0.002 and r.pow_current >= 0.002
-    assert r.envelope.pows() == (r.pow_legacy, r.pow_current)
-
-
-def test_seal_separate_targets_per_formula() -> None:
-    r = seal(NOW + 15, 15, b"abcd", b"y" * 256, 0.2, 30, current_target=0.002)
-    assert r.met and r.pow_legacy >= 0.2 and r.pow_current >= 0.002
-
-
-def test_seal_bounded_time_keeps_best() -> None:
-    r = seal(NOW + 15, 15, b"abcd", b"y" * 256, 1e6, 0.2)  # unreachable target: returns at all
-    assert not r.met and r.tried > 1
-    assert r.envelope.pows() == (r.pow_legacy, r.pow_current)
-    assert min(r.pow_legacy, r.pow_current) > 0
-
-
-def test_seal_async_runs_off_the_loop() -> None:
-    async def main() -> tuple[int, bool]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
-        r = await seal_async(NOW + 15, 15, b"abcd", b"y" * 256, 1e6, 0.3)
-        t.cancel()
-        return ticks, r.met
-
-    ticks, met = asyncio.run(main())
-    assert not met and ticks >= 10  # the loop kept ticking while sealing ran

@@ -40,6 +40,12 @@ class PostgresArchive(PgWriter, PgReader, PgRetention):
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.set_autocommit(True)
             await conn.execute(sql.SQL("SET search_path TO {}").format(schema_ident))
+            # an ack means the commit is on the server's disk: every setting but "off" waits for
+            # the local WAL flush (remote_write/remote_apply also wait for standbys; kept)
+            cur = await conn.execute("SHOW synchronous_commit")
+            row = await cur.fetchone()
+            if row is None or str(row[0]).lower() == "off":
+                await conn.execute("SET synchronous_commit TO on")
 
         try:  # one direct attempt first: a refused connection fails now, with the server's reason
             connect_s = max(1, int(self._connect_timeout_s))

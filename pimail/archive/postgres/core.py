@@ -14,7 +14,6 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import (
     Archive,
     ArchiveError,
@@ -23,7 +22,7 @@ from pimail.archive.base import (
     RetentionPolicy,
     SchemaTooNew,
 )
-from pimail.archive.common import GroupQueue, HealthConditions
+from pimail.archive.common import BUSY_GROUP_BYTES, GroupPolicy, GroupQueue, HealthConditions
 from pimail.archive.postgres.layout import (
     CONNECT_TIMEOUT_S,
     DAY_S,
@@ -40,6 +39,7 @@ from pimail.archive.postgres.layout import (
     partition_name,
 )
 from pimail.config import ArchiveConfig
+from pimail.health import HealthModel, Severity
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class PgCore(Archive):
         on_durable: DurableCallback | None = None,
         config: ArchiveConfig | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        busy_group_bytes: int = BUSY_GROUP_BYTES,
     ) -> None:
         if config is not None:  # open_archive passes the [archive] section; it wins over the defaults
             flush_interval_ms = config.flush_interval_ms
@@ -89,6 +90,7 @@ class PgCore(Archive):
         self._health = HealthConditions(health, "archive: PostgreSQL recovered (%s)")
         self._schema_key = zlib.crc32(schema.encode()) & 0x7FFFFFFF
         self._pool: AsyncConnectionPool | None = None
+        self._group = GroupPolicy(self._flush_interval_s, flush_max_envelopes, busy_group_bytes)
         self._queue = GroupQueue(self._max_pending, "archive: PostgreSQL is behind", bound_waiting=True)
         self._wake = asyncio.Event()
         self._full = asyncio.Event()

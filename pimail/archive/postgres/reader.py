@@ -28,7 +28,7 @@ from pimail.archive.postgres.layout import (
     one_line,
     row_to_envelope,
 )
-from pimail.whisper.bloom import BLOOM_LEN, is_full
+from pimail.envelope.bloom import BLOOM_LEN, is_full
 
 
 class PgReader(PgCore):

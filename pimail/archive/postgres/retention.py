@@ -14,7 +14,6 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import PoolTimeout
 
-from pimail.appliance.health import Severity
 from pimail.archive.base import ArchiveError, PruneResult, RetentionPolicy
 from pimail.archive.common import PruneTally
 from pimail.archive.postgres.core import PgCore
@@ -30,6 +29,7 @@ from pimail.archive.postgres.layout import (
     day_start,
     one_line,
 )
+from pimail.health import Severity
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 
-from pimail.appliance.health import Severity
 from pimail.archive.base import ArchivedEnvelope, ArchiveError
 from pimail.archive.common import Pending
 from pimail.archive.postgres.core import PgCore
@@ -25,7 +24,8 @@ from pimail.archive.postgres.layout import (
     day_start,
     one_line,
 )
-from pimail.whisper.bloom import topic_to_bloom
+from pimail.envelope.bloom import topic_to_bloom
+from pimail.health import Severity
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ class PgWriter(PgCore):
         future = self._queue.submit(envelopes, not (self._closing or self._closed or not self._writers))
         if not future.done():
             self._wake.set()
-            if self._queue.waiting >= self._flush_max:
+            if self._group.full(self._queue.waiting, self._queue.waiting_bytes):
                 self._full.set()
         return future
 
     def _take_batch(self) -> list[Pending]:
         taken = self._queue.take(self._flush_max)
-        if self._queue.waiting < self._flush_max:
+        if not self._group.full(self._queue.waiting, self._queue.waiting_bytes):
             self._full.clear()
         return taken
 
@@ -55,10 +55,15 @@ class PgWriter(PgCore):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._closing and self._queue.waiting < self._flush_max and self._flush_interval_s > 0:
-                # group commit: gather for one flush interval unless a full batch is already waiting
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._flush_interval_s)
+            oldest = self._queue.oldest_at()
+            if not self._closing and oldest is not None and not self._full.is_set():
+                # group commit (GroupPolicy): wait until the oldest envelope has waited one flush
+                # interval, unless a full group is waiting already or fills up meanwhile
+                wait = self._group.deadline(oldest) - time.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), wait)
+                    continue  # look again: the other writer may have taken the group
             taken = self._take_batch()
             if not taken:  # the other writer took it while this one waited
                 continue

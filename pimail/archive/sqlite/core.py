@@ -21,10 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pimail.appliance.health import HealthModel, Severity
 from pimail.archive.base import Archive, ArchiveError, DurableCallback, RetentionPolicy
-from pimail.archive.common import GroupQueue, HealthConditions, PruneTally, post
+from pimail.archive.common import (
+    BUSY_GROUP_BYTES,
+    GroupPolicy,
+    GroupQueue,
+    HealthConditions,
+    PruneTally,
+    post,
+)
 from pimail.archive.sqlite.layout import WAL_AUTOCHECKPOINT_PAGES
+from pimail.health import HealthModel, Severity
 
 T = TypeVar("T")
 
@@ -82,13 +89,14 @@ class SqliteCore(Archive):
         *,
         flush_interval_ms: int = 200,
         flush_max_envelopes: int = 2000,
-        synchronous: str = "normal",
+        synchronous: str = "full",
         retention: RetentionPolicy | None = None,
         health: HealthModel | None = None,
         prune_interval_s: float = 60.0,
         on_durable: DurableCallback | None = None,
         max_pending_envelopes: int = 0,
         wal_autocheckpoint_pages: int = WAL_AUTOCHECKPOINT_PAGES,
+        busy_group_bytes: int = BUSY_GROUP_BYTES,
     ) -> None:
         if synchronous.lower() not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
@@ -111,6 +119,8 @@ class SqliteCore(Archive):
         self.inserted_total = 0
         self.archived_bytes = 0
 
+        #: when a group is due (the flush interval, or a full group waiting: see GroupPolicy)
+        self.group = GroupPolicy(self.flush_interval_s, flush_max_envelopes, busy_group_bytes)
         self._queue = GroupQueue(self.max_pending, "archive is behind")
         self._cond = self._queue.cond  # guards the queue, the jobs and the retention flags
         self._jobs: collections.deque[Job] = collections.deque()

@@ -40,7 +40,7 @@ from pathlib import Path
 import sqlite_utils
 
 from pimail.archive.base import ArchivedEnvelope, ArchiveError, SchemaTooNew
-from pimail.whisper.keccak import keccak256  # pycryptodome's keccak without its wrapper: ~3x cheaper
+from pimail.crypto.keccak import keccak256
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from pimail.archive.sqlite.layout import (
     topic_bytes,
     topic_int,
 )
-from pimail.whisper.bloom import BLOOM_LEN, is_full, topic_to_bloom
-from pimail.whisper.keccak import keccak256  # pycryptodome's keccak without its wrapper: ~3x cheaper
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.bloom import BLOOM_LEN, is_full, topic_to_bloom
 
 T = TypeVar("T")
 

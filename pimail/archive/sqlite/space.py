@@ -14,11 +14,11 @@ import sqlite3
 import time
 from pathlib import Path
 
-from pimail.appliance.health import Severity
 from pimail.archive.base import ArchiveError, PruneResult, RetentionPolicy
 from pimail.archive.common import PruneTally
 from pimail.archive.sqlite.core import HEALTH_DISK_LOW, SQLITE_FULL, SqliteCore, errcode, free_disk
 from pimail.archive.sqlite.layout import ADD_COUNT_SQL, BUCKET_SHIFT, COUNT_SQL, SENT_MAX, make_key
+from pimail.health import Severity
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from Crypto.Cipher import AES
 
 from pimail.crypto import ecies
-from pimail.crypto.hashing import keccak256
+from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import KeyError_, recover, sign
 
 FLAG_SIGNED = 0x04

@@ -12,9 +12,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from pimail.whisper.envelope import UINT32_MAX, Envelope
-from pimail.whisper.keccak import keccak256
-from pimail.whisper.pow import ENVELOPE_HEADER_LEN
+from pimail.crypto.keccak import keccak256
+from pimail.envelope.codec import UINT32_MAX, Envelope
+from pimail.envelope.pow import ENVELOPE_HEADER_LEN
 
 DEFAULT_WORK_TIME_S = 5.0  # Status' WorkTime
 MAX_CONCURRENT_SEALS = 2  # bounded: at most this many sealing threads

@@ -10,7 +10,7 @@ import enum
 import math
 import struct
 
-from pimail.whisper.keccak import keccak256, keccak256_pair
+from pimail.crypto.keccak import keccak256, keccak256_pair
 
 ENVELOPE_HEADER_LEN = 20  # geth EnvelopeHeaderLength
 _ZERO24 = b"\x00" * 24

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from pimail import rlpcodec
-from pimail.whisper import pow as powmod
-from pimail.whisper.bloom import _BLOOM_CACHE as _BLOOMS
-from pimail.whisper.bloom import TOPIC_LEN, cached_topic_bloom
-from pimail.whisper.keccak import keccak256
-from pimail.whisper.rlpscan import RlpError, list_header, list_items, scan_item, top_level_list
+from pimail.crypto.keccak import keccak256
+from pimail.envelope import pow as powmod
+from pimail.envelope.bloom import _BLOOM_CACHE as _BLOOMS
+from pimail.envelope.bloom import TOPIC_LEN, cached_topic_bloom
+from pimail.rlpcodec import RlpError, list_header, list_items, scan_item, top_level_list
 
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
