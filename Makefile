@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= ./var
-LISTEN ?= 0.0.0.0:30303
+LISTEN ?=
 
 .PHONY: run test lint typecheck pytest bench bench-quick faults deb deb-test image image-test clean venv venv-test
 
@@ -24,9 +24,11 @@ $(VENV)/.test-installed: pyproject.toml
 venv: $(BIN)/pimail
 venv-test: $(VENV)/.test-installed
 
-## make run: set up .venv and start a node on embedded defaults (SQLite in ./var, 0.0.0.0:30303)
+## make run: set up .venv and start a node with $(DATA_DIR)/pimail.toml if it exists (`pimail init`
+## writes one), else the built-in defaults (SQLite in ./var, RLPx on 0.0.0.0:30303, the status page on
+## 0.0.0.0:8080); `make run LISTEN=HOST:PORT` overrides the file's [node] listen
 run: $(BIN)/pimail
-	$(BIN)/pimail run --data-dir $(DATA_DIR) --listen $(LISTEN)
+	$(BIN)/pimail run --data-dir $(DATA_DIR) $(if $(LISTEN),--listen $(LISTEN))
 
 ## make test: ruff, mypy --strict on pimail/, then the whole pytest suite
 ## (with a throwaway PostgreSQL from scripts/start-test-postgres for the fleet-backend tests)

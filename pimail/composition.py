@@ -189,14 +189,19 @@ def build_mesh(config: Config, server: NodeServer, pairing: PairingController | 
 
 
 def own_enode(config: Config, key: NodeKey, port: int) -> Enode:
-    """The enode phones should dial: ``[node] public_host``, else the primary LAN address."""
-    from pimail.appliance.lan import advertised_address, enode_for
+    """The enode phones should dial: ``[node] public_host``, the listen address when it is not a
+    wildcard, else the primary LAN address; warns when that is unreachable from other machines."""
+    from pimail.appliance.lan import advertised_address, enode_for, reachability_warning
 
     host = config.node.listen.rpartition(":")[0] or "0.0.0.0"
     try:
         address = advertised_address(f"{host}:{port}", config.node.public_host)
-    except UserError:
+    except UserError as exc:
+        log.warning("enode: %s; advertising 127.0.0.1, which only this machine can reach", exc)
         return Enode(key.public, "127.0.0.1", port)
+    warning = reachability_warning(address)
+    if warning and (address.loopback or address.source == "fallback"):
+        log.warning("enode: %s", warning)
     return enode_for(key.public, address)
 
 

@@ -5,13 +5,15 @@ Unknown sections or keys and values of the wrong type or out of range stop the s
 ``FILE:LINE: reason`` (exit code 2 through ``ConfigError``). ``tomllib`` reports line numbers for
 syntax errors only, so the line of a bad key is found by scanning the text.
 
-Where the config comes from, first match wins: ``--config PATH``; ``<data dir>/pimail.toml`` when a
-data dir was given on the command line; ``$CONFIGURATION_DIRECTORY/pimail.toml`` (systemd);
-``/etc/pimail/pimail.toml``; otherwise the built-in defaults.
+Where the config comes from, first match wins: ``--config PATH``; ``<data dir>/pimail.toml`` (the
+data dir given on the command line, else the default one: ``$STATE_DIRECTORY`` under systemd, else
+``./var`` — so no options behave exactly like ``--data-dir ./var``); ``$CONFIGURATION_DIRECTORY/pimail.toml``
+(systemd); ``/etc/pimail/pimail.toml``; otherwise the built-in defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -287,6 +289,7 @@ class LoadedConfig:
     config: Config
     path: Path | None  # None = built-in defaults
     explicit: set[tuple[str, str]]  # (section, key) pairs the file set
+    problem: str | None = None  # set by load_config_leniently: why the file on disk was not used
 
 
 def parse_config_text(text: str, source: str) -> tuple[Config, set[tuple[str, str]]]:
@@ -360,9 +363,7 @@ def find_config(config_path: Path | None, data_dir: Path | None) -> Path | None:
     """Where the config comes from (see module docstring); None = built-in defaults."""
     if config_path is not None:
         return config_path
-    candidates: list[Path] = []
-    if data_dir is not None:
-        candidates.append(data_dir / CONFIG_NAME)
+    candidates = [(data_dir if data_dir is not None else default_data_dir()) / CONFIG_NAME]
     if os.environ.get("CONFIGURATION_DIRECTORY"):
         candidates.append(Path(os.environ["CONFIGURATION_DIRECTORY"].split(":")[0]) / CONFIG_NAME)
     candidates.append(INSTALLED_CONFIG)
@@ -398,6 +399,38 @@ def load_config(path: Path | None) -> LoadedConfig:
     return LoadedConfig(config, path, explicit)
 
 
+def load_config_leniently(path: Path | None) -> LoadedConfig:
+    """For read-only commands (``status``, ``doctor``, ``pair --status``, ``archive stats``): a bad
+    file on disk must not stop them — a running node keeps the settings it last loaded. On a
+    ConfigError this returns the built-in defaults (with the file's ``data_dir`` and archive ``url``
+    when those two can still be read) and the error in ``problem``."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        config = Config()
+        _default_data_dir(config, set(), path)
+        explicit: set[tuple[str, str]] = set()
+        raw = _raw_table(path)
+        node, archive = raw.get("node"), raw.get("archive")
+        if isinstance(node, dict) and isinstance(node.get("data_dir"), str) and node["data_dir"]:
+            config.node.data_dir = Path(node["data_dir"])
+            explicit.add(("node", "data_dir"))
+        if isinstance(archive, dict) and isinstance(archive.get("url"), str):
+            with contextlib.suppress(ValueError):
+                _archive_url(archive["url"])
+                config.archive.url = archive["url"]
+                explicit.add(("archive", "url"))
+        return LoadedConfig(config, path, explicit, problem=str(exc))
+
+
+def _raw_table(path: Path | None) -> dict[str, Any]:
+    """The file's TOML as plain data, or {} when it cannot be read or parsed."""
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(path.read_bytes()[:MAX_CONFIG_BYTES].decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
 def load_node_config(config_path: Path | None, data_dir: Path | None) -> Config:
     """The config the daemon would use (``config_path``, else the search of ``find_config``), with
     ``data_dir`` applied: what the commands that open the node's files (archive, enode, pair, sync)
@@ -413,6 +446,14 @@ def load(path: Path) -> Config:
 
 
 INSTALLED_DATA_DIR = Path("/var/lib/pimail")  # systemd StateDirectory=pimail
+
+
+def default_data_dir() -> Path:
+    """The data dir when none is given: systemd's state directory for the service, else ``./var``."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    return Config().node.data_dir
 
 
 def _default_data_dir(config: Config, explicit: set[tuple[str, str]], path: Path | None = None) -> None:
@@ -435,6 +476,7 @@ def apply_overrides(
     static_peers: Sequence[str] | None = None,
     archive_url: str | None = None,
     metrics_listen: str | None = None,
+    page_listen: str | None = None,
     no_metrics: bool = False,
     no_leds: bool = False,
     no_page: bool = False,
@@ -443,29 +485,39 @@ def apply_overrides(
     no_discovery: bool = False,
 ) -> None:
     """Apply command-line overrides; bad values raise ConfigError naming the option."""
+    option = ""
     try:
         if listen is not None:
+            option = "--listen"
             parse_hostport(listen)
             config.node.listen = listen
         if data_dir is not None:
             config.node.data_dir = data_dir
         if static_peers:
+            option = "--static-peer"
             _enodes(list(static_peers))
             config.node.static_peers = list(static_peers)
         if archive_url is not None:
+            option = "--archive-url"
             _archive_url(archive_url)
             config.archive.url = archive_url
         if metrics_listen is not None:
+            option = "--metrics-listen"
             parse_hostport(metrics_listen)
             config.status.metrics_listen = metrics_listen
+        if page_listen is not None:
+            option = "--page-listen"
+            parse_hostport(page_listen)
+            config.status.page_listen = page_listen
         if clock_trust is not None:
+            option = "--clock-trust"
             _one_of("auto", "always", "synced")(clock_trust)
             config.archive.clock_trust = clock_trust
         if bootnodes:
             _enodes(list(bootnodes))
             config.node.bootnodes = list(bootnodes)
     except ValueError as exc:
-        raise ConfigError(f"command line: {exc}") from None
+        raise ConfigError(f"command line: {option}: {exc}") from None
     if no_metrics:
         config.status.metrics = False
     if no_leds:

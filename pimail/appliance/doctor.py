@@ -108,17 +108,18 @@ def check_archive(config: Config, timeout_s: float = QUICK_CHECK_TIMEOUT_S) -> C
     path = config.node.data_dir / ARCHIVE_FILE
     if not path.exists():
         return Check("archive", "ok", f"no archive yet at {path} (created on first start)")
+    if not os.access(path, os.R_OK):
+        return Check("archive", "warn", f"{path}: this user may not read it (permission denied)",
+                     "run the check as the node's user: `sudo -u pimail pimail doctor`")
     try:
         # read-only, and never waits long on a writer holding a lock
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
-        try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-        finally:
-            conn.close()
+        results = _quick_check(f"file:{path}?mode=ro", timeout_s)
     except sqlite3.Error as exc:
+        if not os.access(path.parent, os.W_OK | os.X_OK) or not _can_create_in(path.parent):
+            return _read_only_dir(path, timeout_s)
         return Check("archive", "fail", f"{path}: {exc}",
-                     "stop pimail, copy the file away, and start again to rebuild an empty archive")
-    results = [str(r[0]) for r in rows]
+                     "stop pimail, move the file aside (`mv archive.sqlite archive.sqlite.damaged`) and "
+                     "start it again: a fresh archive starts")
     if results == ["ok"]:
         return Check("archive", "ok", f"{path}: quick_check ok ({human_bytes(path.stat().st_size)})")
     return Check("archive", "fail", f"{path}: quick_check: {results[0]}" + (
@@ -126,21 +127,80 @@ def check_archive(config: Config, timeout_s: float = QUICK_CHECK_TIMEOUT_S) -> C
         "stop pimail and run `sqlite3 archive.sqlite .recover`, or move the file away")
 
 
-def check_port(config: Config, daemon_running: bool) -> Check:
-    host, port = parse_hostport(config.node.listen)
+def _quick_check(uri: str, timeout_s: float) -> list[str]:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout_s)
+    try:
+        return [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+    finally:
+        conn.close()
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether this user can create a file in ``directory`` (a read-only mount fails even for root)."""
+    probe = directory / f".pimail-doctor-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return True
+
+
+def _read_only_dir(path: Path, timeout_s: float) -> Check:
+    """The archive cannot be opened because its directory is read-only: SQLite needs to create
+    ``archive.sqlite-shm`` next to a WAL-mode file even to read it. The file is not damaged."""
+    wal = path.with_name(path.name + "-wal")
+    detail = f"{path.parent} is read-only for this user: SQLite cannot create {path.name}-shm to read it"
+    if not wal.exists() or wal.stat().st_size == 0:
+        try:  # nothing pending in a WAL: the main file alone is the whole archive
+            results = _quick_check(f"file:{path}?mode=ro&immutable=1", timeout_s)
+        except sqlite3.Error as exc:
+            results = [str(exc)]
+        if results == ["ok"]:
+            detail += "; the file itself reads fine (quick_check ok)"
+        else:
+            detail += f"; reading the file alone: {results[0]}"
+    return Check("archive", "warn", detail,
+                 "this is not damage, do not rebuild the archive: run the check as the node's user "
+                 "(`sudo -u pimail pimail doctor`), and if the node's data dir itself is read-only, "
+                 "remount it read-write or give the pimail user write access to it")
+
+
+def running_listen(status: dict[str, Any] | None) -> str | None:
+    """The address a running node listens on, from its status (its port from its enode when the
+    config said port 0), or None."""
+    if not status or not isinstance(status.get("listen"), str):
+        return None
+    try:
+        host, port = parse_hostport(status["listen"])
+    except ValueError:
+        return None
+    enode = status.get("enode")
+    if port == 0 and isinstance(enode, str):
+        tail = enode.rpartition(":")[2].split("?", 1)[0]
+        if tail.isdigit():
+            port = int(tail)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_port(config: Config, daemon_running: bool, listen: str | None = None) -> Check:
+    listen = listen or config.node.listen
+    host, port = parse_hostport(listen)
     probe = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     listening = False
     with contextlib.suppress(OSError), socket.create_connection((probe, port), timeout=1.0):
         listening = True
     if daemon_running:
         if listening:
-            return Check("port", "ok", f"pimail is listening on {config.node.listen}")
+            return Check("port", "ok", f"pimail is listening on {listen}")
         return Check("port", "fail", f"pimail runs but nothing answers on {probe}:{port}",
                      "check `journalctl -u pimail` for listener errors")
     if listening:
-        return Check("port", "fail", f"{config.node.listen} is taken by another program",
+        return Check("port", "fail", f"{listen} is taken by another program",
                      f"stop it or set [node] listen to another port (`ss -ltnp 'sport = :{port}'`)")
-    return Check("port", "ok", f"{config.node.listen} is free (pimail is not running)")
+    return Check("port", "ok", f"{listen} is free (pimail is not running)")
 
 
 def check_gpio(config: Config, chips: Sequence[str] | None = None) -> Check:
@@ -214,13 +274,25 @@ def daemon_status(config: Config) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-def run_checks(config: Config) -> list[Check]:
+def check_config(problem: str | None, path: Path | None) -> Check:
+    if problem:
+        return Check("config", "fail", problem,
+                     "fix the file; a running node keeps its last settings until a reload or restart")
+    if path is None:
+        return Check("config", "ok", "no config file: built-in defaults")
+    return Check("config", "ok", f"{path} loads")
+
+
+def run_checks(
+    config: Config, config_problem: str | None = None, config_path: Path | None = None
+) -> list[Check]:
     status = daemon_status(config)
     checks: list[Callable[[], Check]] = [
+        lambda: check_config(config_problem, config_path),
         lambda: check_clock(config),
         lambda: check_disk(config),
         lambda: check_archive(config),
-        lambda: check_port(config, status is not None),
+        lambda: check_port(config, status is not None, running_listen(status)),
         lambda: check_gpio(config),
         lambda: check_power(),
         lambda: check_write_rate(status),

@@ -34,8 +34,33 @@ class AdvertisedAddress:
 
     host: str
     port: int
-    source: str  # "--host", "public_host", "lan", "listen"
+    source: str  # "--host", "public_host", "listen", "lan", "fallback" (wildcard, no LAN address)
     lan_only: bool  # a private/link-local/loopback address or a .local-style name
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+
+def reachability_warning(address: AdvertisedAddress) -> str | None:
+    """One line saying who can dial ``address`` when phones elsewhere cannot, or None."""
+    if address.source == "fallback":
+        return (
+            f"no LAN address found (no IPv4 route), so the enode names {address.host}: only programs on "
+            "this machine can reach it; set [node] public_host (or pass --host) to the address phones dial"
+        )
+    if address.loopback:
+        return (
+            f"{address.host} is a loopback address (the node listens only there): only programs on this "
+            "machine can reach it; listen on 0.0.0.0 or the LAN address for phones"
+        )
+    if not address.lan_only:
+        return None
+    return (
+        f"{address.host} is a private address: only phones on this network can reach it. For phones "
+        "elsewhere set [node] public_host (or --host) to a public name or address and forward TCP port "
+        f"{address.port} to this node."
+    )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -112,8 +137,10 @@ def advertised_address(
     """Choose the host/port for the enode we hand to phones.
 
     Order: ``--host`` (taken as given, even a loopback address, since the operator asked for it),
-    then ``[node] public_host``, then the host the node listens on if it is a specific address, then
-    the primary LAN address. Never 0.0.0.0 or 127.0.0.1 unless asked for explicitly.
+    then ``[node] public_host``, then the host the node listens on if it is a specific address (a
+    loopback one too: nothing else reaches that node), then for a wildcard the primary LAN address,
+    and when there is none the wildcard's loopback address (``source == "fallback"``; the daemon
+    and ``pimail enode`` agree, and ``reachability_warning`` says what it means). Never 0.0.0.0.
     """
     listen_host, port = parse_listen(listen)
     if port == 0:
@@ -122,16 +149,14 @@ def advertised_address(
         host, source = host_override.strip(), "--host"
     elif public_host.strip():
         host, source = public_host.strip(), "public_host"
-    elif listen_host not in _UNUSABLE and not _is_loopback(listen_host):
+    elif listen_host not in _UNUSABLE:
         host, source = listen_host, "listen"
     else:
         detected = primary_lan_address(route_file)
         if detected is None:
-            raise UserError(
-                "could not find this machine's LAN address (no IPv4 route); "
-                "set [node] public_host or pass --host"
-            )
-        host, source = detected, "lan"
+            host, source = ("::1" if ":" in listen_host else "127.0.0.1"), "fallback"
+        else:
+            host, source = detected, "lan"
     host = host.strip("[]")
     if host in _UNUSABLE:
         raise UserError(f"{host or 'an empty host'} is not an address a phone can dial; pass --host")

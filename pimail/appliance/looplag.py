@@ -7,6 +7,7 @@ import collections
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 from pimail.health import HealthModel, Severity
 
@@ -33,12 +34,16 @@ class LoopLagMonitor:
         tick_s: float = LOOP_TICK_S,
         stall_s: float = LOOP_STALL_S,
         recover_ticks: int = LOOP_RECOVER_TICKS,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self._health = health
+        self._clock = clock  # wall time of the loop (injectable so tests need not depend on load)
+        self._cpu_clock = cpu_clock  # CPU time of the loop thread
         self._tick_s = tick_s
         self._stall_s = stall_s
         self._recover_ticks = recover_ticks
-        self._last_tick = time.monotonic()
+        self._last_tick = self._clock()
         self._good_ticks = 0
         self._stalled = False
         self.lag_s = 0.0  # lateness of the last tick
@@ -52,7 +57,7 @@ class LoopLagMonitor:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        self._last_tick = time.monotonic()
+        self._last_tick = self._clock()
         self._task = asyncio.get_running_loop().create_task(self._ticker(), name="loop-lag")
         self._thread = threading.Thread(target=self._watch, name="pimail-loop-watch", daemon=True)
         self._thread.start()
@@ -72,14 +77,14 @@ class LoopLagMonitor:
 
     async def _ticker(self) -> None:
         while True:
-            expected = time.monotonic() + self._tick_s
-            cpu0 = time.thread_time()
+            expected = self._clock() + self._tick_s
+            cpu0 = self._cpu_clock()
             await asyncio.sleep(self._tick_s)
-            now = time.monotonic()
+            now = self._clock()
             self.lag_s = max(0.0, now - expected)
             self.max_lag_s = max(self.max_lag_s, self.lag_s)
             self.ticks += 1
-            self.recent.append((self.lag_s, time.thread_time() - cpu0))
+            self.recent.append((self.lag_s, self._cpu_clock() - cpu0))
             self._last_tick = now
             if self.lag_s >= self._stall_s:
                 self._mark_stalled(self.lag_s)
@@ -91,7 +96,7 @@ class LoopLagMonitor:
 
     def _watch(self) -> None:
         while not self._stop.wait(self._tick_s):
-            silent = time.monotonic() - self._last_tick
+            silent = self._clock() - self._last_tick
             if silent >= self._stall_s and not self._stalled:
                 self._mark_stalled(silent)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -49,9 +50,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
         )
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except (UserError, RuntimeFailure) as exc:
         print(f"pimail: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def quiet_node_logs(args: argparse.Namespace) -> None:
+    """For client tools (post, watch, history, sync): the node they run inside is an implementation
+    detail, so its INFO chatter ("listening for peers…", "node stopped…") shows only with -v;
+    warnings and errors still do. The tool's own result goes to stdout."""
+    if not getattr(args, "verbose", False):
+        logging.getLogger("pimail").setLevel(logging.WARNING)
+
+
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what `yes | head -1` reports for `yes`
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (``pimail status | head -1``): stop quietly, no traceback.
+    Point stdout at /dev/null so the interpreter's last flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_CLOSED_PIPE

@@ -26,6 +26,7 @@ from pimail.cli import migrate
 from pimail.config import Config
 from pimail.errors import RuntimeFailure, UserError
 
+READ_ONLY_ACTIONS = ("stats", "check", "export")  # these work with a bad config file on disk
 Action = Callable[[Archive, argparse.Namespace], Awaitable[int]]
 
 
@@ -72,7 +73,19 @@ def load_config(args: argparse.Namespace) -> tuple[Config, Path]:
     """The node's config (config file if there is one, else defaults) and its data dir."""
     from pimail import configfile
 
-    config = configfile.load_node_config(args.config, args.data_dir)
+    data_dir: Path | None = args.data_dir
+    path = configfile.find_config(args.config, data_dir)
+    if getattr(args, "archive_action", None) in READ_ONLY_ACTIONS:
+        from pimail.cli.run import warn_bad_config
+
+        loaded = configfile.load_config_leniently(path)
+        if loaded.problem:
+            warn_bad_config(loaded.problem)
+    else:
+        loaded = configfile.load_config(path)
+    config = loaded.config
+    if data_dir is not None:
+        config.node.data_dir = data_dir
     return config, Path(config.node.data_dir)
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from pimail.appliance.doctor import run_checks
-from pimail.cli.run import add_config_options, load
+from pimail.cli.run import add_config_options, load_readonly
 
 
 def register(sub: Any) -> None:
@@ -24,8 +24,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(args).config
-    checks = run_checks(config)
+    loaded = load_readonly(args)
+    checks = run_checks(loaded.config, config_problem=loaded.problem, config_path=loaded.path)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
     else:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pimail import configfile
 from pimail.appliance import qr as qrcodes
-from pimail.appliance.lan import AdvertisedAddress, advertised_address, enode_for
+from pimail.appliance.lan import AdvertisedAddress, advertised_address, enode_for, reachability_warning
 from pimail.config import Config
 from pimail.crypto.keys import KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
@@ -34,7 +34,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--enr", action="store_true",
                    help="print the node's EIP-778 record (enr:...) instead of the enode URL")
-    p.add_argument("--qr", action="store_true", help="also draw the enode as a QR code in the terminal")
+    p.add_argument(
+        "--qr",
+        action="store_true",
+        help="also draw the enode as a QR code: black on white with colour codes, which scans on light "
+        "and dark terminals alike, also through `ssh pi pimail enode --qr` without -t",
+    )
+    p.add_argument(
+        "--qr-plain",
+        action="store_true",
+        help="draw the QR code without colour codes (blocks are the light modules: scans on a "
+        "dark-background terminal only)",
+    )
     p.add_argument("--png", metavar="FILE", type=Path, help="write the QR code as a PNG image")
     p.add_argument("--svg", metavar="FILE", type=Path, help="write the QR code as an SVG image")
     p.set_defaults(func=run)
@@ -62,15 +73,8 @@ def load_node_key(data_dir: Path) -> NodeKey:
 
 def lan_warning(address: AdvertisedAddress) -> str | None:
     """The stderr warning for a host phones outside the LAN cannot reach, or None."""
-    if not address.lan_only:
-        return None
-    if address.host.startswith("127.") or address.host in ("::1", "localhost"):
-        return f"warning: {address.host} is a loopback address: only programs on this machine can reach it."
-    return (
-        f"warning: {address.host} is a private address: only phones on this network can reach it. "
-        "For phones elsewhere set [node] public_host (or --host) to a public name or address and "
-        f"forward TCP port {address.port} to this node."
-    )
+    warning = reachability_warning(address)
+    return f"warning: {warning}" if warning else None
 
 
 def _enr_text(config: Config, key: NodeKey, host: str, port: int) -> str:
@@ -105,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     print(url)
-    if args.qr or args.png or args.svg:
+    if args.qr or args.qr_plain or args.png or args.svg:
         code = qrcodes.make_qr(url)
-        if args.qr:
-            sys.stdout.write(qrcodes.render_terminal(code, ansi=sys.stdout.isatty()))
+        if args.qr or args.qr_plain:
+            # Whether stdout is a terminal says nothing of the terminal's colours at the far end of
+            # an ssh pipe: the coloured form is the one that scans on both.
+            sys.stdout.write(qrcodes.render_terminal(code, ansi=not args.qr_plain))
         for path, kind in ((args.png, "png"), (args.svg, "svg")):
             if path is not None:
                 qrcodes.save(code, path, kind)

@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from pimail.cli import quiet_node_logs
 from pimail.config import NodeConfig
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.envelope.codec import Envelope
@@ -189,9 +189,7 @@ async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not getattr(args, "verbose", False):
-        # a client tool: node chatter only with -v; our own result goes to stdout
-        logging.getLogger("pimail").setLevel(logging.WARNING)
+    quiet_node_logs(args)
     summary = asyncio.run(fetch_and_print(args))
     end = "complete" if summary.completed else "ended after a quiet period (no request-complete)"
     if args.json:

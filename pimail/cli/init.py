@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data-dir", metavar="DIR", type=Path, default=Path("./var"), help="data directory")
     p.add_argument("--config", metavar="PATH", type=Path, help="where to write the config")
     p.add_argument("--listen", metavar="HOST:PORT", help="RLPx listen address to write into the config")
+    p.add_argument("--page-listen", metavar="HOST:PORT", help="status page address to write into the config")
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
     p.set_defaults(func=run)
 
@@ -52,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"config     {config_path} exists; left as it is (--force rewrites it)")
         return 0
     config = Config()
-    configfile.apply_overrides(config, data_dir=data_dir.resolve(), listen=args.listen)
+    configfile.apply_overrides(
+        config, data_dir=data_dir.resolve(), listen=args.listen, page_listen=args.page_listen
+    )
     text = configfile.render_config(config, HEADER)
     configfile.parse_config_text(text, str(config_path))  # what we write must load
     try:

@@ -10,6 +10,7 @@ from typing import Any
 from pimail.appliance import control
 from pimail.appliance.pairing import PairingStore
 from pimail.cli.enode import add_common_options, load_config
+from pimail.cli.run import load_readonly
 from pimail.errors import RuntimeFailure, UserError
 
 WAIT_POLL_S = 1.0
@@ -68,7 +69,7 @@ def _describe(state: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args)
+    config = load_readonly(args).config if args.list or args.status else load_config(args)
     data_dir = Path(config.node.data_dir)
     if args.list:
         try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import sys
 import time
 from typing import Any
 
+from pimail.cli import quiet_node_logs
 from pimail.envelope import payload as pl
 from pimail.envelope.codec import Envelope
-from pimail.envelope.pow import PowFormula
+from pimail.envelope.pow import ENVELOPE_HEADER_LEN, PowFormula
 from pimail.envelope.seal import seal_async
 from pimail.errors import RuntimeFailure, UserError
 from pimail.relay.validation import pow_meets
@@ -78,7 +81,69 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--pow must be ≥ 0, --work-time and --timeout > 0")
     if not 1 <= args.count <= MAX_COUNT:
         raise UserError(f"--count must be between 1 and {MAX_COUNT}")
+    quiet_node_logs(args)
     return asyncio.run(_post(args, enode, topic, pubkey))
+
+
+PROGRESS_AFTER_S = 1.0  # sealing longer than this gets an estimate and a progress line on stderr
+CALIBRATE_FROM_HASHES = 2**16  # below this the work is a fraction of a second: no estimate needed
+CALIBRATE_S = 0.1
+
+
+def expected_hashes(
+    expiry: int, ttl: int, topic: bytes, data: bytes, legacy_t: float, current_t: float
+) -> float:
+    """How many nonces a seal tries on average: each formula needs its number of leading (legacy:
+    trailing) zero bits, from two independent hashes of the same nonce (PROTOCOL.md §3.4)."""
+    rlp_nn = Envelope.build(expiry, ttl, topic, data, 0).rlp_without_nonce
+
+    def bits(target: float, size: int) -> int:
+        return 0 if target <= 0 else max(1, math.ceil(math.log2(target * size * ttl)))
+
+    return float(2 ** (bits(legacy_t, ENVELOPE_HEADER_LEN + len(data)) + bits(current_t, len(rlp_nn))))
+
+
+def describe_work(label: str, hashes: float, per_s: float, work_time: float) -> str:
+    """The one line said before a long seal: the work, the expected time, the limit."""
+    expected = hashes / per_s if per_s > 0 else float("inf")
+    within = (f"about {expected:.1f} s" if expected < work_time
+              else f"about {expected:.0f} s, more than --work-time {work_time:g} s: the best nonce "
+              "found by then is used")
+    return (f"sealing {label}: proof of work needs ~{hashes:,.0f} hashes at ~{per_s:,.0f}/s here, "
+            f"{within}")
+
+
+async def _seal_with_progress(
+    expiry: int, ttl: int, topic: bytes, data: bytes, legacy_t: float, current_t: float,
+    work_time: float, label: str,
+) -> Any:
+    """``seal_async``, saying on stderr what to expect when the work is long, and how it goes."""
+    loop = asyncio.get_running_loop()
+    hashes = expected_hashes(expiry, ttl, topic, data, legacy_t, current_t)
+    if hashes >= CALIBRATE_FROM_HASHES:  # measure this machine's rate on unreachable work
+        probe = await seal_async(expiry, ttl, topic, data, 1e12, CALIBRATE_S)
+        per_s = probe.tried / probe.seconds if probe.seconds > 0 else 0.0
+        if per_s <= 0 or hashes / per_s > PROGRESS_AFTER_S:
+            print(describe_work(label, hashes, per_s, work_time), file=sys.stderr, flush=True)
+    task = loop.create_task(seal_async(expiry, ttl, topic, data, legacy_t, work_time, current_t))
+    started = loop.time()
+    tty = sys.stderr.isatty()
+    shown = False
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=PROGRESS_AFTER_S)
+        if done:
+            break
+        shown = True
+        elapsed = loop.time() - started
+        text = f"sealing {label}: {elapsed:.0f} s of at most {work_time:g} s"
+        print(f"\r{text}" if tty else text, end="" if tty else "\n", file=sys.stderr, flush=True)
+    result = task.result()
+    if shown:
+        reached = "target reached" if result.met else "time up, best nonce used"
+        end = "\r" if tty else ""
+        print(f"{end}sealing {label}: done in {result.seconds:.1f} s ({reached}, {result.tried:,} hashes)",
+              file=sys.stderr, flush=True)
+    return result
 
 
 class _Tracker:
@@ -128,8 +193,10 @@ async def _post(args: argparse.Namespace, enode: Any, topic: bytes, pubkey: byte
             else:
                 data = pl.seal_asymmetric(pubkey or b"", text)
             now = int(time.time())
-            result = await seal_async(now + args.ttl, args.ttl, topic, data, legacy_t, args.work_time,
-                                      current_t)
+            result = await _seal_with_progress(
+                now + args.ttl, args.ttl, topic, data, legacy_t, current_t, args.work_time,
+                f"message {len(posted) + 1}/{args.count}",
+            )
             pows = (result.pow_legacy, result.pow_current)
             if not pow_meets(pows, s.state.pow_requirement, s.state.formula):
                 raise RuntimeFailure(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def register(sub: Any) -> None:
                    help="no discv4: meet peers only through static peers and inbound connections")
     p.add_argument("--archive-url", metavar="URL", help='postgresql://… for a fleet archive ("" = SQLite)')
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="metrics address (127.0.0.1:9464)")
+    p.add_argument("--page-listen", metavar="HOST:PORT", help="status page address (default 0.0.0.0:8080)")
     p.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     p.add_argument("--no-page", action="store_true", help="do not serve the LAN status page")
     p.add_argument("--no-leds", action="store_true", help="leave the GPIO LEDs alone")
@@ -68,6 +70,28 @@ def load(args: argparse.Namespace) -> configfile.LoadedConfig:
     return loaded
 
 
+def load_readonly(args: argparse.Namespace) -> configfile.LoadedConfig:
+    """Like ``load``, for commands that only read: a bad file on disk is a warning, not an exit 2
+    (after a refused SIGHUP reload the daemon runs on its old settings and must stay inspectable)."""
+    data_dir: Path | None = getattr(args, "data_dir", None)
+    path = configfile.find_config(getattr(args, "config", None), data_dir)
+    loaded = configfile.load_config_leniently(path)
+    if loaded.problem:
+        warn_bad_config(loaded.problem)
+    configfile.apply_overrides(loaded.config, data_dir=data_dir)
+    return loaded
+
+
+def warn_bad_config(problem: str) -> None:
+    """One warning on stderr for a config file on disk that does not load."""
+    print(
+        f"pimail: warning: the config file on disk is bad: {problem}\n"
+        "pimail: warning: a running node keeps the settings it last loaded; fix the file before "
+        "the next reload or restart (read-only commands go on with its data dir and defaults)",
+        file=sys.stderr,
+    )
+
+
 def overrides(args: argparse.Namespace) -> Callable[[Config], None]:
     """The command-line options as a function on a config (re-applied after each SIGHUP reload)."""
     return lambda config: configfile.apply_overrides(
@@ -77,6 +101,7 @@ def overrides(args: argparse.Namespace) -> Callable[[Config], None]:
         static_peers=getattr(args, "static_peers", None),
         archive_url=getattr(args, "archive_url", None),
         metrics_listen=getattr(args, "metrics_listen", None),
+        page_listen=getattr(args, "page_listen", None),
         no_metrics=getattr(args, "no_metrics", False),
         no_page=getattr(args, "no_page", False),
         no_leds=getattr(args, "no_leds", False),

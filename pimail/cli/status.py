@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pimail.appliance import control
-from pimail.cli.run import add_config_options, load
+from pimail.cli.run import add_config_options, load_readonly
 from pimail.errors import RuntimeFailure
 
 EXIT_FAILING = 3  # the daemon answered and says it is failing
@@ -132,7 +132,7 @@ def _discovery_line(disc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(args).config
+    config = load_readonly(args).config
     path = control.find_socket(config.node.data_dir)
     if path is None:
         raise RuntimeFailure(

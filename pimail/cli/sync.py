@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from pimail import configfile
+from pimail.cli import quiet_node_logs
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
 from pimail.mailserver.sync import BACKFILL_MARGIN_S, Heartbeat, SyncError, SyncResult
@@ -90,9 +90,7 @@ async def sync_from(args: argparse.Namespace) -> tuple[SyncResult, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not getattr(args, "verbose", False):
-        # a client tool: node chatter only with -v; our own result goes to stdout
-        logging.getLogger("pimail").setLevel(logging.WARNING)
+    quiet_node_logs(args)
     result, lower, upper = asyncio.run(sync_from(args))
     print(f"synced {lower}..{upper}: {result.new} new envelopes stored, "
           f"{result.received - result.new} already here, {result.rounds} requests")

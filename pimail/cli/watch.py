@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from pimail.cli import quiet_node_logs
 from pimail.envelope import payload as pl
 from pimail.envelope.codec import Envelope
 from pimail.errors import RuntimeFailure
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--seconds must be ≥ 0")
     if args.timeout <= 0:
         raise UserError("--timeout must be > 0")
+    quiet_node_logs(args)
     return asyncio.run(_watch(args, enode, topic))
 
 

@@ -219,7 +219,7 @@ class Peer(asyncio.Protocol):
                 "pongs_in": t.pongs_in}
 
     def __repr__(self) -> str:
-        ident = self._pubkey[:8].hex() if self._pubkey else "?"
+        ident = self._pubkey[:4].hex() if self._pubkey else "?"
         host, port = self._remote_address
         return f"<Peer {ident} {host}:{port} {'in' if self._inbound else 'out'}>"
 
@@ -292,7 +292,7 @@ class Peer(asyncio.Protocol):
             self.ready.set_exception(PeerDisconnected(self.close_reason))
             self.ready.exception()  # mark retrieved: nobody may be waiting (inbound)
         if self._active:
-            log.info("peer %s (%s) gone: %s", self._pubkey[:8].hex(), self.client_id, self.close_reason)
+            log.info("peer %s (%s) gone: %s", self._pubkey[:4].hex(), self.client_id, self.close_reason)
         if self._dispatcher is None:
             self._stop_capabilities()
         self._host.peer_closed(self)
@@ -426,7 +426,8 @@ class Peer(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_later(self._config.ping_interval_s, self._keepalive)
-        log.info("peer %s connected (%s, %s, %s)", self._pubkey[:8].hex(), event.hello.client_id,
+        # the same 8 hex digits as every other log line naming a peer (``<id>@host:port``)
+        log.info("peer %s connected (%s, %s, %s)", self._pubkey[:4].hex(), event.hello.client_id,
                  "inbound" if self._inbound else "outbound",
                  ", ".join(f"{s.spec.name}/{s.spec.version}" for s in event.shared))
         self._dispatcher = self._loop.create_task(self._dispatch(), name=f"peer-{self._pubkey[:4].hex()}")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from pimail.appliance import doctor
@@ -61,6 +66,50 @@ def test_archive_quick_check(tmp_path: Path) -> None:
     assert doctor.check_archive(c).verdict == "fail"
     c.archive.url = "postgresql://u@h/d"
     assert doctor.check_archive(c).verdict == "skip"
+
+
+def _as_a_user_who_cannot_write(directory: Path) -> contextlib.AbstractContextManager[None]:
+    """A read-only data dir for real: mode 0555, and as root (who ignores modes) nobody's euid."""
+
+    @contextlib.contextmanager
+    def cm() -> Iterator[None]:
+        directory.chmod(0o555)
+        try:
+            if os.geteuid() == 0:
+                os.seteuid(65534)
+                try:
+                    yield
+                finally:
+                    os.seteuid(0)
+            else:
+                yield
+        finally:
+            directory.chmod(0o755)
+
+    return cm()
+
+
+def test_a_read_only_data_dir_is_diagnosed_as_such_not_as_damage() -> None:
+    root = Path(tempfile.mkdtemp(prefix="pimail-ro-"))  # not under pytest's 0700 tree: nobody must see it
+    try:
+        root.chmod(0o755)
+        c = cfg(root)
+        db = root / doctor.ARCHIVE_FILE
+        conn = sqlite3.connect(db)
+        conn.execute("pragma journal_mode=wal")
+        conn.execute("create table t (x)")
+        conn.execute("insert into t values (1)")
+        conn.commit()
+        conn.close()
+        db.chmod(0o644)  # closed cleanly: no -wal or -shm next to it, as after `systemctl stop pimail`
+        with _as_a_user_who_cannot_write(root):
+            check = doctor.check_archive(c)
+        assert check.verdict == "warn", check
+        assert "read-only" in check.detail and "reads fine" in check.detail
+        assert "do not rebuild" in check.advice and "copy" not in check.advice
+        assert doctor.check_archive(c).verdict == "ok"  # the same file, as a user who may write
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_port_verdicts(tmp_path: Path) -> None:
@@ -122,7 +171,7 @@ def test_doctor_command_exit_codes(tmp_path: Path) -> None:
     ok = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     lines = ok.stdout.strip().splitlines()
-    assert len(lines) == 7 and all(line.split()[0] in ("OK", "WARN", "SKIP") for line in lines)
+    assert len(lines) == 8 and all(line.split()[0] in ("OK", "WARN", "SKIP") for line in lines)
     (tmp_path / doctor.ARCHIVE_FILE).write_bytes(b"garbage" * 1000)
     bad = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1

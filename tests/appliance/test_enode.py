@@ -90,7 +90,15 @@ def test_qr_in_terminal_decodes_to_the_printed_enode(
     rc, out, _ = run_cli(capsys, "--data-dir", str(tmp_path), "--host", "10.1.2.3", "--with-password", "--qr")
     assert rc == 0
     first, _, drawing = out.partition("\n")
-    assert max(len(line) for line in drawing.splitlines()) <= 80
+    plain = drawing.replace("\x1b[30;47m", "").replace("\x1b[0m", "")
+    assert max(len(line) for line in plain.splitlines()) <= 80
+    assert decode_qr(*modules_to_gray(qr.parse_terminal(drawing), border=0)) == [first]
+    # stdout here is not a terminal (as through `ssh pi pimail enode --qr`): still black on white,
+    # with the colours spelled out, so it scans on a light terminal as on a dark one
+    assert all(line.startswith("\x1b[30;47m") for line in drawing.splitlines())
+    rc, out, _ = run_cli(capsys, "--data-dir", str(tmp_path), "--host", "10.1.2.3", "--qr-plain")
+    first, _, drawing = out.partition("\n")
+    assert rc == 0 and "\x1b[" not in drawing
     assert decode_qr(*modules_to_gray(qr.parse_terminal(drawing), border=0)) == [first]
 
 
@@ -226,3 +234,21 @@ def test_host_that_is_no_host_name_is_a_one_line_error(
     rc, out, err = run_cli(capsys, "--data-dir", str(tmp_path), f"--host={host}")
     assert rc == 2 and out == "" and "neither an IP address nor a host name" in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("listen", "host"), [("127.0.0.1:30303", "127.0.0.1"), ("[::1]:30303", "::1"),
+                                              ("127.0.0.2:30303", "127.0.0.2")])
+def test_a_loopback_listener_advertises_its_own_address(listen: str, host: str) -> None:
+    chosen = lan.advertised_address(listen)
+    assert (chosen.host, chosen.source) == (host, "listen")
+    warning = lan.reachability_warning(chosen)
+    assert warning is not None and "only programs on this machine" in warning
+
+
+def test_no_lan_address_falls_back_like_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lan, "primary_lan_address", lambda route_file=None: None)  # a machine with no route
+    chosen = lan.advertised_address("0.0.0.0:30303")
+    assert (chosen.host, chosen.source) == ("127.0.0.1", "fallback")
+    assert lan.advertised_address("[::]:30303").host == "::1"
+    warning = lan.reachability_warning(chosen)
+    assert warning is not None and "public_host" in warning and "no LAN address" in warning

@@ -12,6 +12,7 @@ from gpiozero.pins.mock import MockFactory
 from pimail.appliance.leds import PATTERNS, LedPanel
 from pimail.config import LedConfig
 from pimail.health import HealthModel, HealthState, Severity
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -87,14 +88,12 @@ def test_activity_flickers_only_when_healthy_and_rate_limited(factory: MockFacto
         panel.attach_loop(asyncio.get_running_loop())
         panel.archived()
         assert not panel.led("green").is_lit, "the flicker inverts the lit green LED"
-        await asyncio.sleep(0.12)
-        assert panel.led("green").is_lit, "and restores it"
+        await eventually(lambda: panel.led("green").is_lit, what="the flicker restores green")
         panel.archived()  # within the rate limit: ignored
         assert panel.led("green").is_lit
         panel.delivered()
         assert panel.led("amber").is_lit, "delivery flashes the (dark) amber LED"
-        await asyncio.sleep(0.12)
-        assert not panel.led("amber").is_lit
+        await eventually(lambda: not panel.led("amber").is_lit, what="the amber flash ends")
         h.report("x", Severity.FAILING, "failing")
         await asyncio.sleep(0.3)
         panel.archived()

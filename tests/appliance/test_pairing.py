@@ -16,6 +16,7 @@ from pimail.appliance.pairing import PAIRED_FILE, PairButton, PairingController,
 from pimail.crypto.keys import NodeKey
 from pimail.errors import UserError
 from pimail.health import HealthModel, HealthState
+from tests.waiting import eventually
 
 
 class FakeClock:
@@ -119,7 +120,7 @@ def test_window_expiry_timer_tells_the_health_model(tmp_path: Path, monkeypatch:
         ctl = PairingController(tmp_path, [], health)
         ctl.start(0.002)  # 120 ms
         assert health.state is HealthState.PAIRING
-        await asyncio.sleep(0.4)
+        await eventually(lambda: ctl.last_result is not None, what="the window expires")
         assert ctl.last_result is not None and ctl.last_result.outcome == "expired"
         await ctl.close()
 

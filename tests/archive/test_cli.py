@@ -195,9 +195,13 @@ def test_bad_config_value_is_a_one_line_error(tmp_path: Path) -> None:
     node = tmp_path / "node"
     node.mkdir()
     (node / "pimail.toml").write_text('[archive]\nmax_bytes = "lots"\n')
-    res = pimail("stats", "--data-dir", str(node))
+    res = pimail("prune", "--data-dir", str(node))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "max_bytes" in res.stderr
+    # a read-only action goes on, and says the file on disk is bad
+    stats = pimail("stats", "--data-dir", str(node))
+    assert stats.returncode == 0 and "max_bytes" in stats.stderr
+    assert "config file on disk is bad" in stats.stderr
 
 
 def test_archive_without_action_prints_usage() -> None:

@@ -35,6 +35,7 @@ from pimail.config import ArchiveConfig
 from pimail.envelope.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
 from pimail.errors import UserError
 from tests.archive.conftest import make_envelope, run, topic_n
+from tests.waiting import eventually
 
 ALL = (0, 2**32 - 1)
 BASE = 1_700_000_000
@@ -355,10 +356,11 @@ def test_io_error_fails_the_batch_reports_and_recovers(tmp_path: Path) -> None:
         a._insert = failing_once  # type: ignore[method-assign]
         with pytest.raises(ArchiveError, match="I/O error"):
             await a.submit([make_envelope(1)])
-        await asyncio.sleep(0.05)  # the health report hops onto the loop
-        assert health.state is HealthState.FAILING and "cannot write" in (a.health_reason or "")
+        # the health report hops onto the loop
+        await eventually(lambda: health.state is HealthState.FAILING, what="failing after the I/O error")
+        assert "cannot write" in (a.health_reason or "")
         await a.submit([make_envelope(2)])
-        await asyncio.sleep(0.05)
+        await eventually(lambda: health.state is HealthState.HEALTHY, what="healthy after a good write")
         assert health.state is HealthState.HEALTHY and a.health_reason == "ok"
         lost, kept = make_envelope(1), make_envelope(2)
         assert not await a.contains(lost.sent, lost.hash) and await a.contains(kept.sent, kept.hash)

@@ -46,7 +46,12 @@ def test_init_with_a_config_path_and_bad_input(tmp_path: Path) -> None:
     ok = pimail("init", "--data-dir", str(tmp_path / "d"), "--config", str(conf))
     assert ok.returncode == 0 and conf.exists()
     bad = pimail("init", "--data-dir", str(tmp_path / "d2"), "--listen", "nope")
-    assert bad.returncode == 2 and bad.stderr.startswith("pimail: error: command line:")
+    assert bad.returncode == 2 and bad.stderr.startswith("pimail: error: command line: --listen:")
+    page = pimail("init", "--data-dir", str(tmp_path / "d4"), "--page-listen", "127.0.0.1:8089")
+    assert page.returncode == 0, page.stderr
+    assert load_config(tmp_path / "d4" / "pimail.toml").config.status.page_listen == "127.0.0.1:8089"
+    ran = pimail("run", "--data-dir", str(tmp_path / "d5"), "--page-listen", "nope")
+    assert ran.returncode == 2 and "--page-listen" in ran.stderr
     (tmp_path / "d3").mkdir()
     (tmp_path / "d3" / "nodekey").write_text("zz\n")
     broken = pimail("init", "--data-dir", str(tmp_path / "d3"))

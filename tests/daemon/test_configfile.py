@@ -169,14 +169,20 @@ def test_overrides_validate_and_apply(tmp_path: Path) -> None:
     apply_overrides(
         c, listen="127.0.0.1:0", data_dir=tmp_path, static_peers=[peer], archive_url="postgresql://u@h/d",
         metrics_listen="127.0.0.1:0", no_metrics=True, no_leds=True, no_page=True, clock_trust="always",
+        page_listen="127.0.0.1:8081",
     )
+    assert c.status.page_listen == "127.0.0.1:8081"
     assert c.node.listen == "127.0.0.1:0" and c.node.data_dir == tmp_path
     assert c.node.static_peers == [peer] and c.archive.url.startswith("postgresql://")
     assert not c.status.metrics and not c.leds.enabled and not c.status.page
     assert c.archive.clock_trust == "always"
-    for kwargs in ({"listen": "nope"}, {"static_peers": ["enode://zz"]}, {"archive_url": "sqlite:///x"},
-                   {"clock_trust": "sometimes"}):
-        with pytest.raises(ConfigError, match=r"^command line: "):
+    for kwargs, option in (({"listen": "nope"}, "--listen"),
+                           ({"static_peers": ["enode://zz"]}, "--static-peer"),
+                           ({"archive_url": "sqlite:///x"}, "--archive-url"),
+                           ({"clock_trust": "sometimes"}, "--clock-trust"),
+                           ({"page_listen": "nope"}, "--page-listen"),
+                           ({"metrics_listen": "x:99999"}, "--metrics-listen")):
+        with pytest.raises(ConfigError, match=rf"^command line: {option}: "):  # names the option
             apply_overrides(Config(), **kwargs)  # type: ignore[arg-type]
 
 
@@ -251,7 +257,7 @@ def test_pimail_run_with_a_bad_option_exits_2(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("pimail: error: command line: expected HOST:PORT")
+    assert proc.stderr.strip().startswith("pimail: error: command line: --listen: expected HOST:PORT")
 
 
 _KEYS = [(s, k) for s, (_, fields) in section_types().items() for k in fields]

@@ -17,6 +17,7 @@ from pimail.envelope.payload import key_from_password, seal_symmetric
 from pimail.mailserver.client import HistoryError, seal_request_envelope
 from pimail.mailserver.request import LegacyRequestPayload, MessagesRequest, MessagesRequestPayload
 from pimail.mailserver.response import RequestComplete, RequestFailed
+from tests.waiting import eventually
 
 from .nodes import (
     MIN_POW,
@@ -285,8 +286,7 @@ def test_client_that_stops_reading_is_dropped_without_blocking_others(tmp_path: 
             legacy = LegacyRequestPayload(NOW - 4000, NOW, FULL_BLOOM).encode()
             env = seal_request_envelope(legacy, PASSWORD_KEY, slow.key.private, int(time.time()), MIN_POW)
             await speer.send_wait("shh", 126, env.raw)
-            await asyncio.sleep(0.3)
-            assert ms.mailserver.active_deliveries == 1
+            await eventually(lambda: ms.mailserver.active_deliveries == 1, what="the slow delivery started")
             # meanwhile another client is served normally
             got, summary = await other.history(ms.enode, lower=NOW - 3000, upper=NOW - 2990, limit=100)
             assert len(got) == 11 and summary.completed
@@ -397,12 +397,12 @@ def test_client_against_a_server_that_never_sends_125(tmp_path: Path) -> None:
             _GethLike(ms.mailserver)
             envs = _history_envs(30, NOW - 300)
             await ms.fill(envs)
-            t0 = time.monotonic()
-            got, summary = await client.history(ms.enode, form="legacy", lower=NOW - 400, upper=NOW,
-                                                request_pow=MIN_POW, quiet_s=0.5, response_timeout_s=5)
+            # done after the quiet period, long before the response timeout (an hour) runs out
+            got, summary = await asyncio.wait_for(
+                client.history(ms.enode, form="legacy", lower=NOW - 400, upper=NOW,
+                               request_pow=MIN_POW, quiet_s=0.5, response_timeout_s=3600), 120)
             assert {e.hash for e in got} == {e.hash for e in envs}
             assert not summary.completed and summary.pages == 1
-            assert time.monotonic() - t0 < 5
 
     _run(main())
 
@@ -515,11 +515,9 @@ def test_client_reports_a_server_that_hangs_up_on_its_request_form(tmp_path: Pat
 
         async with mail_node(tmp_path / "ms") as ms, client_node(tmp_path / "c") as client:
             ms.whisper.request_handler = GethDecoder()
-            t0 = time.monotonic()
-            with pytest.raises(HistoryError, match="closed the connection"):
-                await client.history(ms.enode, form="direct", lower=NOW - 100, upper=NOW,
-                                     response_timeout_s=20)
-            assert time.monotonic() - t0 < 5
+            with pytest.raises(HistoryError, match="closed the connection"):  # not the hour's timeout
+                await asyncio.wait_for(client.history(ms.enode, form="direct", lower=NOW - 100, upper=NOW,
+                                                      response_timeout_s=3600), 120)
 
     _run(main())
 
@@ -534,11 +532,9 @@ def test_paging_is_not_rate_limited_but_forged_cursors_are(tmp_path: Path) -> No
             for form in ("direct", "envelope"):
                 if form == "envelope":
                     await asyncio.sleep(1.1)  # a fresh request after the interval
-                t0 = time.monotonic()
                 got, summary = await client.history(ms.enode, form=form, lower=NOW - 600, upper=NOW,
                                                     limit=5, request_pow=MIN_POW)
                 assert len(got) == 100 and summary.pages == 20 and summary.rate_limited == 0, form
-                assert time.monotonic() - t0 < 15
             # a cursor the server did not hand to this peer is an ordinary (limited) request
             peer = await client.connect(ms.enode)
             forged = envs[3].sent.to_bytes(4, "big") + envs[3].hash

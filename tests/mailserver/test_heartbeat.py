@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from pimail.mailserver.sync import BACKFILL_MARGIN_S, Heartbeat, missed_window
+from tests.waiting import eventually
 
 
 def test_heartbeat_round_trip(tmp_path: Path) -> None:
@@ -25,8 +26,7 @@ def test_heartbeat_task_writes_and_stops(tmp_path: Path) -> None:
     async def main() -> None:
         hb = Heartbeat(tmp_path, interval_s=0.05)
         hb.start()
-        await asyncio.sleep(0.2)
-        assert hb.last_up() is not None
+        await eventually(lambda: hb.last_up() is not None, what="a heartbeat written")
         await hb.stop()
 
     asyncio.run(main())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 from tests.node.helpers import running_node, wait_until
@@ -31,12 +30,11 @@ async def test_real_peer_gets_in_past_idle_sockets_at_the_cap(tmp_path: Path) ->
         counters = victim.server.counters
         assert counters["pending_evicted"] == 2 * cap
         assert counters["pending_refused"] == 0
-        # a real peer: auth, ack and Hello well inside the 10 s handshake timeout
-        t0 = time.monotonic()
+        # a real peer gets a slot at once: the one evicted for it (the counter below), not one freed
+        # by an idle socket's handshake timeout
         async with running_node(tmp_path / "phone") as phone:
-            peer = await phone.server.connect(victim.enode, timeout=3.0)
+            peer = await phone.server.connect(victim.enode, timeout=30.0)
             assert peer.active and not peer.closed
-        assert time.monotonic() - t0 < 3.0
         assert counters["peers_connected"] == 1
         assert counters["pending_evicted"] == 2 * cap + 1  # its slot came from the oldest idle one
         # the oldest sockets were closed by the server, the newest ones still hold their slots
