@@ -257,3 +257,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not 0 <= port < 65536:
         raise ValueError(f"listen port out of range: {port}")
     return host, port
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 or IPv6 address written out (not a host name)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from pimail.config import is_ip_literal
 from pimail.config import parse_listen as config_parse_listen
 from pimail.crypto.keys import Enode
 from pimail.errors import UserError
@@ -160,7 +161,7 @@ def advertised_address(
     host = host.strip("[]")
     if host in _UNUSABLE:
         raise UserError(f"{host or 'an empty host'} is not an address a phone can dial; pass --host")
-    if not _is_ip(host) and not _HOSTNAME_RE.match(host):
+    if not is_ip_literal(host) and not _HOSTNAME_RE.match(host):
         raise UserError(f"{source} {host[:60]!r} is neither an IP address nor a host name")
     return AdvertisedAddress(host, port, source, is_lan_only(host))
 
@@ -168,13 +169,6 @@ def advertised_address(
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?$")  # RFC 1123 host name
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _is_loopback(host: str) -> bool:

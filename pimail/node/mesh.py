@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pimail.config import Config, parse_listen
+from pimail.config import Config, is_ip_literal, parse_listen
 from pimail.crypto.keys import Enode, KeyError_
 from pimail.discovery.nodedb import NodeDB
 from pimail.discovery.service import Discovery
@@ -68,7 +68,7 @@ class Mesh:
             return
         node = self.config.node
         host, port = discovery_address(self.config, self.server.listen_port)
-        public = node.public_host if node.public_host and _is_ip(node.public_host) else ""
+        public = node.public_host if node.public_host and is_ip_literal(node.public_host) else ""
         self.discovery = Discovery(
             self.server.key,
             self.config.discovery,
@@ -109,12 +109,3 @@ class Mesh:
             out["dial"] = self.dialer.snapshot()
         return out
 
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
