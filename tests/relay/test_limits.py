@@ -1,4 +1,5 @@
-"""The ``[ip, peerID, topic]`` triple both protocols carry: one decoder, strict for waku, lenient for shh/6."""
+"""The ``[ip, peerID, topic]`` triple both protocols carry: one decoder, strict for waku, lenient
+for shh/6."""
 
 from __future__ import annotations
 
