@@ -1,7 +1,37 @@
-"""Token buckets for the rate limits a peer advertises (honoured when we send) and ours (enforced
-on what we receive). Sans-I/O: the caller passes the monotonic time."""
+"""Rate limits: the ``[ip, peerID, topic]`` triple shh/6 and waku peers advertise, and the token
+buckets behind them (the peer's honoured when we send, ours enforced on what we receive). Sans-I/O:
+the caller passes the monotonic time."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pimail.relay.confirmations import WireError, decode_uint_field
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Per-second limits ``[ip, peerID, topic]`` as a Status carries them; 0 means no limit."""
+
+    ip: int = 0
+    peer_id: int = 0
+    topic: int = 0
+
+    def to_rlp(self) -> list[int]:
+        return [self.ip, self.peer_id, self.topic]
+
+    @classmethod
+    def from_rlp(cls, raw: object, what: str = "rate limits", *, strict: bool,
+                 error: type[WireError] = WireError) -> RateLimits:
+        """Decode the triple. ``strict``: exactly three items (waku, as status-go's waku decoder);
+        otherwise three or more, extras ignored (shh/6, as status-go's whisper). Raises ``error``."""
+        if not isinstance(raw, list) or (len(raw) != 3 if strict else len(raw) < 3):
+            raise error(f"{what} must be a list of 3 integers")
+        try:
+            ip, peer_id, topic = (decode_uint_field(x, what) for x in raw[:3])
+        except WireError as exc:
+            raise error(str(exc)) from exc
+        return cls(ip, peer_id, topic)
 
 
 class TokenBucket:

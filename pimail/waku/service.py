@@ -60,6 +60,13 @@ def _send_limit(limits: ws.RateLimits | None) -> float:
     return float(min(bound)) if bound else 0.0
 
 
+def _version(rp: RelayPeer) -> int:
+    """The waku version negotiated with ``rp`` (its link says)."""
+    link = rp.link
+    assert isinstance(link, WakuLink)
+    return link.version
+
+
 class WakuService(Capability):
     """waku/1 and (if configured) waku/0 on one capability name; a peer gets the highest shared."""
 
@@ -122,20 +129,18 @@ class WakuService(Capability):
         rp = self.core.get(peer, CAPABILITY)
         if rp is None:
             return
-        link = rp.link
-        assert isinstance(link, WakuLink)
         core = self.core
         if rp.status is None:
             if code != ws.STATUS:
                 core.counters["waku_before_status"] += 1
                 raise ProtocolError(f"peer sent waku message {code} before Status")
-            self._on_status(rp, link.version, payload)
+            self._on_status(rp, _version(rp), payload)
             return
         try:
-            if code == ws.MESSAGES:
+            if code == ws.MESSAGES:  # the hot path: straight to the core, as shh/6 does
                 core.receive_messages(rp, payload)
             elif code == ws.STATUS_UPDATE:
-                self._apply(rp, ws.StatusOptions.decode(payload, link.version))
+                self._apply(rp, ws.StatusOptions.decode(payload, _version(rp)))
             elif code == ws.STATUS:
                 log.warning("peer %s sent waku Status again; ignored", short(peer))
             elif code == ws.BATCH_ACK:

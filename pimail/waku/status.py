@@ -21,6 +21,7 @@ from pimail import rlpcodec
 from pimail.envelope.bloom import BLOOM_LEN, FULL_BLOOM, TOPIC_LEN
 from pimail.envelope.pow import pow_from_bits, pow_to_bits
 from pimail.relay.confirmations import ErrorCodes, WireError, decode_rlp, decode_uint_field
+from pimail.relay.limits import RateLimits as RateLimits  # the shared triple, strict here
 
 CAPABILITY = "waku"
 VERSIONS = (1, 0)  # offered, highest first
@@ -56,28 +57,6 @@ _MAX_KEY = 2**64 - 1
 
 class WakuStatusError(WireError):
     """A waku Status / Status Update is malformed or carries a wrong-typed option."""
-
-
-@dataclass(frozen=True)
-class RateLimits:
-    """Per-second limits ``[ip, peerID, topic]``; 0 means no limit."""
-
-    ip: int = 0
-    peer_id: int = 0
-    topic: int = 0
-
-    def to_rlp(self) -> list[int]:
-        return [self.ip, self.peer_id, self.topic]
-
-    @classmethod
-    def from_rlp(cls, raw: object, what: str) -> RateLimits:
-        if not isinstance(raw, list) or len(raw) != 3:
-            raise WakuStatusError(f"{what} must be a list of 3 integers")
-        try:
-            ip, peer_id, topic = (decode_uint_field(x, what) for x in raw)
-        except WireError as exc:
-            raise WakuStatusError(str(exc)) from exc
-        return cls(ip, peer_id, topic)
 
 
 @dataclass(frozen=True)
@@ -164,13 +143,13 @@ class StatusOptions:
         if KEY_CONFIRMATIONS in values:
             out = replace(out, confirmations=_bool(values[KEY_CONFIRMATIONS], "confirmations option"))
         if KEY_PACKET_LIMITS in values:
-            out = replace(out, packet_limits=RateLimits.from_rlp(values[KEY_PACKET_LIMITS],
-                                                                 "packet rate limits"))
+            out = replace(out, packet_limits=RateLimits.from_rlp(
+                values[KEY_PACKET_LIMITS], "packet rate limits", strict=True, error=WakuStatusError))
         if KEY_TOPIC_INTEREST in values:
             out = replace(out, topic_interest=_topics(values[KEY_TOPIC_INTEREST]))
         if KEY_BYTES_LIMITS in values:
-            out = replace(out, bytes_limits=RateLimits.from_rlp(values[KEY_BYTES_LIMITS],
-                                                                "bytes rate limits"))
+            out = replace(out, bytes_limits=RateLimits.from_rlp(
+                values[KEY_BYTES_LIMITS], "bytes rate limits", strict=True, error=WakuStatusError))
         return out
 
     def with_defaults(self) -> StatusOptions:

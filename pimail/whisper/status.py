@@ -21,6 +21,7 @@ from pimail.relay.confirmations import (
     decode_batch_ack,
     encode_batch_ack,
 )
+from pimail.relay.limits import RateLimits
 
 __all__ = [
     "MESSAGE_RESPONSE_VERSION", "EnvelopeErrorReport", "MessageResponse", "RateLimits", "StatusError",
@@ -95,24 +96,6 @@ def _bloom(raw: object, what: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class RateLimits:
-    """status-go's advertised per-second limits (informational)."""
-
-    ip: int = 0
-    peer_id: int = 0
-    topic: int = 0
-
-    def to_rlp(self) -> list[int]:
-        return [self.ip, self.peer_id, self.topic]
-
-    @classmethod
-    def from_rlp(cls, raw: object) -> RateLimits:
-        if not isinstance(raw, list) or len(raw) < 3:
-            raise StatusError("rate limits must be a list of 3 integers")
-        return cls(*(_uint(x, "rate limit") for x in raw[:3]))
-
-
-@dataclass(frozen=True)
 class StatusPacket:
     """Whisper Status. ``fields`` is how many elements the peer sent (1..6, extras ignored)."""
 
@@ -146,7 +129,7 @@ class StatusPacket:
         bloom = _bloom(items[2], "Status bloom") if n > 2 else FULL_BLOOM
         light = _bool(items[3], "Status light flag") if n > 3 else False
         confirmations = _bool(items[4], "Status confirmations flag") if n > 4 else False
-        limits = RateLimits.from_rlp(items[5]) if n > 5 else None
+        limits = RateLimits.from_rlp(items[5], strict=False, error=StatusError) if n > 5 else None
         return cls(version, pow_req, bloom, light, confirmations, limits, min(n, 6))
 
 

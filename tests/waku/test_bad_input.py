@@ -13,8 +13,7 @@ from pimail.config import WhisperConfig
 from pimail.envelope.codec import encode_envelope_list
 from pimail.envelope.pow import pow_to_bits
 from pimail.envelope.seal import seal
-
-from .nodes import DualNode, raw_waku_peer, start_dual, until
+from tests.nodes import DualNode, raw_waku_peer, start_dual, until
 
 GOOD_STATUS = bytes(rlp.encode([[0, pow_to_bits(0.0)]]))
 SUBPROTOCOL = "peer disconnected: subprotocol error"

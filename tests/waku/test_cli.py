@@ -11,9 +11,8 @@ from pimail.archive.sqlite import SqliteArchive
 from pimail.config import WhisperConfig
 from pimail.mailserver.server import create_mailserver
 from tests.mailserver.nodes import open_mailserver_config
+from tests.nodes import start_dual, until
 from tests.whisper.test_cli import pimail
-
-from .nodes import start_dual, until
 
 TOPIC = "cafe0002"
 

@@ -20,8 +20,7 @@ from pimail.errors import RuntimeFailure
 from pimail.node.server import NodeServer
 from pimail.whisper.client import client_session
 from tests.daemon.test_daemon_inprocess import write_config
-
-from .nodes import RawWaku, until
+from tests.nodes import RawWaku, until
 
 
 def _daemon(extra: str = "") -> Daemon:

@@ -17,9 +17,7 @@ from pimail.envelope.seal import seal
 from pimail.relay.confirmations import MessageResponse, decode_batch_ack
 from pimail.waku import status as ws
 from pimail.whisper import status as st
-from tests.whisper.nodes import raw_peer, start_node
-
-from .nodes import DualNode, raw_waku_peer, start_dual, until
+from tests.nodes import DualNode, raw_peer, raw_waku_peer, start_dual, start_node, until
 
 TOPIC = b"\x0a\x0b\x0c\x0d"
 OTHER = b"\x01\x02\x03\x04"
@@ -155,8 +153,7 @@ async def test_shh_confirmations_on_the_bridge_keep_shh_codes(tmp_path: Path) ->
     await archive.open()
     b = await start_dual(tmp_path / "b", archive=archive)
     try:
-        # tests.whisper.nodes.raw_peer wants a Node; a dual node has the same server attribute
-        server, raw, peer = await raw_peer(tmp_path / "r", b)  # type: ignore[arg-type]
+        server, raw, peer = await raw_peer(tmp_path / "r", b)
         peer.send("shh", 0, bytes(rlp.encode([6, 0, b"\xff" * 64, False, True, [0, 0, 0]])))
         future = fresh(sent=int(time.time()) + 60)
         good = fresh()

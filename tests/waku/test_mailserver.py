@@ -20,9 +20,8 @@ from pimail.mailserver.server import create_mailserver
 from pimail.node.server import NodeServer
 from pimail.whisper.client import ClientStack
 from tests.mailserver.nodes import archived, open_mailserver_config, plain_envelopes
-from tests.whisper.nodes import RawShh
+from tests.nodes import DualNode, RawShh, raw_waku_peer, start_dual, until
 
-from .nodes import DualNode, raw_waku_peer, start_dual, until
 from .test_e2e import fresh
 
 TOPIC = bytes.fromhex("aabbccdd")

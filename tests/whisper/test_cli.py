@@ -15,8 +15,7 @@ from pimail.envelope.codec import decode_envelope_list
 from pimail.envelope.payload import key_from_password, open_asymmetric
 from pimail.envelope.pow import pow_to_bits
 from pimail.node.server import NodeServer
-
-from .nodes import RawShh, start_node, until
+from tests.nodes import RawShh, start_node, until
 
 TOPIC = "cafe0001"
 

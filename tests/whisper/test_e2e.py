@@ -18,8 +18,7 @@ from pimail.envelope.seal import seal
 from pimail.health import HealthModel
 from pimail.relay.pool import footprint
 from pimail.whisper import status as st
-
-from .nodes import Node, raw_peer, start_node, until
+from tests.nodes import Node, raw_peer, start_node, until
 
 TOPIC = b"\x01\x02\x03\x04"
 

@@ -13,8 +13,7 @@ import rlp
 from pimail.config import WhisperConfig
 from pimail.envelope.codec import Envelope
 from pimail.node.server import NodeServer
-
-from .nodes import Node, RawShh, raw_peer, start_node, until
+from tests.nodes import Node, RawShh, raw_peer, start_node, until
 
 TOPIC = b"\x05\x06\x07\x08"
 STATUS = bytes(rlp.encode([6, 0, b"\xff" * 64, False, True, [0, 0, 0]]))
