@@ -103,7 +103,7 @@ class Browser:
         assert self._proc.stderr is not None
         port = await asyncio.wait_for(self._port(self._proc.stderr), START_TIMEOUT_S)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(f"GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CALL_TIMEOUT_S)
         length = re.search(rb"(?i)content-length:\s*(\d+)", head)

@@ -15,13 +15,6 @@ T0 = 1_796_200_200.0  # a slot boundary (2026-12-02 08:30 UTC)
 assert T0 % SLOT_S == 0
 
 
-def feed(log: ActivityLog, start: float, seconds: float, every: float = 5.0, **totals: int) -> None:
-    t = start
-    while t < start + seconds:
-        log.observe(t, archived=totals.get("archived", 0), served=totals.get("served", 0),
-                    peers={"shh/6": totals.get("shh", 0)}, archive_bytes=totals.get("disk"))
-        t += every
-
 
 def test_counts_go_to_the_slot_they_happened_in_and_gauges_keep_their_peak_or_last_value() -> None:
     log = ActivityLog()
@@ -53,7 +46,7 @@ def test_the_window_is_24_hours_and_the_log_stays_bounded() -> None:
     now = T0 + (3 * SLOTS - 1) * SLOT_S
     snap = log.snapshot(now)
     assert snap["archived"][0] == 1 and snap["archived"][-1] == 1
-    assert len(log._slots) == SLOTS - 1 + 1  # noqa: SLF001 — only the window is kept
+    assert len(log._slots) == SLOTS  # only the window is kept
     assert len(snap["peers"]) <= 8
 
 

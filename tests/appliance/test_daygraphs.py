@@ -24,8 +24,8 @@ SHOTS = Path(os.environ.get("PIMAIL_SCREENSHOTS", "")) if os.environ.get("PIMAIL
 # (slots before now, envelopes archived in it, history envelopes served in it, shh/6, waku/1 peers):
 # a few hours a day ago, then the node ran without a break for the last six hours
 PRODUCED = [(130, 12, 0, 1, 0), (129, 30, 4, 2, 0), (128, 7, 0, 2, 1), (90, 40, 7, 2, 1), (60, 3, 120, 2, 3)]
-PRODUCED += [(back, (back * 7) % 23, (back * 5) % 11 if back % 3 == 0 else 0, 1 + (back // 6) % 3, (back // 4) % 4)
-             for back in range(35, -1, -1)]
+PRODUCED += [(back, (back * 7) % 23, (back * 5) % 11 if back % 3 == 0 else 0, 1 + (back // 6) % 3,
+              (back // 4) % 4) for back in range(35, -1, -1)]
 
 
 def produced_log() -> ActivityLog:
@@ -98,7 +98,8 @@ LAYOUT = """({scroll: document.documentElement.scrollWidth, client: document.doc
 def test_graphs_in_headless_chromium_at_desktop_and_phone_width(tmp_path: Path) -> None:
     log = produced_log()
     key, provider = _provider(log)
-    page = StatusPage(StatusConfig(page_listen="127.0.0.1:0"), provider, Enode(key.public, "192.168.1.50", 30303))
+    enode = Enode(key.public, "192.168.1.50", 30303)
+    page = StatusPage(StatusConfig(page_listen="127.0.0.1:0"), provider, enode)
     shots = SHOTS or tmp_path
 
     async def main() -> None:

@@ -30,10 +30,13 @@ def daemon_shaped(**changes: Any) -> dict[str, Any]:
         "health": health.snapshot(), "peer_count": 0, "peers": [], "peers_by_protocol": {},
         "archive": {"backend": "sqlite", "count": 1200, "bytes": 57344, "oldest_sent": now - 7200,
                     "newest_sent": now - 60, "bytes_written_since_start": 4096, "reason": "ok"},
-        "retention": {"max_age_s": 30 * 86400, "max_count": 0, "max_bytes": 0, "min_free_disk_bytes": 256_000_000},
+        "retention": {"max_age_s": 30 * 86400, "max_count": 0, "max_bytes": 0,
+                      "min_free_disk_bytes": 256_000_000},
         "disk": {"path": "/var/lib/pimail", "free_bytes": 20_000_000_000, "total_bytes": 31_000_000_000},
-        "clock": {"trusted": True, "mode": "auto", "source": "timesyncd", "now": now, "trusted_since": now - 3900},
-        "counters": {"envelopes_in": 9, "archived": 7, "archive_errors": 0, "envelopes_out": 3, "requests": 1},
+        "clock": {"trusted": True, "mode": "auto", "source": "timesyncd", "now": now,
+                  "trusted_since": now - 3900},
+        "counters": {"envelopes_in": 9, "archived": 7, "archive_errors": 0, "envelopes_out": 3,
+                     "requests": 1},
         "node_counters": {"inbound_connections": 2, "handshake_timeout": 0, "bad_frame_mac": 0},
         "discovery": {"enabled": False, "inbound_peers": 0, "dialled_peers": 0, "peers_by_protocol": {}},
         "mailserver": {"requests": 1, "rejected": 0, "rate_limited": 0, "denied": 0, "malformed": 0,
@@ -82,7 +85,8 @@ def test_a_failing_node_gives_one_reason_and_one_hint() -> None:
     health.mark_started()
     why = "archive cannot write: disk I/O error"
     health.report("archive.write_failed", Severity.FAILING, why)
-    health.report("whisper.archive", Severity.DEGRADED, f"archive write failed; confirmations withheld ({why})")
+    health.report("whisper.archive", Severity.DEGRADED,
+                  f"archive write failed; confirmations withheld ({why})")
     health.report("whisper.no_peers", Severity.DEGRADED, "no Whisper or Waku peers connected")
     snap = daemon_shaped(health=health.snapshot())
     snap["archive"]["reason"] = why
