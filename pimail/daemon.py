@@ -349,7 +349,10 @@ class Daemon:
             self.leds.close()
         if self.archive is not None:
             log.info("archive flushed and closed")
-        log.info("stopped")
+        if self._ready:
+            log.info("stopped")
+        elif self.control is not None:  # the start failed part-way: say what was undone, not "stopped"
+            log.info("start abandoned; what had started is shut down")
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
@@ -403,10 +406,14 @@ class Daemon:
         if new.waku != old.waku and self.waku is not None:
             self.waku.config = new.waku  # new waku peers get the new limits
             changed.append("waku limits")
-        if restart:
-            log.warning("reload: %s changed; takes effect after a restart", ", ".join(restart))
         self.config = new
-        log.info("reloaded %s: %s", self.config_path, ", ".join(changed) or "nothing changed")
+        waiting = f"{', '.join(restart)} changed and takes effect after a restart"
+        if changed and restart:
+            log.warning("reloaded %s: applied %s; %s", self.config_path, ", ".join(changed), waiting)
+        elif restart:
+            log.warning("reloaded %s: nothing to apply now; %s", self.config_path, waiting)
+        else:
+            log.info("reloaded %s: %s", self.config_path, ", ".join(changed) or "nothing changed")
         with contextlib.suppress(Exception):
             await self._refresh_stats()  # status shows the new retention at once
         self.notifier.ready(self.status_line())
