@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pimail.config import Config, parse_duration, parse_hostport, parse_size
+from pimail.config import Config, parse_duration, parse_hostport, parse_share, parse_size
 from pimail.errors import RuntimeFailure, UserError
 
 INSTALLED_CONFIG = Path("/etc/pimail/pimail.toml")
@@ -82,6 +82,11 @@ def _hostport(value: Any) -> None:
 
 def _size(value: Any) -> None:
     parse_size(value)
+
+
+def _size_or_share(value: Any) -> None:
+    if parse_share(value) is None:
+        parse_size(value)
 
 
 def _duration(value: Any) -> None:
@@ -166,7 +171,7 @@ CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
     ("archive", "flush_max_envelopes"): _positive,
     ("archive", "synchronous"): _one_of("normal", "full"),
     ("archive", "max_age"): _duration,
-    ("archive", "max_bytes"): _size,
+    ("archive", "max_bytes"): _size_or_share,
     ("archive", "min_free_disk"): _size,
     ("archive", "prune_interval_s"): _positive,
     ("archive", "clock_trust"): _one_of("auto", "always", "synced"),

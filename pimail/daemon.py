@@ -386,7 +386,7 @@ class Daemon:
             self.server.set_static_peers(list(new.node.static_peers))
             changed.append("static_peers")
         if new.archive != old.archive and self.archive is not None:
-            self.archive.set_retention(policy_from_config(new.archive))
+            self.archive.set_retention(policy_from_config(new.archive, self.data_dir))
             changed.append("retention")
         if new.mailserver != old.mailserver and self.mailserver is not None:
             from pimail.mailserver.limits import RequestLimits
@@ -579,7 +579,7 @@ class Daemon:
                 "bytes_written_since_start": st.bytes_written_since_start,
                 "reason": self.archive.inner.health_reason if self.archive else None,
             }
-        policy = st.retention if st is not None else policy_from_config(self.config.archive)
+        policy = st.retention if st is not None else policy_from_config(self.config.archive, self.data_dir)
         counters: dict[str, int] = dict(self.counters)
         whisper_counters = getattr(self.relay, "counters", None)
         if isinstance(whisper_counters, Mapping):
