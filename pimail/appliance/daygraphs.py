@@ -19,7 +19,7 @@ HEIGHT = 40  # SVG units; the width is one unit per slot
 TOP_PAD = 2
 PEER_CLASSES = 4  # colours for peer lines, in page.css (.p0 … .p3)
 LABEL_EVERY_S = 6 * 3600  # x-axis labels at 00:00, 06:00, 12:00, 18:00 UTC
-EDGE_PCT = 12.0  # no axis label this close to an edge (they would run into "now")
+EDGE_PCT = 20.0  # no axis label this close to an edge (it would run into "−24 h" or "now" on a phone)
 
 Values = Sequence[int | None]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -244,7 +245,8 @@ def _health_html(snap: Mapping[str, Any]) -> str:
     if conditions:
         worst = conditions[0]
         out.append(f'<p class="reason">{_e(worst.get("message") or summary)}</p>')
-        out.append(f'<p class="hint">What to do: {_e(hint_for(str(worst.get("key", ""))))}</p>')
+        hint = re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(hint_for(str(worst.get("key", "")))))
+        out.append(f'<p class="hint">What to do: {hint}</p>')
         others = [str(c.get("message")) for c in conditions[1:MAX_TABLE_ROWS]
                   if c.get("message") and not _consequence(c, worst)]
         if others:

@@ -14,7 +14,7 @@ from pimail.appliance.daygraphs import render_day
 from pimail.appliance.statuspage import StatusPage
 from pimail.config import StatusConfig
 from pimail.crypto.keys import Enode, NodeKey
-from pimail.health import HealthModel
+from pimail.health import HealthModel, Severity
 from tests.appliance.cdp import Browser
 from tests.appliance.pairing_fixtures import read_png_gray, real_provider
 
@@ -64,6 +64,9 @@ def _provider(log: ActivityLog) -> Any:
     key = NodeKey.generate()
     health = HealthModel()
     health.mark_started()
+    # a node in trouble: its reason and hint must fit a phone too
+    health.report("archive.disk_low", Severity.DEGRADED,
+                  "disk almost full (120 MB free) and the archive is empty")
     base = real_provider(health, key)
 
     def provider() -> dict[str, Any]:

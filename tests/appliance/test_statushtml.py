@@ -93,6 +93,7 @@ def test_a_failing_node_gives_one_reason_and_one_hint() -> None:
     text = text_of(render_page(snap))
     assert text.count("disk I/O error") == 1, text
     assert text.count("What to do:") == 1 and "pimail archive check" in text
+    assert "<code>pimail archive check</code>" in render_page(snap)
     assert "Also: no Whisper or Waku peers connected" in text
 
 

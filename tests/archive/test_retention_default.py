@@ -36,7 +36,8 @@ def test_sizes_and_zero_keep_their_meaning(tmp_path: Path) -> None:
 def test_a_share_does_not_apply_to_postgresql_or_without_a_data_dir(tmp_path: Path) -> None:
     fleet = ArchiveConfig(url="postgresql://u@db/pimail")
     assert policy_from_config(fleet, tmp_path).max_bytes == 0  # the server owns its disk
-    assert policy_from_config(ArchiveConfig(url=fleet.url, max_bytes="8GB"), tmp_path).max_bytes == 8_000_000_000
+    sized = ArchiveConfig(url=fleet.url, max_bytes="8GB")
+    assert policy_from_config(sized, tmp_path).max_bytes == 8_000_000_000
     assert policy_from_config(ArchiveConfig()).max_bytes == 0
 
 
