@@ -85,6 +85,7 @@ class ActivityLog:
         self._saved_slot: int | None = None  # the current slot when we last wrote the file
         self._dirty = False
         self.saves = 0  # files written (tests and the SD-wear budget read it)
+        self._save_failing = False  # warn once per failure streak, not every 10 minutes
 
     # -- recording -------------------------------------------------------------------------------
     def observe(
@@ -163,10 +164,17 @@ class ActivityLog:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("activity: cannot save %s: %s", self.path, exc.strerror or exc)
+            level = logging.DEBUG if self._save_failing else logging.WARNING
+            log.log(level, "activity: cannot save %s: %s (the graphs go on in memory)", self.path,
+                    exc.strerror or exc)
+            self._save_failing = True
+            self._saved_slot = slot_of(now)  # try again in the next slot, not every 5 s
             with contextlib.suppress(OSError):
                 tmp.unlink()
             return
+        if self._save_failing:
+            log.info("activity: %s saved again", self.path)
+            self._save_failing = False
         self._saved_slot = slot_of(now)
         self._dirty = False
         self.saves += 1

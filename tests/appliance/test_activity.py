@@ -117,4 +117,8 @@ def test_an_unwritable_place_is_logged_not_raised(tmp_path: Path, caplog: pytest
     log.observe(T0, archived=1, served=0, peers={}, archive_bytes=None)
     with caplog.at_level(logging.WARNING, logger="pimail.appliance.activity"):
         log.save(T0)
-    assert log.saves == 0 and "cannot save" in caplog.text
+        assert not log.save_due(T0 + 5), "a failed save is tried again in the next slot, not at once"
+        for slot in range(1, 4):
+            assert log.save_due(T0 + slot * SLOT_S)
+            log.save(T0 + slot * SLOT_S)
+    assert log.saves == 0 and caplog.text.count("cannot save") == 1  # one warning, not one per slot
