@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from pimail.appliance import control
+from pimail.appliance.hints import hint_for
 from pimail.cli import plural
 from pimail.cli.run import add_config_options, load_readonly
 from pimail.errors import RuntimeFailure
@@ -62,8 +63,11 @@ def render(snap: dict[str, Any]) -> str:
     lines.append(f"  enode      {snap.get('enode') or '-'}")
     since = _utc(snap.get("started_at"))
     lines.append(f"  uptime     {human_duration(snap.get('uptime_s'))} (since {since})")
-    for cond in health.get("conditions") or []:
+    conditions = health.get("conditions") or []
+    for cond in conditions:
         lines.append(f"  {cond.get('severity', '?'):<10} {cond.get('message', '')}")
+    if conditions:
+        lines.append(f"  what to do {hint_for(str(conditions[0].get('key', '')))}")
     archive = snap.get("archive")
     if archive:
         oldest = _utc(archive.get("oldest_sent"))

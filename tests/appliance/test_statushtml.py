@@ -95,6 +95,10 @@ def test_a_failing_node_gives_one_reason_and_one_hint() -> None:
     assert text.count("What to do:") == 1 and "pimail archive check" in text
     assert "<code>pimail archive check</code>" in render_page(snap)
     assert "Also: no Whisper or Waku peers connected" in text
+    from pimail.cli.status import render
+
+    terminal = render(snap)  # `pimail status` gives the same one hint
+    assert terminal.count("what to do") == 1 and hint_for("archive.write_failed") in terminal
 
 
 def test_every_reported_condition_has_a_hint() -> None:
