@@ -484,7 +484,8 @@ class Daemon:
 
     async def _save_activity(self) -> None:
         """Write the 24-hour activity file off the loop (at most once per slot, and at stop)."""
-        await asyncio.get_running_loop().run_in_executor(None, self.activity.save, self._wall())
+        text = self.activity.dump()  # on the loop: observe() never changes what is being written
+        await asyncio.get_running_loop().run_in_executor(None, self.activity.write, text, self._wall())
 
     def _write_probe(self) -> str | None:
         """Create and remove a small file next to the archive; the error text if that fails.

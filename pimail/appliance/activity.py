@@ -146,20 +146,29 @@ class ActivityLog:
         """True once per slot: when the slot we last saved in has ended and there is news."""
         return self.path is not None and self._dirty and self._saved_slot != slot_of(now)
 
-    def save(self, now: float) -> None:
-        """Write the file atomically (blocking: run it in an executor). Errors are logged, not raised."""
-        if self.path is None:
-            return
+    def dump(self) -> str:
+        """The file's content (cheap; on the event loop, so that ``write`` never reads slots that
+        ``observe`` is changing)."""
         doc = {
             "format": FORMAT,
             "slot_s": SLOT_S,
             "slots": {str(n): s.to_json() for n, s in sorted(self._slots.items())},
         }
+        return json.dumps(doc, separators=(",", ":"))
+
+    def save(self, now: float) -> None:
+        """``write(dump(), now)`` in one go (tests, and callers without a loop)."""
+        self.write(self.dump(), now)
+
+    def write(self, text: str, now: float) -> None:
+        """Write ``text`` atomically (blocking: run it in an executor). Errors are logged, not raised."""
+        if self.path is None:
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, separators=(",", ":"))
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
