@@ -162,6 +162,11 @@ def _format(key: str, value: Any, depth: int = 0) -> str:
             return _e(json.dumps(value, default=str))
         return _rows([(_label(str(k)), _format(str(k), v, depth + 1)) for k, v in value.items()])
     if isinstance(value, list | tuple):
+        if value and all(isinstance(v, Mapping) for v in value) and depth < MAX_DEPTH:
+            items = "".join(f"<li>{_format(key, v, depth + 1)}</li>" for v in value[:MAX_TABLE_ROWS])
+            extra = len(value) - MAX_TABLE_ROWS
+            more = f'<p class="note">and {extra} more</p>' if extra > 0 else ""
+            return f"<ul>{items}</ul>{more}"
         shown = ", ".join(str(v) for v in value[:20])
         more = f" (+{len(value) - 20})" if len(value) > 20 else ""
         return _e(shown + more) if value else "none"

@@ -123,8 +123,11 @@ def test_durations_read_as_people_say_them() -> None:
 
 
 def test_unknown_sections_are_listed_and_escaped() -> None:
-    page = render_page(daemon_shaped(weird={"<b>": "<i>x</i>", "size_bytes": 1_500_000}))
+    page = render_page(daemon_shaped(weird={"<b>": "<i>x</i>", "size_bytes": 1_500_000},
+                                     salvage=[{"file": "a.sqlite", "done_at": 1_700_000_000}]))
     assert "<i>x</i>" not in page and "&lt;b&gt;" in page and "1.5 MB" in page
+    assert "<h2>Salvage</h2><ul><li><dl><dt>file</dt><dd>a.sqlite</dd>" in page
+    assert "2023-11-14 22:13 UTC" in page
 
 
 def test_zero_caps_read_as_no_limit() -> None:
