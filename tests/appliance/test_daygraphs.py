@@ -1,6 +1,7 @@
 """The 24-hour graphs in a real headless Chromium: known counts produced in known 10-minute slots
 (a fake clock) are what the page's SVGs hold; the page fits a 390 px phone with no sideways
-scrolling, and full-page screenshots at 1280 and 390 px are real pictures."""
+scrolling, and full-page screenshots at 1280 and 390 px are real pictures
+(``PIMAIL_SCREENSHOTS=DIR`` keeps them in DIR to look at)."""
 
 from __future__ import annotations
 
