@@ -97,7 +97,8 @@ class Browser:
 
     async def __aenter__(self) -> Browser:
         self._proc = await asyncio.create_subprocess_exec(
-            *chromium_args(self._profile), "--remote-debugging-port=0", "about:blank",
+            *chromium_args(self._profile), "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0", "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         assert self._proc.stderr is not None
