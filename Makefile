@@ -31,7 +31,8 @@ run: $(BIN)/pimail
 	$(BIN)/pimail run --data-dir $(DATA_DIR) $(if $(LISTEN),--listen $(LISTEN))
 
 ## make test: ruff, mypy --strict on pimail/, then the whole pytest suite
-## (with a throwaway PostgreSQL from scripts/start-test-postgres for the fleet-backend tests)
+## (with a throwaway PostgreSQL from scripts/start-test-postgres for the fleet-backend tests, on
+## 127.0.0.1; it stays running for the next run: `scripts/start-test-postgres --stop` stops it)
 test: venv-test
 	$(BIN)/ruff check pimail tests bench
 	$(BIN)/mypy --strict pimail

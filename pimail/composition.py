@@ -68,10 +68,9 @@ StopStep = tuple[str, Callable[[], Awaitable[Any]]]
 
 
 def prepare_data_dir(data_dir: Path) -> None:
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot create data dir {data_dir}: {exc.strerror or exc}") from None
+    from pimail.configfile import make_data_dir
+
+    make_data_dir(data_dir)
     if not os.access(data_dir, os.W_OK | os.X_OK):
         raise RuntimeFailure(f"data dir {data_dir} is not writable by this user")
 

@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The archive is size-capped out of the box: half of the filesystem it is on (of a 32 GB card with a
+# 28 GB root filesystem, 14 GB), and min_free_disk on top of that.
+DEFAULT_MAX_BYTES = "50%"
+
 
 @dataclass
 class NodeConfig:
@@ -112,7 +116,8 @@ class ArchiveConfig:
     synchronous: str = "full"
     max_age: str = "30d"
     max_count: int = 0
-    max_bytes: str = "0"  # e.g. "8GB"; 0 = no cap
+    # a size ("8GB"), a share of the filesystem the SQLite archive is on ("50%"), or "0" = no cap
+    max_bytes: str = DEFAULT_MAX_BYTES
     min_free_disk: str = "256MB"
     prune_interval_s: float = 60.0
     clock_trust: str = "auto"  # auto | always | synced
@@ -188,6 +193,21 @@ _SIZE_UNITS = {
 }
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _NUMBER_UNIT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_share(text: str | int) -> float | None:
+    """``"50%"`` → 0.5 (a share of something, 0 < share ≤ 100 %); None when ``text`` is not a
+    percentage; ValueError for a percentage out of range."""
+    if not isinstance(text, str) or not text.strip().endswith("%"):
+        return None
+    number = text.strip()[:-1].strip()
+    try:
+        share = float(number)
+    except ValueError:
+        raise ValueError(f"expected a share such as \"50%\", got {text!r}") from None
+    if not 0 < share <= 100:
+        raise ValueError(f"a share must be above 0% and at most 100%, got {text!r}")
+    return share / 100
 
 
 def parse_size(text: str | int) -> int:

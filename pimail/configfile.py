@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pimail.config import Config, parse_duration, parse_hostport, parse_size
-from pimail.errors import UserError
+from pimail.config import Config, parse_duration, parse_hostport, parse_share, parse_size
+from pimail.errors import RuntimeFailure, UserError
 
 INSTALLED_CONFIG = Path("/etc/pimail/pimail.toml")
 CONFIG_NAME = "pimail.toml"
@@ -82,6 +82,11 @@ def _hostport(value: Any) -> None:
 
 def _size(value: Any) -> None:
     parse_size(value)
+
+
+def _size_or_share(value: Any) -> None:
+    if parse_share(value) is None:
+        parse_size(value)
 
 
 def _duration(value: Any) -> None:
@@ -166,7 +171,7 @@ CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
     ("archive", "flush_max_envelopes"): _positive,
     ("archive", "synchronous"): _one_of("normal", "full"),
     ("archive", "max_age"): _duration,
-    ("archive", "max_bytes"): _size,
+    ("archive", "max_bytes"): _size_or_share,
     ("archive", "min_free_disk"): _size,
     ("archive", "prune_interval_s"): _positive,
     ("archive", "clock_trust"): _one_of("auto", "always", "synced"),
@@ -514,6 +519,7 @@ def apply_overrides(
             _one_of("auto", "always", "synced")(clock_trust)
             config.archive.clock_trust = clock_trust
         if bootnodes:
+            option = "--bootnode"
             _enodes(list(bootnodes))
             config.node.bootnodes = list(bootnodes)
     except ValueError as exc:
@@ -555,3 +561,18 @@ def render_config(config: Config, header: str = "") -> str:
         for f in dataclasses.fields(obj):
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data directory (mode 0750) unless it exists; one line saying why it cannot be one
+    (a file in its place is a setting to fix, exit 2; a permission or disk problem, exit 1)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    except FileExistsError:
+        raise UserError(f"the data directory {data_dir} is a file, not a directory: move the file "
+                        "away or choose another --data-dir") from None
+    except NotADirectoryError:
+        raise UserError(f"the data directory {data_dir} cannot be made: part of that path is a file, "
+                        "not a directory") from None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot create the data directory {data_dir}: {exc.strerror or exc}") from None

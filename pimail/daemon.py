@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from pimail import __version__, composition
 from pimail.appliance import control
+from pimail.appliance.activity import FILE_NAME as ACTIVITY_FILE
+from pimail.appliance.activity import ActivityLog
 from pimail.appliance.clock import ClockTrust
 from pimail.appliance.leds import LedPanel
 from pimail.appliance.looplag import LOOP_TICK_S, LoopLagMonitor
@@ -102,8 +104,11 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         clock: ClockTrust | None = None,
         overrides: Callable[[Config], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        """``wall_clock`` dates the 24-hour activity slots (tests pass a fake one)."""
         self.config = config
+        self._wall = wall_clock
         self._overrides = overrides
         self.config_path = config_path
         self.env = dict(os.environ if env is None else env)
@@ -115,6 +120,7 @@ class Daemon:
         self.clock: ClockTrust | None = None
         self.leds: LedPanel | None = None
         self.loop_monitor = LoopLagMonitor(self.health)
+        self.activity = ActivityLog()  # replaced by the data dir's file at start
         self.key: NodeKey | None = None
         self.archive: ObservedArchive | None = None
         self.relay: RelayCore | None = None
@@ -149,6 +155,8 @@ class Daemon:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         composition.prepare_data_dir(self.data_dir)
+        self.activity = await loop.run_in_executor(None, ActivityLog.load, self.data_dir / ACTIVITY_FILE,
+                                                   self._wall())
         self.leds = LedPanel(self.config.leds, self.health, pin_factory=self._pin_factory)
         self.leds.attach_loop(loop)
         self.loop_monitor.start()
@@ -321,6 +329,7 @@ class Daemon:
             ("heartbeat", self.heartbeat.stop if self.heartbeat else None),
             ("pairing", self.pairing.close if self.pairing else None),
             ("archive", self.archive.close if self.archive else None),
+            ("activity", self._final_activity if self._ready else None),
             ("loop monitor", self.loop_monitor.stop),
         ]
         for name, step in steps:
@@ -340,7 +349,10 @@ class Daemon:
             self.leds.close()
         if self.archive is not None:
             log.info("archive flushed and closed")
-        log.info("stopped")
+        if self._ready:
+            log.info("stopped")
+        elif self.control is not None:  # the start failed part-way: say what was undone, not "stopped"
+            log.info("start abandoned; what had started is shut down")
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
@@ -374,7 +386,7 @@ class Daemon:
             self.server.set_static_peers(list(new.node.static_peers))
             changed.append("static_peers")
         if new.archive != old.archive and self.archive is not None:
-            self.archive.set_retention(policy_from_config(new.archive))
+            self.archive.set_retention(policy_from_config(new.archive, self.data_dir))
             changed.append("retention")
         if new.mailserver != old.mailserver and self.mailserver is not None:
             from pimail.mailserver.limits import RequestLimits
@@ -394,10 +406,14 @@ class Daemon:
         if new.waku != old.waku and self.waku is not None:
             self.waku.config = new.waku  # new waku peers get the new limits
             changed.append("waku limits")
-        if restart:
-            log.warning("reload: %s changed; takes effect after a restart", ", ".join(restart))
         self.config = new
-        log.info("reloaded %s: %s", self.config_path, ", ".join(changed) or "nothing changed")
+        waiting = f"{', '.join(restart)} changed and takes effect after a restart"
+        if changed and restart:
+            log.warning("reloaded %s: applied %s; %s", self.config_path, ", ".join(changed), waiting)
+        elif restart:
+            log.warning("reloaded %s: nothing to apply now; %s", self.config_path, waiting)
+        else:
+            log.info("reloaded %s: %s", self.config_path, ", ".join(changed) or "nothing changed")
         with contextlib.suppress(Exception):
             await self._refresh_stats()  # status shows the new retention at once
         self.notifier.ready(self.status_line())
@@ -448,6 +464,28 @@ class Daemon:
                 self.health.clear(HEALTH_UNWRITABLE)
         self._disk = await loop.run_in_executor(None, self._disk_usage)
         self._check_disk()
+        self._observe_activity()
+        if self.activity.save_due(self._wall()):
+            await self._save_activity()
+
+    def _observe_activity(self) -> None:
+        served = int(self.mailserver.stats.envelopes_sent) if self.mailserver is not None else 0
+        self.activity.observe(
+            self._wall(),
+            archived=self.counters["archived"],
+            served=served,
+            peers=self.relay.peer_counts() if self.relay is not None else {},
+            archive_bytes=self._stats.bytes if self._stats is not None else None,
+        )
+
+    async def _final_activity(self) -> None:
+        self._observe_activity()  # the last seconds before the stop count too
+        await self._save_activity()
+
+    async def _save_activity(self) -> None:
+        """Write the 24-hour activity file off the loop (at most once per slot, and at stop)."""
+        text = self.activity.dump()  # on the loop: observe() never changes what is being written
+        await asyncio.get_running_loop().run_in_executor(None, self.activity.write, text, self._wall())
 
     def _write_probe(self) -> str | None:
         """Create and remove a small file next to the archive; the error text if that fails.
@@ -542,7 +580,7 @@ class Daemon:
                 "bytes_written_since_start": st.bytes_written_since_start,
                 "reason": self.archive.inner.health_reason if self.archive else None,
             }
-        policy = st.retention if st is not None else policy_from_config(self.config.archive)
+        policy = st.retention if st is not None else policy_from_config(self.config.archive, self.data_dir)
         counters: dict[str, int] = dict(self.counters)
         whisper_counters = getattr(self.relay, "counters", None)
         if isinstance(whisper_counters, Mapping):
@@ -583,6 +621,7 @@ class Daemon:
             "pairing": self.pairing.snapshot() if self.pairing is not None else None,
             "loop_lag_ms": round(self.loop_monitor.lag_s * 1000, 1),
             "loop": self._loop_snapshot(),
+            "activity": self.activity.snapshot(self._wall()),
             "systemd": {"notify": self.notifier.backend, "watchdog_s": self.notifier.watchdog_s},
             "metrics_url": self._metrics_url(),
             "leds": {

@@ -13,3 +13,11 @@ class RuntimeFailure(Exception):
     """The command could not do its job (peer unreachable, archive unwritable): exit code 1."""
 
     exit_code = 1
+
+
+class DataError(UserError):
+    """A file the operator handed over is damaged or not what it claims (a bundle with a bad
+    checksum, a truncated file): exit code 65, sysexits' EX_DATAERR, so scripts can tell it from a
+    mistyped argument (2)."""
+
+    exit_code = 65

@@ -1,6 +1,10 @@
 """The status page's HTML: the status snapshot as one self-contained page (inline CSS, no scripts).
 
 Pure functions of the snapshot dict; the server that hands them out is ``pimail.appliance.statuspage``.
+The page is for the person who owns the Pi: what state it is in and, when something is wrong, one
+reason and one thing to do; then the day in graphs, peers, archive, retention, disk, clock and
+history requests, each in words. Internal figures (per-tick loop samples, wire counters, the
+discovery table) stay in ``/status.json`` and ``pimail status --json``.
 """
 
 from __future__ import annotations
@@ -8,11 +12,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+from pimail.appliance.daygraphs import render_day
+from pimail.appliance.hints import hint_for
 from pimail.appliance.leds import PATTERNS, SLOW_BLINK_S
 from pimail.health import HealthState
 
@@ -24,16 +31,24 @@ MAX_DEPTH = 3
 # Inlined into each page so it works offline and needs no second request.
 _CSS = (resources.files("pimail.appliance") / "static" / "page.css").read_text(encoding="utf-8")
 
-# Sections in the order a phone user cares about; other dict-valued keys follow under their own names.
-_SECTION_ORDER = ("archive", "retention", "disk", "clock")
-_TITLES = {"mailserver": "History requests"}
-_SKIP_KEYS = {
+# Snapshot keys this page shows in its own words (or leaves to status.json on purpose); any other
+# section a newer part of the node adds is shown as a plain list until it gets words of its own.
+_SHOWN = {
     "health", "enode", "pairing", "qr_svg", "password_shown", "generated_at", "version", "error",
-    "peers", "peer_count", "peers_by_protocol",
-    "systemd", "node_counters", "leds",  # for `pimail status`; the badge already gives the LED words
+    "peers", "peer_count", "peers_by_protocol", "activity", "archive", "retention", "disk", "clock",
+    "mailserver", "uptime_s", "started_at", "listen", "data_dir", "metrics_url", "discovery",
+    "loop", "loop_lag_ms", "leds",
+    "counters", "node_counters", "systemd",  # internal counters: status.json
 }
-_TIME_KEYS = ("now", "since", "time")
-_TIME_SUFFIXES = ("_at", "_sent", "_since", "_time")
+
+
+_CLOCK_SOURCES = {
+    "timesyncd": "network time (systemd-timesyncd)",
+    "kernel": "network time (kernel says synchronized)",
+    "always": "trusted by setting ([archive] clock_trust = \"always\")",
+    "no-sync-mechanism": "system clock (no time sync service on this machine)",
+    "none": "not checked yet",
+}
 
 
 def led_words(state: str) -> str:
@@ -79,16 +94,17 @@ def human_bytes(n: float) -> str:
 
 
 def human_duration(seconds: float) -> str:
+    """``90061`` → "1 d 1 h"; whole units read as one ("30 days", "2 h"), never "30 d 0 h"."""
     s = int(max(0, seconds))
     days, rem = divmod(s, 86400)
     hours, rem = divmod(rem, 3600)
     minutes, secs = divmod(rem, 60)
     if days:
-        return f"{days} d {hours} h"
+        return f"{days} d {hours} h" if hours else (f"{days} days" if days > 1 else "1 day")
     if hours:
-        return f"{hours} h {minutes} min"
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     if minutes:
-        return f"{minutes} min {secs} s"
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     return f"{secs} s"
 
 
@@ -96,129 +112,149 @@ def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
-def _label(key: str, value: Any = None) -> str:
-    """``free_bytes`` → "free" when the value is shown with its unit; otherwise the key as words."""
+def _when(ts: Any, now: float | None = None) -> str:
+    """A time that does not wrap at phone width: ``2026-12-02 13:30 UTC`` in one unbreakable piece,
+    with how long ago after it (which may wrap)."""
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or not math.isfinite(ts) or ts <= 0:
+        return "—"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    ago = ""
+    if now is not None and now - ts >= 60:
+        ago = f' <span class="note">({_e(human_duration(now - ts))} ago)</span>'
+    return f'<time datetime="{iso}">{_e(stamp)}</time>{ago}'
+
+
+def _n(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        for suffix in ("_bytes", "_s", "_at", "_ms"):
-            if key.endswith(suffix) and len(key) > len(suffix):
-                key = key[: -len(suffix)]
-    return key.replace("_", " ")
+        return f"{int(value):,}".replace(",", "\u202f")
+    return "—"
 
 
+def _rows(pairs: list[tuple[str, str]]) -> str:
+    """A definition list; values are HTML already."""
+    rows = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in pairs)
+    return f"<dl>{rows}</dl>" if rows else '<p class="note">nothing to show</p>'
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{_n(n)} {one if n == 1 else (many or one + 's')}"
+
+
+# -- a plain list for sections without words of their own ----------------------------------------------
 def _format(key: str, value: Any, depth: int = 0) -> str:
-    """HTML for one value, guessing units from the key name (``*_bytes``, ``*_s``, ``*_at``)."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float) and math.isfinite(value):
-        if key.startswith("max_") and value == 0:
-            return "no limit"  # the config's convention: a cap of 0 is no cap
-        if key.endswith("_bytes") or key.startswith("bytes"):
+        if key.endswith("_bytes"):
             return _e(human_bytes(value))
-        if key.endswith(_TIME_SUFFIXES) or key in _TIME_KEYS:
-            return _e(utc(value)) if value > 1e9 else _e(value)
+        if key.endswith(("_at", "_since")) and value > 1e9:
+            return _when(value)
         if key.endswith("_s"):
             return _e(human_duration(value))
-        if key.endswith("_ms"):
-            return _e(f"{value:.4g} ms")
-        if key.endswith(("_pct", "_percent")):
-            return _e(f"{value:.1f} %")
-        if isinstance(value, float):
-            return _e(f"{value:.4g}")
-        return _e(f"{value:,}".replace(",", "\u202f"))
-    if isinstance(value, bytes | bytearray):
-        return f"<code>{_e(value.hex())}</code>"
+        return _e(_n(value) if isinstance(value, int) else f"{value:.4g}")
     if isinstance(value, Mapping):
         if not value:
             return "—"
-        return _dl(value, depth + 1) if depth < MAX_DEPTH else _e(json.dumps(value, default=str))
+        if depth >= MAX_DEPTH:
+            return _e(json.dumps(value, default=str))
+        return _rows([(_label(str(k)), _format(str(k), v, depth + 1)) for k, v in value.items()])
     if isinstance(value, list | tuple):
-        if value and all(isinstance(v, Mapping) for v in value):
-            return _table(value)
+        if value and all(isinstance(v, Mapping) for v in value) and depth < MAX_DEPTH:
+            items = "".join(f"<li>{_format(key, v, depth + 1)}</li>" for v in value[:MAX_TABLE_ROWS])
+            extra = len(value) - MAX_TABLE_ROWS
+            more = f'<p class="note">and {extra} more</p>' if extra > 0 else ""
+            return f"<ul>{items}</ul>{more}"
         shown = ", ".join(str(v) for v in value[:20])
         more = f" (+{len(value) - 20})" if len(value) > 20 else ""
         return _e(shown + more) if value else "none"
     return _e(value)
 
 
-def _dl(mapping: Mapping[str, Any], depth: int = 0) -> str:
-    rows = "".join(
-        f"<dt>{_e(_label(str(k), v))}</dt><dd>{_format(str(k), v, depth)}</dd>" for k, v in mapping.items()
-    )
-    return f"<dl>{rows}</dl>" if rows else '<p class="note">nothing to show</p>'
+def _label(key: str) -> str:
+    for suffix in ("_bytes", "_s", "_at"):
+        if key.endswith(suffix) and len(key) > len(suffix):
+            key = key[: -len(suffix)]
+    return key.replace("_", " ")
 
 
-def _table(rows: list[Any] | tuple[Any, ...]) -> str:
-    columns: list[str] = []
-    for row in rows[:MAX_TABLE_ROWS]:
-        for key in row:
-            if str(key) not in columns and len(columns) < 6:
-                columns.append(str(key))
-    head = "".join(f"<th>{_e(_label(c, rows[0].get(c)))}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_format(c, row.get(c), MAX_DEPTH)}</td>" for c in columns) + "</tr>"
-        for row in rows[:MAX_TABLE_ROWS]
-    )
-    more = f'<p class="note">and {len(rows) - MAX_TABLE_ROWS} more</p>' if len(rows) > MAX_TABLE_ROWS else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+# -- health -------------------------------------------------------------------------------------------
 
 
-def _health_parts(health: Any) -> tuple[str, str, list[Any]]:
+def _health_parts(health: Any) -> tuple[str, str, list[Mapping[str, Any]]]:
+    """(state, summary without the state word, conditions worst first)."""
     if isinstance(health, Mapping):
         state = str(health.get("state", "unknown"))
-        summary = str(health.get("summary", ""))
-        summary = summary.removeprefix(f"{state}:").strip()  # the badge already says the state
+        summary = str(health.get("summary", "")).removeprefix(f"{state}:").strip()
         conditions = health.get("conditions") or []
-        return state, summary, list(conditions) if isinstance(conditions, list | tuple) else []
+        if not isinstance(conditions, list | tuple):
+            conditions = []
+        return state, summary, [c for c in conditions if isinstance(c, Mapping)]
     if isinstance(health, str):
         state, _, rest = health.partition(":")
         return state.strip() or "unknown", rest.strip(), []
     return "unknown", "", []
 
 
-def _peer_line(peer: Mapping[str, Any]) -> str:
-    client = str(peer.get("client") or peer.get("client_id") or peer.get("name") or "unknown client")
-    address = peer.get("address") or peer.get("remote_address") or ""
-    direction = peer.get("inbound")
-    where = f" · {_e(address)}" if address else ""
-    how = "" if direction is None else (" · inbound" if direction else " · outbound")
-    return f"<li>{_e(client[:60])}<span class=\"note\">{where}{how}</span></li>"
+def _consequence(cond: Mapping[str, Any], worst: Mapping[str, Any]) -> bool:
+    """True when ``cond`` only repeats ``worst`` (relaying without storing because the archive
+    failed, which says the archive's reason again)."""
+    message, key, worst_key = str(cond.get("message")), str(cond.get("key")), str(worst.get("key"))
+    if str(worst.get("message")) in message:
+        return True
+    return key == "whisper.archive" and worst_key.startswith(("archive.", "disk."))
 
 
-def _by_protocol_html(counts: Any) -> str:
-    """``shh/6: 1 · waku/1: 2`` — the same peer counts once per protocol it shares."""
-    if not isinstance(counts, Mapping) or not counts:
-        return ""
-    parts = " · ".join(f"{_e(k)}: {_e(v)}" for k, v in sorted(counts.items()))
-    return f'<p class="protocols">By protocol: {parts}</p>'
+def _health_html(snap: Mapping[str, Any]) -> str:
+    state, summary, conditions = _health_parts(snap.get("health"))
+    state_class = state if state in ("healthy", "degraded", "failing", "starting", "pairing") else "unknown"
+    out = ['<section class="health"><h1>pimail mailserver</h1>'
+           f'<span class="state s-{state_class}">{_e(state)}</span>']
+    leds = snap.get("leds")
+    if isinstance(leds, Mapping) and leds.get("enabled") and led_words(state):
+        out.append(f'<p class="leds">LEDs: {_e(led_words(state))}</p>')
+    if conditions:
+        worst = conditions[0]
+        out.append(f'<p class="reason">{_e(worst.get("message") or summary)}</p>')
+        hint = re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(hint_for(str(worst.get("key", "")))))
+        out.append(f'<p class="hint">What to do: {hint}</p>')
+        others = [str(c.get("message")) for c in conditions[1:MAX_TABLE_ROWS]
+                  if c.get("message") and not _consequence(c, worst)]
+        if others:
+            out.append('<p class="note">Also: ' + "; ".join(_e(m) for m in others) + "</p>")
+    elif summary and summary != state:
+        out.append(f'<p class="reason">{_e(summary)}</p>')
+    if snap.get("error"):
+        out.append(f'<p class="warn">{_e(snap["error"])}</p>')
+    out.append("</section>")
+    return "".join(out)
 
 
-def _peers_html(peers: Any) -> str:
-    if isinstance(peers, int) and not isinstance(peers, bool):
-        return f"<p>{peers} connected</p>"
-    if isinstance(peers, list | tuple):
-        if not peers:
-            return "<p>none connected</p>"
-        shown = [p for p in peers[:MAX_TABLE_ROWS] if isinstance(p, Mapping)]
-        more = f"<p class=\"note\">and {len(peers) - len(shown)} more</p>" if len(peers) > len(shown) else ""
-        items = "".join(_peer_line(p) for p in shown)
-        return f"<p>{len(peers)} connected</p><ul class=\"peers\">{items}</ul>{more}"
-    if isinstance(peers, Mapping):
-        listed = peers.get("list") or peers.get("peers")
-        rest = {k: v for k, v in peers.items() if k not in ("list", "peers")}
-        return _dl(rest) + (_peers_html(listed) if isinstance(listed, list) else "")
-    return f"<p>{_e(peers)}</p>"
+# -- sections -----------------------------------------------------------------------------------------
+def _enode_html(snap: Mapping[str, Any]) -> str:
+    pw_note = (
+        "The mailserver password is included."
+        if snap.get("password_shown")
+        else "The mailserver password is not shown here ([status] show_password_on_page = false)."
+    )
+    return (
+        '<section class="add"><h2>Add this mailserver to Status</h2>'
+        "<p class=\"note\">Scan with the phone, or copy the address below.</p>"
+        f"{snap.get('qr_svg', '')}"
+        f'<p class="enode"><code>{_e(snap.get("enode", ""))}</code></p>'
+        f'<p class="note">{pw_note}</p></section>'
+    )
 
 
-def _pairing_html(pairing: Mapping[str, Any], offered: bool) -> str:
+def _pairing_html(pairing: Mapping[str, Any], offered: bool, now: float) -> str:
     parts = []
-    mode = pairing.get("mode")
-    if mode == "open":
-        parts.append("<p>Open: any phone may fetch history (no allowed clients yet).</p>")
+    if pairing.get("mode") == "open":
+        parts.append("<p>Open: any phone may fetch history (no phone paired yet).</p>")
     else:
         count = len(pairing.get("paired_clients") or []) + int(pairing.get("configured_clients") or 0)
-        parts.append(f"<p>Allowlist: {count} phone(s) may fetch history.</p>")
+        parts.append(f"<p>Only allowed phones fetch history: {_plural(count, 'phone')}.</p>")
     if pairing.get("window_open"):
         remaining = pairing.get("window_remaining_s") or 0
         parts.append(
@@ -227,82 +263,213 @@ def _pairing_html(pairing: Mapping[str, Any], offered: bool) -> str:
         )
     result = pairing.get("last_result")
     if isinstance(result, Mapping):
-        when = _e(utc(float(result.get("at") or 0)))
+        when = _when(result.get("at"), now)
         if result.get("outcome") == "paired":
             who = _e(result.get("fingerprint"))
             parts.append(f"<p>Last pairing: <strong>paired {who}</strong> at {when}</p>")
         else:
-            what = _e(result.get("outcome"))
+            what = _e(str(result.get("outcome")).replace("_", " "))
             parts.append(f"<p>Last pairing window: {what} at {when}, no phone paired</p>")
     clients = pairing.get("paired_clients") or []
     if clients:
         items = "".join(
-            f"<li><code>{_e(c.get('fingerprint'))}</code> "
-            f"since {_e(utc(float(c.get('paired_at') or 0)))}</li>"
+            f"<li><code>{_e(c.get('fingerprint'))}</code> paired {_when(c.get('paired_at'), now)}</li>"
             for c in clients[:MAX_TABLE_ROWS]
             if isinstance(c, Mapping)
         )
         parts.append(f"<ul>{items}</ul>")
+    refused = pairing.get("refused_requests")
+    if isinstance(refused, int) and refused:
+        parts.append(f'<p class="note">{_plural(refused, "history request")} from phones that are not '
+                     "allowed were refused.</p>")
     if offered and not pairing.get("window_open"):
         parts.append('<p><a href="/pair">Start pairing…</a> (needs the token from the console)</p>')
-    return "".join(parts)
+    return f"<section><h2>Pairing</h2>{''.join(parts)}</section>"
+
+
+def _peer_line(peer: Mapping[str, Any]) -> str:
+    client = str(peer.get("client") or peer.get("client_id") or peer.get("name") or "unknown client")
+    bits = []
+    if peer.get("protocol"):
+        bits.append(str(peer["protocol"]))
+    if peer.get("address"):
+        bits.append(str(peer["address"]))
+    if peer.get("inbound") is not None:
+        bits.append("connected to us" if peer.get("inbound") else "we connected")
+    if isinstance(peer.get("connected_s"), int | float):
+        bits.append(f"for {human_duration(float(peer['connected_s']))}")
+    detail = f'<span class="note">{_e(" · ".join(bits))}</span>' if bits else ""
+    return f"<li>{_e(client[:60])}{detail}</li>"
+
+
+def _peers_html(snap: Mapping[str, Any]) -> str:
+    peers = snap.get("peers")
+    counts = snap.get("peers_by_protocol")
+    out = ["<section><h2>Peers</h2>"]
+    listed = [p for p in peers[:MAX_TABLE_ROWS] if isinstance(p, Mapping)] if isinstance(peers, list) else []
+    total = len(peers) if isinstance(peers, list) else int(snap.get("peer_count") or 0)
+    if not total:
+        out.append("<p>None connected.</p>")
+    else:
+        split = ""
+        if isinstance(counts, Mapping) and counts:
+            split = " (" + ", ".join(f"{_e(k)}: {_e(v)}" for k, v in sorted(counts.items())) + ")"
+        out.append(f'<p class="protocols">{_plural(total, "peer")} connected{split}</p>')
+    if listed:
+        out.append('<ul class="peers">' + "".join(_peer_line(p) for p in listed) + "</ul>")
+        if isinstance(peers, list) and len(peers) > len(listed):
+            out.append(f'<p class="note">and {len(peers) - len(listed)} more</p>')
+    out.append("</section>")
+    return "".join(out)
+
+
+def _archive_html(archive: Any, now: float, shown_reasons: set[str]) -> str:
+    if not isinstance(archive, Mapping):
+        return ('<section><h2>Archive</h2><p class="note">Not open: no figures. The node still relays '
+                "messages.</p></section>")
+    rows = [("messages kept", _n(archive.get("count"))),
+            ("size on disk", _e(human_bytes(archive.get("bytes") or 0))),
+            ("oldest", _when(archive.get("oldest_sent"), now)),
+            ("newest", _when(archive.get("newest_sent"), now))]
+    written = archive.get("bytes_written_since_start")
+    if isinstance(written, int | float):
+        rows.append(("written since start", _e(human_bytes(written))))
+    backend = {"sqlite": "SQLite file on this Pi", "postgresql": "PostgreSQL (shared fleet archive)"}
+    if archive.get("backend"):
+        rows.append(("kept in", _e(backend.get(str(archive["backend"]), archive["backend"]))))
+    reason = archive.get("reason")
+    if reason and reason != "ok" and reason not in shown_reasons:  # else it heads the page already
+        rows.append(("problem", f'<span class="warn">{_e(reason)}</span>'))
+    known = {"count", "bytes", "oldest_sent", "newest_sent", "bytes_written_since_start", "backend", "reason"}
+    for key, value in archive.items():
+        if key not in known:
+            rows.append((_label(str(key)), _format(str(key), value, 1)))
+    return f"<section><h2>Archive</h2>{_rows(rows)}</section>"
+
+
+def _limit(value: Any, fmt: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "—"
+    return "no limit" if value == 0 else _e(fmt(value))
+
+
+def _retention_html(ret: Any) -> str:
+    if not isinstance(ret, Mapping):
+        return ""
+    rows = [("keeps messages for", _limit(ret.get("max_age_s"), human_duration)),
+            ("largest archive", _limit(ret.get("max_bytes"), human_bytes)),
+            ("most messages", _limit(ret.get("max_count"), _n)),
+            ("leaves free on disk", _limit(ret.get("min_free_disk_bytes"), human_bytes))]
+    return (f"<section><h2>Retention</h2>{_rows(rows)}"
+            '<p class="note">The oldest messages go first when any limit is reached.</p></section>')
+
+
+def _disk_html(disk: Any) -> str:
+    if not isinstance(disk, Mapping):
+        return ""
+    free, total = disk.get("free_bytes"), disk.get("total_bytes")
+    rows = []
+    if isinstance(free, int | float) and isinstance(total, int | float) and total > 0:
+        rows.append(("free", f"{_e(human_bytes(free))} of {_e(human_bytes(total))} "
+                             f"({free / total * 100:.0f} %)"))
+    else:
+        rows.append(("free", "not known"))
+    if disk.get("path"):
+        rows.append(("data directory", f"<code>{_e(disk['path'])}</code>"))
+    return f"<section><h2>Disk</h2>{_rows(rows)}</section>"
+
+
+def _clock_html(clock: Any, now: float) -> str:
+    if not isinstance(clock, Mapping):
+        return ""
+    trusted = clock.get("trusted")
+    state = ("trusted: new messages are archived" if trusted
+             else '<span class="warn">not synchronized yet: relaying, not archiving</span>')
+    rows = [("clock", state if not trusted else _e(state)),
+            ("time source", _e(_CLOCK_SOURCES.get(str(clock.get("source")), clock.get("source"))))]
+    if trusted and clock.get("trusted_since"):
+        rows.append(("trusted since", _when(clock.get("trusted_since"), now)))
+    if isinstance(clock.get("now"), int | float):
+        rows.append(("the Pi's time", _when(clock.get("now"))))
+    return f"<section><h2>Clock</h2>{_rows(rows)}</section>"
+
+
+def _history_html(ms: Any) -> str:
+    if not isinstance(ms, Mapping):
+        return ""
+    refused = sum(int(ms.get(k) or 0) for k in ("rejected", "rate_limited", "denied", "malformed"))
+    rows = [("requests answered", _n(ms.get("completed"))),
+            ("envelopes sent", _n(ms.get("envelopes_sent"))),
+            ("data sent", _e(human_bytes(ms.get("bytes_sent") or 0)))]
+    if refused:
+        why = [f"{_n(ms.get(k))} {label}" for k, label in (
+            ("denied", "from phones not allowed"), ("rate_limited", "too frequent"),
+            ("malformed", "malformed"), ("rejected", "invalid")) if ms.get(k)]
+        rows.append(("refused", f"{_n(refused)} ({_e(', '.join(why))})"))
+    if ms.get("aborted"):
+        rows.append(("cut off", f"{_n(ms.get('aborted'))} (the phone went away)"))
+    if ms.get("active_deliveries"):
+        rows.append(("being sent now", _n(ms.get("active_deliveries"))))
+    if ms.get("sync_served"):
+        rows.append(("sibling syncs served", _n(ms.get("sync_served"))))
+    note = '<p class="note">since the node started</p>'
+    return f"<section><h2>History requests</h2>{_rows(rows)}{note}</section>"
+
+
+def _node_html(snap: Mapping[str, Any], now: float) -> str:
+    rows = []
+    if isinstance(snap.get("uptime_s"), int | float):
+        since = f" (since {_when(snap.get('started_at'))})" if snap.get("started_at") else ""
+        rows.append(("running for", _e(human_duration(float(snap["uptime_s"]))) + since))
+    if snap.get("listen"):
+        rows.append(("listens on", f"<code>{_e(snap['listen'])}</code>"))
+    loop = snap.get("loop")
+    if isinstance(loop, Mapping) and isinstance(loop.get("max_lag_ms"), int | float):
+        worst = float(loop["max_lag_ms"])
+        word = "responsive" if worst < 500 else "has been slow"
+        rows.append(("responsiveness", f"{word} (worst delay since start {_e(f'{worst:.0f}')} ms)"))
+    disc = snap.get("discovery")
+    if isinstance(disc, Mapping):
+        if disc.get("enabled"):
+            rows.append(("peer discovery", f"on, {_plural(int(disc.get('table_size') or 0), 'node')} known"))
+        else:
+            rows.append(("peer discovery", "off"))
+    if snap.get("metrics_url"):
+        rows.append(("metrics", f"<code>{_e(snap['metrics_url'])}</code>"))
+    return f"<section><h2>Node</h2>{_rows(rows)}</section>" if rows else ""
 
 
 def render_page(snap: Mapping[str, Any], pairing_offered: bool = False) -> str:
     """The status page as one HTML document (everything escaped; the QR is trusted SVG we made)."""
-    state, summary, conditions = _health_parts(snap.get("health"))
-    state_class = state if state in ("healthy", "degraded", "failing", "starting", "pairing") else "unknown"
-    body = [
-        '<section><h1>pimail mailserver</h1>'
-        f'<span class="state s-{state_class}">{_e(state)}</span>'
-        + (f'<p class="leds">LEDs: {_e(led_words(state))}</p>' if led_words(state) else "")
-        + (f'<p class="summary">{_e(summary)}</p>' if summary and summary != state else "")
-    ]
-    messages = [
-        str(c.get("message") or c.get("key")) if isinstance(c, Mapping) else str(c)
-        for c in conditions[:MAX_TABLE_ROWS]
-    ]
-    if len(messages) > 1 or (messages and messages[0] != summary):
-        body.append("<ul>" + "".join(f"<li>{_e(m)}</li>" for m in messages) + "</ul>")
-    if snap.get("error"):
-        body.append(f'<p class="warn">{_e(snap["error"])}</p>')
-    body.append("</section>")
-
-    pw_note = (
-        "The mailserver password is included."
-        if snap.get("password_shown")
-        else "The mailserver password is not shown here ([status] show_password_on_page = false)."
-    )
-    body.append(
-        "<section><h2>Add this mailserver to Status</h2>"
-        "<p class=\"note\">Scan with the phone, or copy the address below.</p>"
-        f"{snap.get('qr_svg', '')}"
-        f'<p class="enode"><code>{_e(snap.get("enode", ""))}</code></p>'
-        f'<p class="note">{pw_note}</p></section>'
-    )
-    if isinstance(snap.get("pairing"), Mapping):
-        body.append(f"<section><h2>Pairing</h2>{_pairing_html(snap['pairing'], pairing_offered)}</section>")
-    if "peers" in snap or "peer_count" in snap:
-        peers = snap.get("peers", snap.get("peer_count"))
-        body.append(f"<section><h2>Peers</h2>{_by_protocol_html(snap.get('peers_by_protocol'))}"
-                    f"{_peers_html(peers)}</section>")
-    rest = {k: v for k, v in snap.items() if k not in _SKIP_KEYS}
-    ordered = [k for k in _SECTION_ORDER if k in rest] + [k for k in rest if k not in _SECTION_ORDER]
-    scalars: dict[str, Any] = {}
-    for key in ordered:
-        value = rest[key]
-        if isinstance(value, Mapping) or (isinstance(value, list) and value and key in _SECTION_ORDER):
-            title = _TITLES.get(key, key.replace("_", " ").capitalize())
-            inner = _dl(value) if isinstance(value, Mapping) else f"<p>{_format(key, value)}</p>"
-            body.append(f"<section><h2>{_e(title)}</h2>{inner}</section>")
-        elif value is not None or key in _SECTION_ORDER:
-            scalars[key] = value
-    if scalars:
-        body.append(f"<section><h2>Node</h2>{_dl(scalars)}</section>")
     generated = snap.get("generated_at")
-    stamp = utc(float(generated)) if isinstance(generated, int | float) else ""
+    now = float(generated) if isinstance(generated, int | float) else time.time()
+    state, _, _ = _health_parts(snap.get("health"))
+    body = [_health_html(snap), _enode_html(snap)]
+    if isinstance(snap.get("activity"), Mapping):
+        day = render_day(snap["activity"])
+        body.append(f'<section class="day-card"><h2>Last 24 hours</h2>{day}</section>')
+    cards = []
+    if isinstance(snap.get("pairing"), Mapping):
+        cards.append(_pairing_html(snap["pairing"], pairing_offered, now))
+    if "peers" in snap or "peer_count" in snap:
+        cards.append(_peers_html(snap))
+    if "archive" in snap:
+        conditions = _health_parts(snap.get("health"))[2]
+        cards.append(_archive_html(snap.get("archive"), now, {str(c.get("message")) for c in conditions}))
+    cards.append(_retention_html(snap.get("retention")))
+    cards.append(_disk_html(snap.get("disk")))
+    cards.append(_clock_html(snap.get("clock"), now))
+    cards.append(_history_html(snap.get("mailserver")))
+    cards.append(_node_html(snap, now))
+    for key, value in snap.items():
+        if key in _SHOWN or value is None:
+            continue
+        title = str(key).replace("_", " ").capitalize()
+        cards.append(f"<section><h2>{_e(title)}</h2>{_format(str(key), value)}</section>")
+    body.append(f'<div class="cards">{"".join(cards)}</div>')
+    stamp = _when(generated) if isinstance(generated, int | float) else ""
     body.append(
-        f"<footer>pimail {_e(snap.get('version', ''))} · {_e(stamp)} · refreshes every {REFRESH_S} s · "
+        f"<footer>pimail {_e(snap.get('version', ''))} · {stamp} · refreshes every {REFRESH_S} s · "
         '<a href="/status.json">status.json</a></footer>'
     )
     return page_shell(f"pimail — {state}", "".join(body), refresh=True)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import html
 import inspect
 import json
 import logging
@@ -260,34 +261,52 @@ class StatusPage:
     def _pairing_offered(self) -> bool:
         return self.config.allow_pairing_from_page and self._pairing is not None
 
-    def _pair_form(self) -> tuple[int, str, bytes, str]:
-        if not self._pairing_offered():
-            raise HttpError(403, "pairing from the page is disabled ([status] allow_pairing_from_page)")
-        page = page_shell(
-            "pimail — pair a phone",
-            "<h1>Pair a phone</h1>"
-            f"<p>Opens a {self.config.pairing_minutes}-minute window: the first new phone that asks this "
-            "node for history is added to its allowed clients.</p>"
+    def _pair_page(self, status: int, heading: str, message: str, *,
+                   form: bool) -> tuple[int, str, bytes, str]:
+        """A pairing page in the status page's look (also for refusals: a wrong token is a person
+        who typed it wrong, not a client to send bare text to)."""
+        form_html = (
             '<form method="post" action="/pair">'
             '<label for="token">Token (shown on the node\'s console at boot)</label>'
             '<input id="token" name="token" autocomplete="off" autocapitalize="off" '
             'spellcheck="false" required>'
             '<button type="submit">Start pairing</button></form>'
-            '<p><a href="/">Back to status</a></p>',
+        ) if form else ""
+        cls = ' class="warn"' if status >= 400 else ""
+        page = page_shell(
+            f"pimail — {heading.lower()}",
+            f"<section><h1>{html.escape(heading)}</h1><p{cls}>{html.escape(message)}</p>{form_html}"
+            '<p><a href="/">Back to status</a></p></section>',
             refresh=False,
         )
-        return 200, "text/html; charset=utf-8", page.encode(), ""
+        return status, "text/html; charset=utf-8", page.encode(), ""
+
+    def _pair_disabled(self) -> tuple[int, str, bytes, str]:
+        return self._pair_page(403, "Pairing from this page is off",
+                               "Pair with `pimail pair` on the node, or set [status] allow_pairing_from_page "
+                               "= true in pimail.toml and restart pimail.", form=False)
+
+    def _pair_form(self) -> tuple[int, str, bytes, str]:
+        if not self._pairing_offered():
+            return self._pair_disabled()
+        return self._pair_page(
+            200, "Pair a phone",
+            f"Opens a {self.config.pairing_minutes}-minute window: the first new phone that asks this "
+            "node for history is added to its allowed clients.", form=True)
 
     def _pair_submit(self, body: bytes) -> tuple[int, str, bytes, str]:
         if not self._pairing_offered() or self._pairing is None:
-            raise HttpError(403, "pairing from the page is disabled ([status] allow_pairing_from_page)")
+            return self._pair_disabled()
         now = time.monotonic()
         if now < self._locked_until:
-            raise HttpError(429, "too many wrong tokens; wait a minute")
+            wait = max(1, int(self._locked_until - now))
+            return self._pair_page(429, "Too many wrong tokens",
+                                   f"Pairing from this page is locked for {wait} s. Then try again with "
+                                   "the token from the node's console.", form=False)
         try:
             form = parse_qs(body.decode("ascii"), max_num_fields=4)
         except (UnicodeDecodeError, ValueError):
-            raise HttpError(400, "malformed form") from None
+            return self._pair_page(400, "Pair a phone", "The form could not be read; try again.", form=True)
         given = (form.get("token") or [""])[0].strip()
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             self._token_failures += 1
@@ -295,21 +314,20 @@ class StatusPage:
             if self._token_failures >= MAX_TOKEN_FAILURES:
                 self._token_failures = 0
                 self._locked_until = now + PAIR_LOCKOUT_S
-            raise HttpError(403, "wrong token")
+            return self._pair_page(
+                403, "Wrong token",
+                "That is not this boot's token. It is in the node's log at start (`journalctl -u pimail "
+                "| grep token`); it changes at every boot.", form=True)
         self._token_failures = 0
         try:
             self._pairing.start(self.config.pairing_minutes)
         except UserError as exc:
-            raise HttpError(400, str(exc)) from None
+            return self._pair_page(400, "Pairing did not start", str(exc), form=False)
         log.info("status page: pairing started from the page")
-        page = page_shell(
-            "pimail — pairing",
-            "<h1>Pairing is open</h1>"
-            f"<p>For {self.config.pairing_minutes} minutes: in Status, add this mailserver and fetch "
-            'history. The result shows on the status page.</p><p><a href="/">Back to status</a></p>',
-            refresh=False,
-        )
-        return 200, "text/html; charset=utf-8", page.encode(), ""
+        return self._pair_page(
+            200, "Pairing is open",
+            f"For {self.config.pairing_minutes} minutes: in Status, add this mailserver and fetch "
+            "history. The result shows on the status page.", form=False)
 
     # -- data ------------------------------------------------------------------------------------
     def enode_url(self) -> str:

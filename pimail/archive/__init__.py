@@ -25,7 +25,7 @@ def open_archive(config: ArchiveConfig, data_dir: Path, health: HealthModel | No
     from pimail.archive.retention import policy_from_config
     from pimail.errors import UserError
 
-    policy = policy_from_config(config)
+    policy = policy_from_config(config, Path(data_dir))
     if config.url.startswith(POSTGRES_SCHEMES):
         module = importlib.import_module("pimail.archive.postgres")
         backend: type[Archive] = module.PostgresArchive

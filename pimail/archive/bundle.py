@@ -26,7 +26,7 @@ from typing import BinaryIO, cast
 
 from pimail.archive.base import Archive, ArchivedEnvelope, HistoryQuery
 from pimail.envelope.codec import Envelope, EnvelopeError
-from pimail.errors import UserError
+from pimail.errors import DataError, UserError
 
 MAGIC = b"PIMAIL-ENVELOPES/1\n"
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # larger than any devp2p frame can carry
@@ -36,7 +36,7 @@ _REC = struct.Struct(">II")
 _END = struct.Struct(">Q")
 
 
-class BundleError(UserError):
+class BundleError(DataError):
     """The file is not a bundle, or it is damaged (checksum, truncation, bad record)."""
 
 

@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``plural(1, "page")`` → "1 page"; ``plural(3, "page")`` → "3 pages"."""
+    return f"{n} {noun if n == 1 else (many or noun + 's')}"
+
+
 def quiet_node_logs(args: argparse.Namespace) -> None:
     """For client tools (post, watch, history, sync): the node they run inside is an implementation
     detail, so its INFO chatter ("listening for peers…", "node stopped…") shows only with -v;

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pimail.archive.base import Archive, ArchiveStats, RetentionPolicy
-from pimail.cli import migrate
+from pimail.cli import migrate, plural
 from pimail.config import Config
 from pimail.errors import RuntimeFailure, UserError
 
@@ -34,13 +34,12 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "archive",
         help="inspect and maintain the envelope archive",
-        description="Inspect and maintain the envelope archive (stats, prune, vacuum, check, "
-        "export, import).",
     )
     parser.set_defaults(func=lambda _args: _usage(parser))
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", type=Path, default=None, help="the node's data directory")
-    common.add_argument("--config", type=Path, default=None, help="config file (default: see pimail run)")
+    common.add_argument("--config", metavar="PATH", type=Path, default=None, help="pimail.toml to read")
+    common.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
+                        help="data directory (overrides [node] data_dir)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     actions = parser.add_subparsers(dest="archive_action", metavar="ACTION")
 
@@ -58,10 +57,12 @@ def register(subparsers: Any) -> None:
         "file", type=Path, metavar="FILE", help="bundle to write (refuses to overwrite)"
     )
     imp = add("import", "verify a bundle and add its valid envelopes (duplicates are skipped)", _import)
+    imp.epilog = "Exit codes: 0 imported, 2 bad arguments (no such file), 65 the bundle is damaged."
     imp.add_argument(
         "file", type=Path, metavar="FILE", help="bundle written by `pimail archive export`"
     )
     migrate.register_action(actions, common)
+    parser.description = f"Inspect and maintain the envelope archive ({', '.join(actions.choices)})."
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -94,10 +95,9 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
     from pimail.archive import open_archive
 
     config, data_dir = load_config(args)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    from pimail.configfile import make_data_dir
+
+    make_data_dir(data_dir)
 
     async def main() -> int:
         archive = open_archive(config.archive, data_dir, None)
@@ -199,7 +199,7 @@ async def _prune(archive: Archive, args: argparse.Namespace) -> int:
     data = {"deleted": result.deleted, "reason": result.reason, "count": after.count, "bytes": after.bytes,
             "bytes_before": before.bytes}
     why = f" ({result.reason})" if result.reason else " (nothing was due)"
-    _out(args, data, [f"deleted {result.deleted} envelopes{why}; {after.count} left, "
+    _out(args, data, [f"deleted {plural(result.deleted, 'envelope')}{why}; {after.count} left, "
                       f"{_size(after.bytes)} live"])
     return 0
 
@@ -235,7 +235,7 @@ async def _export(archive: Archive, args: argparse.Namespace) -> int:
     result = await export_bundle(archive, path)
     _out(args, {"file": str(path), "count": result.count, "bytes": result.file_bytes,
                 "sha256": result.sha256.hex()},
-         [f"exported {result.count} envelopes to {path} ({_size(result.file_bytes)}, "
+         [f"exported {plural(result.count, 'envelope')} to {path} ({_size(result.file_bytes)}, "
           f"sha256 {result.sha256.hex()[:16]}…)"])
     return 0
 
@@ -247,8 +247,8 @@ async def _import(archive: Archive, args: argparse.Namespace) -> int:
     result = await import_bundle(archive, path)
     _out(args, {"file": str(path), "read": result.read, "added": result.added,
                 "duplicates": result.duplicates, "invalid": result.invalid},
-         [f"imported {path}: {result.read} envelopes read, {result.added} added, "
+         [f"imported {path}: {plural(result.read, 'envelope')} read, {result.added} added, "
           f"{result.duplicates} already present, {result.invalid} invalid (skipped)"])
     if result.invalid:
-        print(f"pimail: warning: skipped {result.invalid} invalid envelopes", file=sys.stderr)
+        print(f"pimail: warning: skipped {plural(result.invalid, 'invalid envelope')}", file=sys.stderr)
     return 0

@@ -63,6 +63,7 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def load_node_key(data_dir: Path) -> NodeKey:
+    configfile.make_data_dir(Path(data_dir))
     try:
         return NodeKey.load_or_create(Path(data_dir) / NODEKEY_FILE)
     except KeyError_ as exc:

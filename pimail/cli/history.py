@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pimail.cli import quiet_node_logs
+from pimail.cli import plural, quiet_node_logs
 from pimail.config import NodeConfig
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.envelope.codec import Envelope
@@ -79,14 +79,9 @@ def register(sub: Any) -> None:
 
 
 def parse_topic(text: str) -> bytes:
-    t = text[2:] if text.lower().startswith("0x") else text
-    try:
-        raw = bytes.fromhex(t)
-    except ValueError:
-        raise UserError(f"--topic must be hex: {text!r}") from None
-    if len(raw) != 4:
-        raise UserError(f"--topic must be 4 bytes (8 hex characters): {text!r}")
-    return raw
+    from pimail.cli.post import parse_hex
+
+    return parse_hex(text, "--topic", (4,))
 
 
 def options_from_args(args: argparse.Namespace, enode: Enode, now: int) -> HistoryOptions:
@@ -188,6 +183,11 @@ async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
     return summary
 
 
+def summary_line(summary: HistorySummary, end: str) -> str:
+    return (f"{plural(summary.envelopes, 'envelope')} in {plural(summary.pages, 'page')} "
+            f"({plural(summary.duplicates, 'duplicate')} dropped), {end}, {summary.seconds:.1f} s")
+
+
 def run(args: argparse.Namespace) -> int:
     quiet_node_logs(args)
     summary = asyncio.run(fetch_and_print(args))
@@ -203,8 +203,6 @@ def run(args: argparse.Namespace) -> int:
             "seconds": round(summary.seconds, 3),
         }, separators=(",", ":")))
     else:
-        print(f"{summary.envelopes} envelopes in {summary.pages} pages "
-              f"({summary.duplicates} duplicates dropped), {end}, {summary.seconds:.1f} s",
-              file=sys.stdout)
+        print(summary_line(summary, end), file=sys.stdout)
     sys.stdout.flush()
     return 0

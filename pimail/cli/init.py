@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
         "with every setting (in DIR unless --config says where). An existing config is left alone "
         "unless --force.",
     )
-    p.add_argument("--data-dir", metavar="DIR", type=Path, default=Path("./var"), help="data directory")
+    p.add_argument("--data-dir", metavar="DIR", type=Path, default=Path("./var"),
+                   help="data directory (default ./var)")
     p.add_argument("--config", metavar="PATH", type=Path, help="where to write the config")
     p.add_argument("--listen", metavar="HOST:PORT", help="RLPx listen address to write into the config")
     p.add_argument("--page-listen", metavar="HOST:PORT", help="status page address to write into the config")
@@ -38,10 +39,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     config_path: Path = args.config or data_dir / configfile.CONFIG_NAME
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot create {data_dir}: {exc.strerror or exc}") from None
+    configfile.make_data_dir(data_dir)
     try:
         key = NodeKey.load_or_create(data_dir / NODEKEY_FILE)
     except KeyError_ as exc:

@@ -29,6 +29,7 @@ from pimail.archive.migrate import (
     open_endpoint,
     verify_copy,
 )
+from pimail.cli import plural
 from pimail.errors import RuntimeFailure, UserError
 
 log = logging.getLogger("pimail.archive.migrate")  # the name its journal lines always had
@@ -51,12 +52,12 @@ def register_action(actions: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", metavar="PATH",
                    help="source SQLite archive file or data dir (default: <data dir>/archive.sqlite)")
     p.add_argument("--schema", default="pimail", help="PostgreSQL schema of the destination (default pimail)")
-    p.add_argument("--checkpoint", type=Path, default=None,
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
                    help="checkpoint file (default: <data dir>/migrate-<destination id>.json)")
     p.add_argument("--restart", action="store_true",
                    help="ignore an existing checkpoint, copy from the start")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                   help=f"envelopes per page (1..{MAX_QUERY_LIMIT})")
+                   metavar="N", help=f"envelopes per page (1..{MAX_QUERY_LIMIT}, default {DEFAULT_BATCH})")
     p.add_argument("--no-verify", action="store_true", help="skip the envelope-by-envelope comparison")
     p.set_defaults(func=run)
 
@@ -135,7 +136,7 @@ def _report(args: argparse.Namespace, copied: CopyResult, verified: VerifyResult
         "seconds": round(copied.seconds, 3),
     }
     lines = [
-        f"copied {copied.copied} envelopes from {source_id} to {dest_id} in {copied.seconds:.1f} s"
+        f"copied {plural(copied.copied, 'envelope')} from {source_id} to {dest_id} in {copied.seconds:.1f} s"
         + (f" (resumed; {copied.total} in all)" if copied.resumed_from is not None else ""),
     ]
     if verified is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import string
 import sys
 import time
 from typing import Any
@@ -53,15 +54,14 @@ def register(sub: Any) -> None:
 
 
 def parse_hex(text: str, flag: str, sizes: tuple[int, ...]) -> bytes:
-    t = text[2:] if text.lower().startswith("0x") else text
-    try:
-        raw = bytes.fromhex(t)
-    except ValueError:
-        raise UserError(f"{flag} must be hex: {text!r}") from None
-    if len(raw) not in sizes:
-        want = " or ".join(str(s) for s in sizes)
-        raise UserError(f"{flag} must be {want} bytes (got {len(raw)})")
-    return raw
+    """``--topic cd423760`` → 4 bytes; a wrong length is said as such (it is still hex)."""
+    digits = text[2:] if text.lower().startswith("0x") else text
+    want = " or ".join(f"{n} bytes ({2 * n} hex digits)" for n in sizes)
+    if not digits or any(c not in string.hexdigits for c in digits):
+        raise UserError(f"{flag} must be hex, {want}: {text!r}")
+    if len(digits) % 2 or len(digits) // 2 not in sizes:
+        raise UserError(f"{flag} must be {want}, got {len(digits)} hex digits: {text!r}")
+    return bytes.fromhex(digits)
 
 
 def run(args: argparse.Namespace) -> int:

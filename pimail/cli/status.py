@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 from pimail.appliance import control
+from pimail.appliance.hints import hint_for
+from pimail.cli import plural
 from pimail.cli.run import add_config_options, load_readonly
 from pimail.errors import RuntimeFailure
 
@@ -24,7 +26,8 @@ def register(sub: Any) -> None:
     )
     add_config_options(p)
     p.add_argument("--json", action="store_true", help="print the full status as JSON")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="seconds to wait for an answer (default 5)")
     p.set_defaults(func=run)
 
 
@@ -60,13 +63,17 @@ def render(snap: dict[str, Any]) -> str:
     lines.append(f"  enode      {snap.get('enode') or '-'}")
     since = _utc(snap.get("started_at"))
     lines.append(f"  uptime     {human_duration(snap.get('uptime_s'))} (since {since})")
-    for cond in health.get("conditions") or []:
+    conditions = health.get("conditions") or []
+    for cond in conditions:
         lines.append(f"  {cond.get('severity', '?'):<10} {cond.get('message', '')}")
+    if conditions:
+        lines.append(f"  what to do {hint_for(str(conditions[0].get('key', '')))}")
     archive = snap.get("archive")
     if archive:
         oldest = _utc(archive.get("oldest_sent"))
         lines.append(
-            f"  archive    {archive.get('count', 0)} envelopes, {human_bytes(archive.get('bytes'))} "
+            f"  archive    {plural(archive.get('count', 0), 'envelope')}, "
+            f"{human_bytes(archive.get('bytes'))} "
             f"({archive.get('backend')}), oldest {oldest}"
         )
     else:
@@ -76,7 +83,7 @@ def render(snap: dict[str, Any]) -> str:
     if ret.get("max_age_s"):
         limits.append(f"max age {human_duration(ret['max_age_s'])}")
     if ret.get("max_count"):
-        limits.append(f"max {ret['max_count']} envelopes")
+        limits.append(f"max {plural(ret['max_count'], 'envelope')}")
     if ret.get("max_bytes"):
         limits.append(f"max {human_bytes(ret['max_bytes'])}")
     if ret.get("min_free_disk_bytes"):
@@ -92,9 +99,9 @@ def render(snap: dict[str, Any]) -> str:
     lines.append(f"  clock      {trusted} (mode {clock.get('mode')}, {clock.get('source')})")
     counters = snap.get("counters") or {}
     lines.append(
-        f"  traffic    {counters.get('envelopes_in', 0)} envelopes in, "
+        f"  traffic    {plural(counters.get('envelopes_in', 0), 'envelope')} in, "
         f"{counters.get('envelopes_out', 0)} out, "
-        f"{counters.get('archived', 0)} archived, {counters.get('requests', 0)} history requests"
+        f"{counters.get('archived', 0)} archived, {plural(counters.get('requests', 0), 'history request')}"
     )
     peers = snap.get("peers") or []
     by_protocol = snap.get("peers_by_protocol") or {}

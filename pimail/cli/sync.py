@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pimail import configfile
-from pimail.cli import quiet_node_logs
+from pimail.cli import plural, quiet_node_logs
 from pimail.crypto.keys import Enode, KeyError_, NodeKey
 from pimail.errors import RuntimeFailure, UserError
 from pimail.mailserver.sync import BACKFILL_MARGIN_S, Heartbeat, SyncError, SyncResult
@@ -89,9 +89,13 @@ async def sync_from(args: argparse.Namespace) -> tuple[SyncResult, int, int]:
     return result, lower, upper
 
 
+def result_line(new: int, received: int, rounds: int, lower: int, upper: int) -> str:
+    return (f"synced {lower}..{upper}: {plural(new, 'new envelope')} stored, "
+            f"{received - new} already here, {plural(rounds, 'request')}")
+
+
 def run(args: argparse.Namespace) -> int:
     quiet_node_logs(args)
     result, lower, upper = asyncio.run(sync_from(args))
-    print(f"synced {lower}..{upper}: {result.new} new envelopes stored, "
-          f"{result.received - result.new} already here, {result.rounds} requests")
+    print(result_line(result.new, result.received, result.rounds, lower, upper))
     return 0

@@ -185,6 +185,30 @@ def test_wrong_tokens_lock_the_pairing_form(tmp_path: Path) -> None:
     run_with_page(tmp_path, scenario, allow_pairing_from_page=True)
 
 
+def test_pairing_refusals_are_pages_in_the_status_page_look(tmp_path: Path) -> None:
+    async def scenario(node: Node) -> None:
+        port = node.page.port or 0
+        status, headers, body = await post(port, "/pair", b"token=wrong")
+        page = body.decode()
+        assert status == 403 and headers["content-type"] == "text/html; charset=utf-8"
+        assert page.startswith("<!doctype html>") and "<style>" in page and 'name="viewport"' in page
+        assert "<h1>Wrong token</h1>" in page and "journalctl" in page
+        assert 'name="token"' in page and 'href="/"' in page  # try again, or go back
+        for _ in range(sp.MAX_TOKEN_FAILURES):
+            status, headers, body = await post(port, "/pair", b"token=guess")
+        status, headers, body = await post(port, "/pair", f"token={node.page.token}".encode())
+        assert status == 429 and "Too many wrong tokens" in body.decode() and "<style>" in body.decode()
+
+    run_with_page(tmp_path, scenario, allow_pairing_from_page=True)
+
+    async def disabled(node: Node) -> None:
+        status, headers, body = await get(node.page.port or 0, "/pair")
+        assert status == 403 and headers["content-type"].startswith("text/html")
+        assert "pimail pair" in body.decode() and "<style>" in body.decode()
+
+    run_with_page(tmp_path / "off", disabled)
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

@@ -14,6 +14,7 @@ import pytest
 
 from pimail.archive.bundle import MAGIC
 from pimail.archive.sqlite import SCHEMA_VERSION, SqliteArchive
+from pimail.errors import DataError
 from tests.archive.conftest import make_envelope, run, topic_n
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,11 +152,11 @@ def test_import_refuses_damaged_or_foreign_files(tmp_path: Path, capsys: pytest.
         path.write_bytes(blob)
         if i == 0:  # one as a real process: exit code and a single stderr line
             res = pimail("import", str(path), "--data-dir", str(b))
-            assert res.returncode == 2, (name, res.stdout, res.stderr)
+            assert res.returncode == DataError.exit_code == 65, (name, res.stdout, res.stderr)
             assert res.stderr.count("\n") == 1 and res.stderr.startswith("pimail: error:"), res.stderr
             continue
         code, _, err = in_process(capsys, "import", str(path), "--data-dir", str(b))
-        assert code == 2 and err.startswith("pimail: error:") and err.count("\n") == 1, (name, err)
+        assert code == 65 and err.startswith("pimail: error:") and err.count("\n") == 1, (name, err)
     code, _, err = in_process(capsys, "import", str(tmp_path / "nope.gz"), "--data-dir", str(b))
     assert code == 2 and "no such bundle" in err
     assert json.loads(pimail("stats", "--data-dir", str(b), "--json").stdout)["count"] == 0

@@ -8,6 +8,7 @@ partitions, failures and health.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Awaitable
@@ -112,6 +113,20 @@ def test_open_creates_schema_partitions_and_version(pg_url: str, schema: str) ->
                     " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'envelopes_default'",
                     (schema,))
     assert default == [("envelopes_default",)]
+
+
+def test_a_new_schema_is_created_at_the_latest_version_in_one_line(
+    pg_url: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def make() -> None:
+        a = archive(pg_url, schema)
+        await a.open()
+        await a.close()
+
+    with caplog.at_level(logging.INFO, logger="pimail.archive.postgres"):
+        run(make())
+    said = [m for m in (r.getMessage() for r in caplog.records) if "creating" in m or "migrat" in m]
+    assert said == [f"archive: creating PostgreSQL schema {schema} (version {SCHEMA_VERSION})"], said
 
 
 def test_newer_schema_refuses_to_open(pg_url: str, schema: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import tempfile
 import threading
@@ -101,6 +102,28 @@ def test_version_1_archive_is_migrated_in_place(tmp_path: Path) -> None:
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "envelopes_hash" not in indexes and "envelopes_topic" in indexes
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_new_archive_is_created_at_the_latest_version_in_one_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="pimail.archive.sqlite"):
+        run(_open_close(tmp_path / "new.sqlite"))
+    lines = [r.getMessage() for r in caplog.records if "schema" in r.getMessage()]
+    assert not [m for m in lines if "migrated" in m], lines  # not "version 1" and then "2"
+    assert any(m.endswith(f"created (schema version {SCHEMA_VERSION})") for m in lines), lines
+    # the same tables and indexes as an archive that went through every migration
+    from pimail.archive.sqlite import layout
+
+    old = sqlite3.connect(tmp_path / "old.sqlite")
+    old.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    db = layout.sqlite_utils.Database(old)
+    for step in layout.MIGRATIONS:
+        step(db)
+    new = sqlite3.connect(tmp_path / "new.sqlite")
+    schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    assert new.execute(schema).fetchall() == old.execute(schema).fetchall()
+    assert new.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_foreign_files_refuse_to_open(tmp_path: Path) -> None:

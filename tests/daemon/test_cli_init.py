@@ -59,7 +59,7 @@ def test_init_with_a_config_path_and_bad_input(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("x")
     nodir = pimail("init", "--data-dir", str(blocked / "sub"))
-    assert nodir.returncode == 1 and nodir.stderr.startswith("pimail: error: cannot create")
+    assert nodir.returncode == 2 and "part of that path is a file, not a directory" in nodir.stderr
 
 
 def test_logging_goes_to_the_journal_when_stderr_is_the_journal_stream(tmp_path: Path) -> None:

@@ -181,7 +181,8 @@ def test_overrides_validate_and_apply(tmp_path: Path) -> None:
                            ({"archive_url": "sqlite:///x"}, "--archive-url"),
                            ({"clock_trust": "sometimes"}, "--clock-trust"),
                            ({"page_listen": "nope"}, "--page-listen"),
-                           ({"metrics_listen": "x:99999"}, "--metrics-listen")):
+                           ({"metrics_listen": "x:99999"}, "--metrics-listen"),
+                           ({"bootnodes": ["bogus"]}, "--bootnode")):
         with pytest.raises(ConfigError, match=rf"^command line: {option}: "):  # names the option
             apply_overrides(Config(), **kwargs)  # type: ignore[arg-type]
 

@@ -61,7 +61,7 @@ def test_history_plain_output_and_errors(tmp_path: Path) -> None:
             await ms.fill([make_envelope(i, NOW - 50 + i) for i in range(3)])
             rc, out, _ = await _pimail("history", "--mailserver", ms.enode.url())
             assert rc == 0
-            assert out.strip().splitlines()[-1].startswith("3 envelopes in 1 pages")
+            assert out.strip().splitlines()[-1].startswith("3 envelopes in 1 page ")
             # the server's refusal is one line and exit code 1
             rc, out, err = await _pimail("history", "--mailserver", ms.enode.url(), "--form", "envelope",
                                          "--password", "wrong", "--pow", "0.000002")

@@ -35,7 +35,7 @@ def test_metrics_show_peers_per_protocol() -> None:
 
 def test_status_page_and_cli_show_peers_per_protocol() -> None:
     page = render_page(SNAP)
-    assert "By protocol: shh/6: 1 · waku/1: 2" in page
+    assert "3 peers connected (shh/6: 1, waku/1: 2)" in page
     text = render(SNAP)
     assert "peers      3 (shh/6 1, waku/1 2)" in text
 

@@ -145,8 +145,11 @@ class PgCore(Archive):
                     f"the PostgreSQL archive at {self.where} has schema version {current}, newer than "
                     f"this pimail understands ({SCHEMA_VERSION}); upgrade pimail"
                 )
+            if current == 0:  # one transaction makes it: it is created at the latest version
+                log.info("archive: creating PostgreSQL schema %s (version %d)", self.schema, SCHEMA_VERSION)
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                log.info("archive: migrating PostgreSQL schema %s to version %d", self.schema, version)
+                if current:
+                    log.info("archive: migrating PostgreSQL schema %s to version %d", self.schema, version)
                 for statement in MIGRATIONS[version]:
                     await conn.execute(statement)
             if current != SCHEMA_VERSION:

@@ -110,7 +110,8 @@ def span_ceiling(bucket: int) -> int:
 V1_HASH_EXPR = "((id & 4294967295) - 2147483648)"  # version 1's hash-prefix index (dropped in 2)
 
 
-def _migrate_v1(db: sqlite_utils.Database) -> None:
+def _create_tables(db: sqlite_utils.Database) -> None:
+    """The tables, the topic index and the trigger every version has."""
     db.table("envelopes").create(
         {"id": int, "topic": int, "ttl": int, "arr": int, "raw": bytes},
         pk="id",
@@ -121,11 +122,20 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db.table("meta").create({"key": str, "value": int}, pk="key", not_null={"value"})
     db.table("meta").insert_all([{"key": "topic_gen", "value": 0}, {"key": "count", "value": 0}])
     db.execute(f"CREATE INDEX envelopes_topic ON envelopes({BUCKET_EXPR}, topic)")
-    db.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {V1_HASH_EXPR})")
     db.execute(
         "CREATE TRIGGER topics_added AFTER INSERT ON topics BEGIN "
         "UPDATE meta SET value = value + 1 WHERE key = 'topic_gen'; END"
     )
+
+
+def _create_latest(db: sqlite_utils.Database) -> None:
+    """A new archive is made at SCHEMA_VERSION at once (not version 1 and then migrated)."""
+    _create_tables(db)
+
+
+def _migrate_v1(db: sqlite_utils.Database) -> None:
+    _create_tables(db)
+    db.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {V1_HASH_EXPR})")
 
 
 def _migrate_v2(db: sqlite_utils.Database) -> None:
@@ -156,6 +166,17 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
             raise ArchiveError(f"{path}: could not enable incremental auto-vacuum on a new archive")
     db = sqlite_utils.Database(conn)
+    if version == 0:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _create_latest(db)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("archive %s: created (schema version %d)", path, SCHEMA_VERSION)
+        return
     for v in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
