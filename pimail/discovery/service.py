@@ -4,8 +4,8 @@ Start: open the node database, sign the local record (its sequence number is kep
 and bumped whenever the address in it changes), bind the UDP socket, then bond with the bootnodes
 and the database's seeds and look ourselves up. After that: random lookups every
 ``lookup_interval_s`` while the table is below ``table_target`` (every ``refresh_interval_s`` after),
-one revalidation Ping every ``revalidate_interval_s``, and the answering nodes written to the
-database every ``persist_interval_s`` and at stop.
+one revalidation Ping every ``revalidate_interval_s``, and the nodes that answered (table entries and
+replacements) written to the database every ``persist_interval_s`` and at stop.
 """
 
 from __future__ import annotations
@@ -292,7 +292,10 @@ class Discovery:
     async def _persist(self) -> None:
         if self.db is None:
             return
-        rows = [(n, self.transport.last_pong(n.node_id)) for n in self.table.nodes()]
+        # every node that answered us, entries and replacements alike (geth's nodedb keeps each
+        # Pong): a restart then has more seeds than one table's worth
+        known = [*self.table.nodes(), *self.table.replacement_nodes()]
+        rows = [(n, self.transport.last_pong(n.node_id)) for n in known]
         rows = [(n, t) for n, t in rows if t > 0]
         if rows:
             await self.db.save(rows)
