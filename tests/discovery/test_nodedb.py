@@ -1,4 +1,4 @@
-"""The node database keeps every node that answered, not only the table's entries."""
+"""The node database keeps every node that answered, not only what the table has room for."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from pimail.crypto.keys import NodeKey
 from pimail.discovery.nodedb import NodeDB
 from pimail.discovery.service import Discovery
-from pimail.discovery.table import BUCKET_SIZE, Node, log_distance
+from pimail.discovery.table import BUCKET_SIZE, MAX_REPLACEMENTS, Node, log_distance
 from tests.discovery.helpers import LOOPBACK, fast_discovery_config
 
 
@@ -18,13 +18,13 @@ def _key_at_distance_256(self_id: bytes) -> NodeKey:
             return key
 
 
-async def test_answering_replacements_are_written_to_the_node_database(tmp_path: Path) -> None:
+async def test_every_node_that_answered_is_written_to_the_node_database(tmp_path: Path) -> None:
     d = Discovery(NodeKey.generate(), fast_discovery_config(), listen=("127.0.0.1", 0), tcp_port=30303,
                   data_dir=tmp_path, netrestrict=LOOPBACK)
     await d.start()
     peers: list[Discovery] = []
     try:
-        for _ in range(BUCKET_SIZE + 2):
+        for _ in range(BUCKET_SIZE + MAX_REPLACEMENTS + 2):
             peer = Discovery(_key_at_distance_256(d.key.node_id), fast_discovery_config(),
                              listen=("127.0.0.1", 0), tcp_port=30303, data_dir=None, netrestrict=LOOPBACK)
             await peer.start()
@@ -33,8 +33,10 @@ async def test_answering_replacements_are_written_to_the_node_database(tmp_path:
             await d.transport.ping(Node(peer.key.public, "127.0.0.1", peer.udp_port, 30303))
         assert len(d.table) == BUCKET_SIZE  # one bucket: 16 entries ...
         spare = {n.node_id for n in d.table.replacement_nodes()}
-        assert len(spare) == 2  # ... and the last two in its replacement list
+        assert len(spare) == MAX_REPLACEMENTS  # ... 10 in its replacement list, and two forgotten
         assert all(d.transport.verified(i, "127.0.0.1") for i in spare)
+        forgotten = {p.key.node_id for p in peers} - spare - {n.node_id for n in d.table.nodes()}
+        assert len(forgotten) == 2 and forgotten <= d.unsaved_ids()
     finally:
         for peer in peers:
             await peer.stop()
@@ -46,4 +48,4 @@ async def test_answering_replacements_are_written_to_the_node_database(tmp_path:
     finally:
         await db.close()
     assert stored == {p.key.node_id for p in peers}
-    assert spare <= stored
+    assert spare <= stored and forgotten <= stored
