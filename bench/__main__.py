@@ -3,7 +3,8 @@
     python -m bench [--quick] [--json FILE] [--areas a,b] [--target ENODE --target-pid PID] [--cpu-limited]
 
 Areas: the per-layer modules (transport, whisper, waku (waku/1 beside shh/6), archive, mailserver,
-daemon, postgres when PIMAIL_TEST_PG_URL/PIMAIL_BENCH_PG_URL is set) and ``load``, the end-to-end run
+daemon, memory (idle and after-load RSS of ``pimail run``), postgres when
+PIMAIL_TEST_PG_URL/PIMAIL_BENCH_PG_URL is set) and ``load``, the end-to-end run
 against a real ``pimail run`` (bench/load.py). ``--target`` runs the same load against another mailserver and
 prints pimail/other ratios. ``--cpu-limited`` adds a single-core, CPU-quota run of the load (a
 rough Raspberry Pi Zero 2 W stand-in), reported under its own area. Figures are printed, never
@@ -27,7 +28,8 @@ from bench.common import Result, print_table
 
 QUICK_AREAS = ["transport", "whisper", "waku", "load"]
 ALL_AREAS = [
-    "transport", "whisper", "waku", "archive", "mailserver", "daemon", "discovery", "postgres", "load",
+    "transport", "whisper", "waku", "archive", "mailserver", "daemon", "memory", "discovery", "postgres",
+    "load",
 ]
 
 

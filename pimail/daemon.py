@@ -17,6 +17,7 @@ metrics and the status page; ``status_snapshot()`` is the one dict they all read
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -36,6 +37,7 @@ from pimail.appliance.activity import ActivityLog
 from pimail.appliance.clock import ClockTrust
 from pimail.appliance.leds import LedPanel
 from pimail.appliance.looplag import LOOP_TICK_S, LoopLagMonitor
+from pimail.appliance.memory import HeapTrimmer
 from pimail.appliance.metrics import NodeMetrics
 from pimail.appliance.pairing import PairButton, PairingController
 from pimail.appliance.systemd import SystemdNotifier
@@ -63,6 +65,9 @@ log = logging.getLogger(__name__)
 
 WRITE_PROBE_FILE = ".pimail-write-probe"
 STATS_INTERVAL_S = 5.0  # archive stats, disk, write probe, clock
+# The loop's default executor (config reloads, disk probes, pairing writes, metrics stop): small
+# jobs, so two threads; asyncio's default would grow to CPUs + 4, each thread a stack and a heap.
+DEFAULT_EXECUTOR_THREADS = 2
 ACTIVITY_POLL_S = 0.25  # delivery blinks follow MailServer stats at this pace
 STOP_STEP_TIMEOUT_S = 10.0  # each shutdown step; systemd's TimeoutStopSec is the outer bound
 
@@ -121,6 +126,7 @@ class Daemon:
         self.leds: LedPanel | None = None
         self.loop_monitor = LoopLagMonitor(self.health)
         self.activity = ActivityLog()  # replaced by the data dir's file at start
+        self.trimmer = HeapTrimmer()
         self.key: NodeKey | None = None
         self.archive: ObservedArchive | None = None
         self.relay: RelayCore | None = None
@@ -283,6 +289,8 @@ class Daemon:
         the default action would end the process without flushing the archive.
         """
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
+            DEFAULT_EXECUTOR_THREADS, thread_name_prefix="pimail-io"))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
@@ -444,8 +452,23 @@ class Daemon:
             await asyncio.sleep(STATS_INTERVAL_S)
             try:
                 await self._refresh_stats()
+                await self._trim_heap()
             except Exception:
                 log.exception("housekeeping failed")
+
+    def _traffic(self) -> int:
+        """Envelopes received plus sent (relay and history) so far: what makes a heap grow."""
+        relayed = getattr(self.relay, "counters", None)
+        out = int(relayed.get("envelopes_out", 0)) if isinstance(relayed, Mapping) else 0
+        if self.mailserver is not None:
+            out += int(self.mailserver.stats.envelopes_sent)
+        return self.counters["envelopes_in"] + out
+
+    async def _trim_heap(self) -> None:
+        traffic = self._traffic()
+        if self.trimmer.due(traffic):
+            self.trimmer.mark(traffic)
+            await asyncio.get_running_loop().run_in_executor(None, self.trimmer.trim)
 
     async def _refresh_stats(self) -> None:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from pimail import __version__
-from pimail.appliance import qr as qrcodes
 from pimail.appliance.lan import parse_listen
 from pimail.appliance.pairing import PairingController
 from pimail.appliance.statushtml import page_shell, render_page
@@ -365,6 +364,8 @@ class StatusPage:
 @functools.lru_cache(maxsize=4)
 def _qr_svg_for(url: str) -> str:
     """The enode changes only with the config: encode it once, not on every page load."""
+    from pimail.appliance import qr as qrcodes  # segno is ~4 MB: loaded by the first page view
+
     return qrcodes.svg_inline(qrcodes.make_qr(url))
 
 

@@ -6,7 +6,7 @@ The declared uncompressed length (a varint at the head of the block) is checked 
 
 from __future__ import annotations
 
-import cramjam
+from typing import Any
 
 MAX_UNCOMPRESSED = (1 << 24) - 1  # geth refuses larger decoded lengths
 
@@ -29,8 +29,21 @@ def uncompressed_length(block: bytes) -> int:
     raise SnappyError("snappy length prefix is truncated or longer than 5 bytes")
 
 
+_snappy: Any = None  # cramjam.snappy, imported with the first compressed session
+
+
+def _codec() -> Any:
+    # cramjam's library is ~3 MB of resident pages: a node no v5 peer talks to never loads it
+    global _snappy
+    if _snappy is None:
+        import cramjam
+
+        _snappy = cramjam.snappy
+    return _snappy
+
+
 def compress(data: bytes) -> bytes:
-    return bytes(cramjam.snappy.compress_raw(data))
+    return bytes((_snappy or _codec()).compress_raw(data))
 
 
 def decompress(block: bytes, max_length: int = MAX_UNCOMPRESSED) -> bytes:
@@ -39,7 +52,7 @@ def decompress(block: bytes, max_length: int = MAX_UNCOMPRESSED) -> bytes:
     if length > max_length:
         raise SnappyError(f"snappy payload declares {length} bytes, over the cap of {max_length}")
     try:
-        out = bytes(cramjam.snappy.decompress_raw(block))
+        out = bytes((_snappy or _codec()).decompress_raw(block))
     except Exception as exc:  # cramjam raises its own DecompressionError
         raise SnappyError(f"corrupt snappy payload: {exc}") from exc
     if len(out) != length:

@@ -4,8 +4,9 @@ Start: open the node database, sign the local record (its sequence number is kep
 and bumped whenever the address in it changes), bind the UDP socket, then bond with the bootnodes
 and the database's seeds and look ourselves up. After that: random lookups every
 ``lookup_interval_s`` while the table is below ``table_target`` (every ``refresh_interval_s`` after),
-one revalidation Ping every ``revalidate_interval_s``, and the answering nodes written to the
-database every ``persist_interval_s`` and at stop.
+one revalidation Ping every ``revalidate_interval_s``, and every node that answered a Ping (table
+entry, replacement or neither: a full bucket forgets, the database keeps) written to the database
+every ``persist_interval_s`` and at stop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from pimail.config import DiscoveryConfig
 from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.discovery.enr import Record
-from pimail.discovery.nodedb import NodeDB
+from pimail.discovery.nodedb import MAX_ROWS, NodeDB
 from pimail.discovery.table import BUCKET_SIZE, Node, Table, distance
 from pimail.discovery.udp import Network, UDPTransport
 
@@ -67,6 +69,8 @@ class Discovery:
         self._seq = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._lookup_wake = asyncio.Event()
+        # nodes that answered since the last database write, at most the database's size
+        self._unsaved: OrderedDict[bytes, Node] = OrderedDict()
         self.counters: dict[str, int] = {"lookups": 0, "revalidations": 0, "revalidation_failed": 0,
                                          "record_updates": 0}
 
@@ -169,6 +173,11 @@ class Discovery:
 
     # -- events from the transport --------------------------------------------------------------------
     def _verified(self, node: Node) -> None:
+        if self.db is not None:
+            self._unsaved.pop(node.node_id, None)
+            self._unsaved[node.node_id] = node
+            while len(self._unsaved) > MAX_ROWS:
+                self._unsaved.popitem(last=False)
         if not self.table.add_verified(node, time.time()):
             existing = self.table.get(node.node_id)
             if existing is not None:
@@ -236,6 +245,10 @@ class Discovery:
                 log.exception("discovery lookup failed")
             stalled = 0 if (len(self.table), self.live_count()) > before else stalled + 1
 
+    def unsaved_ids(self) -> set[bytes]:
+        """Nodes that answered since the last node-database write (written at the next one)."""
+        return set(self._unsaved)
+
     def live_count(self) -> int:
         """Entries that proved their endpoint (answered our Ping) within the bond lifetime."""
         return sum(1 for n in self.table.nodes() if self.transport.verified(n.node_id, n.ip))
@@ -292,7 +305,12 @@ class Discovery:
     async def _persist(self) -> None:
         if self.db is None:
             return
-        rows = [(n, self.transport.last_pong(n.node_id)) for n in self.table.nodes()]
+        # every node that answered us, in the table or not (geth's nodedb keeps each Pong): a
+        # restart then has more seeds than one table's worth
+        known = {n.node_id: n for n in [*self.table.nodes(), *self.table.replacement_nodes()]}
+        known.update(self._unsaved)
+        self._unsaved = OrderedDict()
+        rows = [(n, self.transport.last_pong(n.node_id)) for n in known.values()]
         rows = [(n, t) for n, t in rows if t > 0]
         if rows:
             await self.db.save(rows)

@@ -153,6 +153,11 @@ class Table:
         for index in sorted(self._buckets):
             yield from self._buckets[index].entries
 
+    def replacement_nodes(self) -> Iterator[Node]:
+        """The replacement lists of every bucket (nodes heard of while their bucket was full)."""
+        for index in sorted(self._buckets):
+            yield from self._buckets[index].replacements
+
     def closest(self, target_id: bytes, count: int = BUCKET_SIZE) -> list[Node]:
         """The ``count`` entries nearest ``target_id`` by XOR distance."""
         t = int.from_bytes(target_id, "big")

@@ -36,11 +36,13 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from pimail.archive.base import ArchivedEnvelope, ArchiveError, SchemaTooNew
 from pimail.crypto.keccak import keccak256
+
+if TYPE_CHECKING:
+    import sqlite_utils  # imported by migrate() only: an archive at SCHEMA_VERSION never needs it
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,11 @@ PROBE_WINDOW = 16  # slots tried for hash-prefix collisions within one second
 SENT_MAX = 2**32 - 1
 PAGE_SIZE = 8192  # fewer, fuller pages than 4096 for ~300 B rows (see bench/archive.py)
 WAL_AUTOCHECKPOINT_PAGES = 2000  # 16 MB: index pages reach the main file once per checkpoint
+# The writer's page cache. Appends touch the right edge of the key B-tree and a few pages per topic
+# of the topic index; the kernel's page cache holds the rest of the file. A cache, once filled,
+# stays resident until the connection closes (docs/PERFORMANCE.md, "Memory"); no mmap either:
+# mapped pages would count as pimail's RSS.
+WRITER_CACHE_KIB = 4096
 
 Row = tuple[int, int, int, int | None, bytes]  # id, topic, ttl, arr, raw
 
@@ -165,6 +172,8 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             raise ArchiveError(f"{path} is an SQLite file but not a pimail archive (no schema version)")
         if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
             raise ArchiveError(f"{path}: could not enable incremental auto-vacuum on a new archive")
+    import sqlite_utils  # ~5 MB with click, dateutil and pluggy: only when there is a migration to run
+
     db = sqlite_utils.Database(conn)
     if version == 0:
         conn.execute("BEGIN IMMEDIATE")
@@ -209,7 +218,7 @@ def prepare(conn: sqlite3.Connection, path: Path, *, synchronous: str,
     conn.execute("PRAGMA secure_delete = FAST")
     conn.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint_pages(conn)}")
     conn.execute(f"PRAGMA journal_size_limit = {WAL_AUTOCHECKPOINT_PAGES * PAGE_SIZE}")
-    conn.execute("PRAGMA cache_size = -16000")
+    conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
     migrate(conn, path)
     # A WAL left behind by a crash is only reset by a checkpoint; if the node is killed again
     # before the next automatic one (a crash loop), the WAL would grow without bound.

@@ -45,6 +45,9 @@ from pimail.envelope.bloom import BLOOM_LEN, is_full, topic_to_bloom
 T = TypeVar("T")
 
 READER_THREADS = 2
+# Per reader connection. History reads a key range once, front to back: only the interior pages of
+# the B-trees are worth keeping, and the kernel caches the file anyway (docs/PERFORMANCE.md, "Memory").
+READER_CACHE_KIB = 2048
 MAX_INFLIGHT_READS = 32  # further readers wait on the loop (never on a thread)
 
 
@@ -87,7 +90,7 @@ class SqliteReader(SqliteCore):
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only = 1")
-            conn.execute("PRAGMA cache_size = -8000")
+            conn.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
             conn.execute("PRAGMA temp_store = MEMORY")
             self._reader_local.conn = conn
             self._reader_local.topics = TopicCache()

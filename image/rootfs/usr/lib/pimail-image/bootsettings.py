@@ -18,6 +18,12 @@ ssh, Wi-Fi and pimail start. Files it understands, all optional, in /boot/firmwa
     readable on the card (a ``wifi.txt.imported`` note replaces it).
 ``wpa_supplicant.conf``
     A complete wpa_supplicant config (the Raspberry Pi OS habit), installed as is, then deleted.
+``bootnodes.txt``
+    Discovery bootnodes, one ``enode://<128 hex>@host:port`` a line (``#`` comments). Read after
+    ``pimail.toml``: the list replaces ``[node] bootnodes`` in /etc/pimail/pimail.toml and the rest
+    of that file stays as it was (checked by parsing both, then by pimail's validator). Renamed
+    ``bootnodes.txt.imported``, or ``bootnodes.txt.rejected`` with the reason in
+    ``bootnodes.txt.error.txt``.
 
 Every outcome is one log line; a bad file never stops the boot. Exit code 0, or 1 on an
 unexpected error (bad arguments, unreadable boot directory).
@@ -48,6 +54,7 @@ CONFIG_NAME = "pimail.toml"
 KEYS_NAME = "authorized_keys"
 WIFI_NAME = "wifi.txt"
 WPA_NAME = "wpa_supplicant.conf"
+BOOTNODES_NAME = "bootnodes.txt"
 
 # Key types OpenSSH 9 accepts in authorized_keys.
 SSH_KEY_TYPES = frozenset(
@@ -323,6 +330,128 @@ def import_wifi(boot: Path, targets: Targets) -> list[Outcome]:
     return outcomes
 
 
+# -- bootnodes.txt -------------------------------------------------------------------------------
+
+# enode://<64-byte public key as 128 hex>@host:port[?discport=N]; host an IPv4/IPv6 literal or a name
+ENODE_RE = re.compile(
+    r"^enode://[0-9a-fA-F]{128}@(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})(?:\?discport=(\d{1,5}))?$"
+)
+NODE_HEADER_RE = re.compile(r"^\s*\[\s*node\s*\]\s*(?:#.*)?$")
+TABLE_HEADER_RE = re.compile(r"^\s*\[")
+BOOTNODES_KEY_RE = re.compile(r"^\s*bootnodes\s*=")
+TOML_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
+
+
+def parse_bootnodes(text: str) -> list[str]:
+    """The enode URLs of ``bootnodes.txt`` in order, without duplicates; raise Rejected naming the
+    first bad line."""
+    enodes: list[str] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = ENODE_RE.match(line)
+        ports = [int(p) for p in match.groups() if p is not None] if match else []
+        if match is None or not all(1 <= p <= 65535 for p in ports):
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise Rejected(f"{BOOTNODES_NAME} line {number}: not an enode URL "
+                           f"(enode://<128 hex>@host:port): {shown!r}")
+        if line not in enodes:
+            enodes.append(line)
+    if not enodes:
+        raise Rejected(f"{BOOTNODES_NAME} holds no enode URLs")
+    return enodes
+
+
+def _bracket_depth(line: str) -> int:
+    """Open minus closed brackets on one TOML line, strings and comments left out."""
+    code = TOML_STRING_RE.sub('""', line).split("#", 1)[0]
+    return code.count("[") - code.count("]")
+
+
+def merge_bootnodes(config_text: str, enodes: list[str]) -> str:
+    """``config_text`` with ``[node] bootnodes`` set to ``enodes``, every other line kept. Raise
+    Rejected if the result does not parse to exactly that change (a config written in a shape this
+    simple editor does not know, e.g. dotted ``node.bootnodes`` keys)."""
+    try:
+        before = tomllib.loads(config_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise Rejected(f"the installed config is not valid TOML: {exc}") from None
+    value = "".join(f'    "{e}",\n' for e in enodes)
+    new = [f"# from {BOOTNODES_NAME} on the boot partition, {_stamp()}\n", f"bootnodes = [\n{value}]\n"]
+    lines = config_text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    header = next((i for i, line in enumerate(lines) if NODE_HEADER_RE.match(line)), None)
+    if header is None:
+        lines += ["\n", "[node]\n", *new]
+    else:
+        i, depth = header + 1, 0
+        start: int | None = None
+        end: int | None = None
+        while i < len(lines):
+            line = lines[i]
+            if depth == 0 and TABLE_HEADER_RE.match(line):
+                break  # the next table
+            if depth == 0 and start is None and BOOTNODES_KEY_RE.match(line):
+                start = i
+            depth = max(0, depth + _bracket_depth(line))
+            i += 1
+            if start is not None and depth == 0:
+                end = i
+                break
+        if start is None:
+            lines[header + 1 : header + 1] = new
+        else:
+            if start > header + 1 and lines[start - 1].startswith(f"# from {BOOTNODES_NAME} "):
+                start -= 1  # our own note of an earlier import
+            lines[start : end if end is not None else i] = new
+    merged = "".join(lines)
+    expected = dict(before)
+    expected["node"] = {**before.get("node", {}), "bootnodes": enodes}
+    try:
+        after = tomllib.loads(merged)
+    except tomllib.TOMLDecodeError:
+        after = None
+    if after != expected:
+        raise Rejected("could not add the bootnodes to the installed config safely; "
+                       "put them into pimail.toml as [node] bootnodes = [...] instead")
+    return merged
+
+
+def import_bootnodes(boot: Path, targets: Targets, validate: Validator | None) -> Outcome:
+    src = boot / BOOTNODES_NAME
+    if not src.is_file():
+        return Outcome(BOOTNODES_NAME, "absent")
+    check = targets.config.with_name(f".{targets.config.name}.bootnodes-check")
+    try:
+        enodes = parse_bootnodes(_read_text(src))
+        current = targets.config.read_text(encoding="utf-8") if targets.config.is_file() else ""
+        merged = merge_bootnodes(current, enodes)
+        if validate is not None:
+            _write_atomic(check, merged, 0o600)
+            try:
+                reason = validate(check)
+            finally:
+                check.unlink(missing_ok=True)
+            if reason:
+                raise Rejected(reason.replace(str(check), f"{targets.config.name} with {BOOTNODES_NAME}"))
+    except Rejected as exc:
+        (boot / f"{BOOTNODES_NAME}.error.txt").write_text(
+            f"{_stamp()}: {BOOTNODES_NAME} was not used, the previous bootnodes stay in force.\n{exc}\n"
+        )
+        os.replace(src, boot / f"{BOOTNODES_NAME}.rejected")
+        return Outcome(BOOTNODES_NAME, "rejected", str(exc))
+    try:
+        gid = grp.getgrnam(targets.config_group).gr_gid
+    except KeyError:
+        gid = -1
+    _write_atomic(targets.config, merged, 0o640, gid)
+    os.replace(src, boot / f"{BOOTNODES_NAME}.imported")
+    (boot / f"{BOOTNODES_NAME}.error.txt").unlink(missing_ok=True)
+    return Outcome(BOOTNODES_NAME, "imported", f"{len(enodes)} bootnode(s) in {targets.config}")
+
+
 # -- all of it -----------------------------------------------------------------------------------
 
 
@@ -333,6 +462,7 @@ def import_all(boot: Path, targets: Targets, validate: Validator | None) -> list
         (CONFIG_NAME, lambda: [import_config(boot, targets, validate)]),
         (KEYS_NAME, lambda: [import_authorized_keys(boot, targets)]),
         (WIFI_NAME, lambda: import_wifi(boot, targets)),
+        (BOOTNODES_NAME, lambda: [import_bootnodes(boot, targets, validate)]),  # after pimail.toml
     ]
     for name, step in steps:
         try:

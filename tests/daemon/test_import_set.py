@@ -1,0 +1,74 @@
+"""The daemon's memory floor: what ``import pimail.daemon`` and a running node load, and what they
+must not (each of these costs megabytes of RSS on a Pi that does not use it; docs/PERFORMANCE.md,
+"Memory")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.daemon.procs import REPO
+
+# top-level packages and the reason a default node has no use for them
+NEVER_BY_DEFAULT = {
+    "psycopg": "the PostgreSQL driver: only with [archive] url = postgresql://",
+    "psycopg_pool": "the PostgreSQL pool: only with [archive] url = postgresql://",
+    "sqlite_utils": "archive schema migrations: only when the file is older than the code",
+    "click": "comes with sqlite_utils",
+    "dateutil": "comes with sqlite_utils",
+    "cramjam": "snappy: loaded with the first devp2p v5 session",
+    "segno": "QR codes: `pimail enode --qr`, `pimail pair` and the status page's first view",
+    "zxingcpp": "QR decoding: tests only",
+    "hypothesis": "tests only",
+    "pytest": "tests only",
+    "systemd": "python-systemd: pimail speaks the notify protocol itself",
+}
+AT_IMPORT_ALSO = {"gpiozero": "LEDs and the pair button: loaded when a GPIO chip is there",
+                  "lgpio": "gpiozero's backend"}
+
+RUN_TWICE = """
+import asyncio, json, sys
+from pathlib import Path
+from pimail.configfile import load_config
+from pimail.daemon import Daemon
+
+conf = Path(sys.argv[1])
+
+async def main() -> None:
+    daemon = Daemon(load_config(conf).config, config_path=conf, env={})
+    await daemon.start()
+    await daemon.stop()
+
+asyncio.run(main())
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def _loaded(code: str, *args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_the_daemon_loads_none_of_the_optional_packages() -> None:
+    loaded = _loaded("import json, sys\nimport pimail.daemon\n"
+                     "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
+    assert {"pimail", "asyncio", "coincurve"} <= loaded  # the listing is real
+    unwanted = {**NEVER_BY_DEFAULT, **AT_IMPORT_ALSO}
+    assert {name: unwanted[name] for name in loaded & unwanted.keys()} == {}
+
+
+def test_a_default_node_restarted_on_its_data_dir_loads_none_of_them(tmp_path: Path) -> None:
+    conf = tmp_path / "pimail.toml"
+    conf.write_text(  # the defaults (status page, metrics, SQLite archive), on loopback ports
+        f'[node]\nlisten = "127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\n'
+        '[archive]\nclock_trust = "always"\nmin_free_disk = "1MB"\n'
+        '[status]\nmetrics_listen = "127.0.0.1:0"\npage_listen = "127.0.0.1:0"\n'
+    )
+    first = _loaded(RUN_TWICE, str(conf))
+    assert "sqlite_utils" in first  # a new archive is created by its migrations: the check can see it
+    again = _loaded(RUN_TWICE, str(conf))
+    assert {name: NEVER_BY_DEFAULT[name] for name in again & NEVER_BY_DEFAULT.keys()} == {}
