@@ -15,6 +15,7 @@ from pimail.archive.base import ArchiveError
 from pimail.archive.sqlite.core import proc_write_bytes
 from pimail.archive.sqlite.layout import SCHEMA_VERSION, prepare
 from pimail.archive.sqlite.reader import MAX_INFLIGHT_READS, READER_THREADS, SqliteReader
+from pimail.archive.sqlite.salvage import classify, preflight, probe
 from pimail.archive.sqlite.writer import SqliteWriter
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,20 @@ class SqliteArchive(SqliteWriter, SqliteReader):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArchiveError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
-        conn = self._connect()
+        preflight(self.path)  # bounded: stats and the header (see salvage)
+        try:
+            conn = self._connect()
+        except ArchiveError as exc:
+            if isinstance(exc.__cause__, sqlite3.Error):
+                raise classify(self.path, exc.__cause__) from exc
+            raise
         try:
             prepare(conn, self.path, synchronous=self.synchronous,
                     autocheckpoint_pages=self._autocheckpoint_pages)
+            probe(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise ArchiveError(f"cannot open the archive {self.path}: {exc}") from exc
+            raise classify(self.path, exc) from exc
         except BaseException:
             conn.close()
             raise
