@@ -15,7 +15,7 @@ from pimail.archive.base import ArchiveError
 from pimail.archive.sqlite.core import proc_write_bytes
 from pimail.archive.sqlite.layout import SCHEMA_VERSION, prepare
 from pimail.archive.sqlite.reader import MAX_INFLIGHT_READS, READER_THREADS, SqliteReader
-from pimail.archive.sqlite.salvage import classify, preflight, probe
+from pimail.archive.sqlite.salvage import check_wal, classify, preflight, probe
 from pimail.archive.sqlite.writer import SqliteWriter
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,16 @@ class SqliteArchive(SqliteWriter, SqliteReader):
                 raise classify(self.path, exc.__cause__) from exc
             raise
         try:
+            check_wal(conn, self.path)
             prepare(conn, self.path, synchronous=self.synchronous,
                     autocheckpoint_pages=self._autocheckpoint_pages)
             probe(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise classify(self.path, exc) from exc
+        except ArchiveError:
+            conn.close()
+            raise
         except BaseException:
             conn.close()
             raise

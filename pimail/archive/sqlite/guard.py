@@ -124,7 +124,7 @@ async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
         scanner = RowScanner(conn)
         while not scanner.done:
             rows = await asyncio.to_thread(scanner.next_slice, SALVAGE_SLICE_ROWS)
-            report.unreadable_ranges = scanner.skips
+            report.unreadable_ranges, report.unreadable_rows = scanner.skips, scanner.bad_rows
             batch = check_slice(rows, report, oldest)
             if batch:
                 before = int(getattr(archive, "inserted_total", 0) or 0)

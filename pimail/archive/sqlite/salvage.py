@@ -149,6 +149,57 @@ def preflight(path: Path) -> None:
                                    f"{page_size}-byte pages")
 
 
+WAL_MAGIC = (0x377F0682, 0x377F0683)
+WAL_HEADER = 32
+WAL_FRAME_HEADER = 24
+
+
+def wal_commits_after(wal: Path, replayed: int) -> tuple[bool, int]:
+    """(header valid, commit frames of this WAL generation past frame ``replayed``), reading only the
+    32-byte header and each 24-byte frame header (bounded by the WAL's size limit)."""
+    try:
+        with open(wal, "rb") as f:
+            head = f.read(WAL_HEADER)
+            if len(head) < WAL_HEADER:
+                return True, 0
+            if int.from_bytes(head[:4], "big") not in WAL_MAGIC:
+                return False, 0
+            page_size = int.from_bytes(head[8:12], "big")
+            salts = head[16:24]
+            if page_size < 512 or page_size & (page_size - 1):
+                return False, 0
+            lost, n = 0, 0
+            while True:
+                frame = f.read(WAL_FRAME_HEADER)
+                if len(frame) < WAL_FRAME_HEADER:
+                    return True, lost
+                n += 1
+                if n > replayed and frame[8:16] == salts and int.from_bytes(frame[4:8], "big"):
+                    lost += 1
+                f.seek(page_size, os.SEEK_CUR)
+    except OSError:
+        return True, 0
+
+
+def check_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """Before the open resets the WAL: raise ``ArchiveDamaged`` when it holds commits SQLite cannot
+    replay (a frame in the middle is garbage: the commits after it would be lost without a word).
+
+    An unfinished last transaction (frames past the last commit, as a crash leaves) is no damage."""
+    wal = Path(f"{path}-wal")
+    size = _size(wal)
+    if size <= WAL_HEADER:
+        return
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    replayed = max(0, int(row[1])) if row is not None else 0
+    valid_header, lost = wal_commits_after(wal, replayed)
+    if not valid_header and size >= WAL_HEADER + WAL_FRAME_HEADER:
+        raise ArchiveDamaged(path, f"the WAL header is damaged: {size} bytes of recent writes cannot be replayed")
+    if lost:
+        raise ArchiveDamaged(path, f"the WAL is damaged after frame {replayed}: {lost} later commits "
+                                   "cannot be replayed")
+
+
 def classify(path: Path, exc: sqlite3.Error) -> ArchiveError:
     """The ``ArchiveError`` an SQLite error at open means."""
     code = sqlite_code(exc)
@@ -218,6 +269,7 @@ class SalvageReport:
     rejected: int = 0  # failed the checks again (garbage in a row)
     beyond_retention: int = 0  # older than the retention's max age: not put back
     unreadable_ranges: int = 0  # key ranges skipped because SQLite could not read their pages
+    unreadable_rows: int = 0  # rows whose key reads but whose columns do not
     expected: int | None = None  # the damaged file's own envelope counter, when readable
     error: str = ""
     started_at: float = field(default_factory=time.time)
@@ -230,7 +282,7 @@ class SalvageReport:
         of = f" of ~{self.expected}" if self.expected is not None else ""
         return (f"{self.read}{of} read, {self.salvaged} salvaged, {self.duplicates} already present, "
                 f"{self.rejected} rejected, {self.beyond_retention} beyond retention, "
-                f"{self.unreadable_ranges} unreadable ranges skipped")
+                f"{self.unreadable_ranges} unreadable ranges and {self.unreadable_rows} unreadable rows skipped")
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
@@ -241,6 +293,9 @@ def open_read_only(path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA query_only = 1")
+        # a truncated file: SQLite refuses a file shorter than its header says unless the schema
+        # is "writable", and then reads what the file holds (nothing is written: mode=ro)
+        conn.execute("PRAGMA writable_schema = ON")
     except sqlite3.Error as exc:
         raise ArchiveError(f"cannot open {path}: {exc}") from exc
     return conn
@@ -266,6 +321,7 @@ class RowScanner:
         self.conn = conn
         self.next_key: int | None = KEY_MIN
         self.skips = 0
+        self.bad_rows = 0  # rows whose key reads but whose columns do not
         self.last_error = ""
 
     @property
@@ -318,11 +374,30 @@ class RowScanner:
                 rows.append(row)
         except sqlite3.DatabaseError as exc:
             self.last_error = str(exc)
-            bad = int(rows[-1][0]) + 1 if rows else start
-            if not rows:
-                self.next_key = self._skip(bad)
-            else:
-                self.next_key = bad  # the next call starts where the damage is, and skips it
+            # the sqlite3 module reads one row ahead: the row before the damage was read but not
+            # handed out; take the rows up to the damage one statement each
+            key = int(rows[-1][0]) + 1 if rows else start
+            while len(rows) < n:
+                try:
+                    one = self.conn.execute(f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id >= ? "
+                                            "ORDER BY id LIMIT 1", (key,)).fetchone()
+                except sqlite3.DatabaseError:
+                    break
+                if one is None:
+                    self.next_key = None
+                    return rows
+                rows.append(one)
+                key = int(one[0]) + 1
+            if rows:  # the next call starts where the damage is, and skips it
+                self.next_key = int(rows[-1][0]) + 1
+                return rows
+            try:  # the key reads but its row does not (a damaged cell or overflow page): pass it
+                first = self._first_at(start)
+            except sqlite3.DatabaseError:
+                self.next_key = self._skip(start)
+                return rows
+            self.bad_rows += 1
+            self.next_key = None if first is None or first >= KEY_MAX else first + 1
             return rows
         if len(rows) < n:
             self.next_key = None

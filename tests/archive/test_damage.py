@@ -1,0 +1,223 @@
+"""A damaged archive file, for real: truncated, garbage pages at known offsets, a damaged WAL, a
+0-byte file, an unreadable file. Each is made on a real SQLite file written by SqliteArchive, then
+opened, checked and salvaged."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from pimail.archive.base import ArchivedEnvelope, HistoryQuery
+from pimail.archive.sqlite import PAGE_SIZE, SqliteArchive
+from pimail.archive.sqlite.guard import salvage_into
+from pimail.archive.sqlite.salvage import (
+    ArchiveDamaged,
+    ArchiveUnreadable,
+    RowScanner,
+    damaged_files,
+    open_read_only,
+    quarantine,
+    validate_row,
+)
+from tests.archive.conftest import make_envelope, run, topic_n
+
+N = 3000
+NOW = int(time.time()) - 7200
+
+
+def originals(n: int = N) -> list[ArchivedEnvelope]:
+    return [make_envelope(i, NOW + i, topic_n(i % 7), size=200) for i in range(n)]
+
+
+def fill(path: Path, envs: list[ArchivedEnvelope]) -> None:
+    async def main() -> None:
+        a = SqliteArchive(path, flush_interval_ms=2)
+        await a.open()
+        await a.submit(envs)
+        await a.close()
+
+    run(main())
+
+
+def stored(path: Path) -> dict[bytes, bytes]:
+    """hash -> raw of everything a (healthy) archive holds."""
+
+    async def main() -> dict[bytes, bytes]:
+        a = SqliteArchive(path)
+        await a.open()
+        try:
+            return {e.hash: e.raw async for e in a.iterate(HistoryQuery(0, 2**32 - 1))}
+        finally:
+            await a.close()
+
+    return run(main())
+
+
+def leaf_pages(path: Path) -> list[tuple[int, int]]:
+    """(page number, cells) of the envelope table's leaf pages, from SQLite's dbstat."""
+    conn = sqlite3.connect(path)
+    try:
+        return [(int(p), int(c)) for p, c in conn.execute(
+            "SELECT pageno, ncell FROM dbstat WHERE name = 'envelopes' AND pagetype = 'leaf' ORDER BY pageno")]
+    finally:
+        conn.close()
+
+
+def open_fails(path: Path) -> BaseException:
+    async def main() -> None:
+        a = SqliteArchive(path)
+        await a.open()
+        await a.close()
+
+    with pytest.raises((ArchiveDamaged, ArchiveUnreadable)) as info:
+        run(main())
+    return info.value
+
+
+def salvage(source: Path, into: Path) -> tuple[object, dict[bytes, bytes]]:
+    async def main() -> object:
+        a = SqliteArchive(into, flush_interval_ms=2)
+        await a.open()
+        try:
+            return await salvage_into(a, source)
+        finally:
+            await a.close()
+
+    report = run(main())
+    return report, stored(into)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> tuple[Path, dict[bytes, bytes]]:
+    path = tmp_path / "archive.sqlite"
+    envs = originals()
+    fill(path, envs)
+    return path, {e.hash: e.raw for e in envs}
+
+
+def test_a_truncated_file_is_reported_damaged_at_open_and_its_first_half_is_salvaged(
+        tmp_path: Path, archive: tuple[Path, dict[bytes, bytes]]) -> None:
+    path, want = archive
+    os.truncate(path, path.stat().st_size // 2)
+    exc = open_fails(path)
+    assert isinstance(exc, ArchiveDamaged) and "truncated" in exc.why
+    report, got = salvage(path, tmp_path / "fresh.sqlite")
+    assert report.state == "done"  # type: ignore[attr-defined]
+    assert set(got) < set(want) and all(got[h] == want[h] for h in got)
+    assert len(got) > N // 4, "the readable half holds many envelopes"
+    assert report.salvaged == len(got) and report.unreadable_ranges >= 1  # type: ignore[attr-defined]
+
+
+def test_garbage_pages_at_known_offsets_lose_only_their_rows(
+        tmp_path: Path, archive: tuple[Path, dict[bytes, bytes]]) -> None:
+    path, want = archive
+    leaves = leaf_pages(path)
+    hit = [leaves[len(leaves) // 4], leaves[len(leaves) // 2], leaves[3 * len(leaves) // 4]]
+    rnd = random.Random(18)
+    with open(path, "r+b") as f:
+        for pageno, _cells in hit:
+            f.seek((pageno - 1) * PAGE_SIZE)
+            f.write(rnd.randbytes(PAGE_SIZE))
+    report, got = salvage(path, tmp_path / "fresh.sqlite")
+    lost = sum(cells for _, cells in hit)
+    assert all(got[h] == want[h] for h in got), "only original envelopes come back, byte for byte"
+    assert N - lost <= len(got) < N
+    assert report.unreadable_ranges == 3 and report.rejected == 0  # type: ignore[attr-defined]
+    assert report.expected == N  # type: ignore[attr-defined]
+
+
+def test_a_row_whose_bytes_disagree_with_its_key_is_rejected(archive: tuple[Path, dict[bytes, bytes]]) -> None:
+    path, _ = archive
+    conn = open_read_only(path)
+    try:
+        rows = RowScanner(conn).next_slice(3)
+    finally:
+        conn.close()
+    key, topic, ttl, arr, raw = rows[0]
+    assert validate_row(rows[0]).raw == bytes(raw)
+    flipped = bytes(raw[:-1]) + bytes([raw[-1] ^ 1])  # one bit in the payload: another hash
+    for bad in [(key, topic, ttl, arr, flipped), (key + (1 << 32), topic, ttl, arr, raw),
+                (key, topic ^ 1, ttl, arr, raw), (key, topic, ttl, arr, b"\xc0garbage")]:
+        with pytest.raises(ValueError):
+            validate_row(bad)
+
+
+def test_a_zero_byte_file_is_damaged_not_silently_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "archive.sqlite"
+    fill(path, originals(10))
+    os.truncate(path, 0)
+    exc = open_fails(path)
+    assert isinstance(exc, ArchiveDamaged) and "empty (0 bytes)" in exc.why
+    assert path.stat().st_size == 0, "the open must not turn it into a new archive"
+
+
+def test_a_directory_in_its_place_is_unreadable_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "archive.sqlite"
+    path.mkdir()
+    (path / "keep").write_text("x")
+    exc = open_fails(path)
+    assert isinstance(exc, ArchiveUnreadable) and "directory" in exc.why and "move" in exc.fix
+    assert (path / "keep").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file; the directory case covers root")
+def test_a_mode_000_file_is_unreadable_with_the_fix(archive: tuple[Path, dict[bytes, bytes]]) -> None:
+    path, _ = archive
+    os.chmod(path, 0)
+    try:
+        exc = open_fails(path)
+        assert isinstance(exc, ArchiveUnreadable) and "permission denied" in exc.why
+        assert "chown" in exc.fix
+    finally:
+        os.chmod(path, 0o600)
+
+
+def test_a_damaged_wal_is_kept_and_reported_and_the_valid_part_opens(tmp_path: Path) -> None:
+    """A WAL whose middle frame is garbage: SQLite replays only the frames before it and would
+    reset the WAL at the next checkpoint; the open keeps a copy and says what could not be replayed."""
+    live = tmp_path / "live"
+    live.mkdir()
+    src = live / "archive.sqlite"
+    envs = originals(400)
+
+    async def crash_copy() -> None:
+        a = SqliteArchive(src, flush_interval_ms=2, wal_autocheckpoint_pages=100_000)
+        await a.open()
+        for i in range(0, 400, 50):  # eight commits in the WAL, none checkpointed
+            await a.submit(envs[i:i + 50])
+        for suffix in ("", "-wal"):  # what a power cut leaves: the file and its WAL
+            shutil.copy(f"{src}{suffix}", tmp_path / f"archive.sqlite{suffix}")
+        await a.close()
+
+    run(crash_copy())
+    path = tmp_path / "archive.sqlite"
+    wal = Path(f"{path}-wal")
+    frames = (wal.stat().st_size - 32) // (24 + PAGE_SIZE)
+    assert frames > 8
+    with open(wal, "r+b") as f:  # garbage over one frame in the middle
+        f.seek(32 + (frames // 2) * (24 + PAGE_SIZE))
+        f.write(random.Random(7).randbytes(24 + PAGE_SIZE))
+    exc = open_fails(path)
+    assert isinstance(exc, ArchiveDamaged) and "WAL" in exc.why
+    report, got = salvage(quarantine(path), tmp_path / "fresh.sqlite")
+    assert got and all(got[h] == e.raw for e in envs for h in [e.hash] if h in got)
+    assert len(got) < 400  # the commits after the bad frame cannot be replayed
+
+
+def test_quarantine_renames_with_a_timestamp_and_never_deletes(archive: tuple[Path, dict[bytes, bytes]]) -> None:
+    path, _ = archive
+    Path(f"{path}-wal").write_bytes(b"")
+    size = path.stat().st_size
+    moved = quarantine(path, now=1_800_000_000)
+    assert moved.name == "archive.sqlite.damaged-20270115T080000Z"
+    assert moved.stat().st_size == size and Path(f"{moved}-wal").exists() and not path.exists()
+    path.write_bytes(b"x")
+    again = quarantine(path, now=1_800_000_000)
+    assert again.name.endswith("-2") and moved.exists()
+    assert damaged_files(path.parent, path.name) == [moved, again]
