@@ -194,7 +194,8 @@ def check_wal(conn: sqlite3.Connection, path: Path) -> None:
     replayed = max(0, int(row[1])) if row is not None else 0
     valid_header, lost = wal_commits_after(wal, replayed)
     if not valid_header and size >= WAL_HEADER + WAL_FRAME_HEADER:
-        raise ArchiveDamaged(path, f"the WAL header is damaged: {size} bytes of recent writes cannot be replayed")
+        raise ArchiveDamaged(path, f"the WAL header is damaged: {size} bytes of recent writes "
+                                   "cannot be replayed")
     if lost:
         raise ArchiveDamaged(path, f"the WAL is damaged after frame {replayed}: {lost} later commits "
                                    "cannot be replayed")
@@ -282,7 +283,8 @@ class SalvageReport:
         of = f" of ~{self.expected}" if self.expected is not None else ""
         return (f"{self.read}{of} read, {self.salvaged} salvaged, {self.duplicates} already present, "
                 f"{self.rejected} rejected, {self.beyond_retention} beyond retention, "
-                f"{self.unreadable_ranges} unreadable ranges and {self.unreadable_rows} unreadable rows skipped")
+                f"{self.unreadable_ranges} unreadable ranges and {self.unreadable_rows} unreadable rows "
+                "skipped")
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
