@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
         "archive",
         help="inspect and maintain the envelope archive",
         description="Inspect and maintain the envelope archive (stats, prune, vacuum, check, "
-        "export, import).",
+        "export, import, recover, migrate).",
     )
     parser.set_defaults(func=lambda _args: _usage(parser))
     common = argparse.ArgumentParser(add_help=False)

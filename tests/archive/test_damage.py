@@ -64,7 +64,8 @@ def leaf_pages(path: Path) -> list[tuple[int, int]]:
     conn = sqlite3.connect(path)
     try:
         return [(int(p), int(c)) for p, c in conn.execute(
-            "SELECT pageno, ncell FROM dbstat WHERE name = 'envelopes' AND pagetype = 'leaf' ORDER BY pageno")]
+            "SELECT pageno, ncell FROM dbstat WHERE name = 'envelopes' AND pagetype = 'leaf' "
+            "ORDER BY pageno")]
     finally:
         conn.close()
 
@@ -132,7 +133,8 @@ def test_garbage_pages_at_known_offsets_lose_only_their_rows(
     assert report.expected == N  # type: ignore[attr-defined]
 
 
-def test_a_row_whose_bytes_disagree_with_its_key_is_rejected(archive: tuple[Path, dict[bytes, bytes]]) -> None:
+def test_a_row_whose_bytes_disagree_with_its_key_is_rejected(
+        archive: tuple[Path, dict[bytes, bytes]]) -> None:
     path, _ = archive
     conn = open_read_only(path)
     try:
@@ -206,11 +208,13 @@ def test_a_damaged_wal_is_kept_and_reported_and_the_valid_part_opens(tmp_path: P
     exc = open_fails(path)
     assert isinstance(exc, ArchiveDamaged) and "WAL" in exc.why
     report, got = salvage(quarantine(path), tmp_path / "fresh.sqlite")
+    assert report.state == "done" and report.salvaged == len(got)  # type: ignore[attr-defined]
     assert got and all(got[h] == e.raw for e in envs for h in [e.hash] if h in got)
     assert len(got) < 400  # the commits after the bad frame cannot be replayed
 
 
-def test_quarantine_renames_with_a_timestamp_and_never_deletes(archive: tuple[Path, dict[bytes, bytes]]) -> None:
+def test_quarantine_renames_with_a_timestamp_and_never_deletes(
+        archive: tuple[Path, dict[bytes, bytes]]) -> None:
     path, _ = archive
     Path(f"{path}-wal").write_bytes(b"")
     size = path.stat().st_size

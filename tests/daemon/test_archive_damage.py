@@ -15,6 +15,7 @@ from gpiozero.pins.mock import MockFactory
 
 from pimail.archive.sqlite import PAGE_SIZE
 from pimail.archive.sqlite.guard import HEALTH_DAMAGED, HEALTH_UNREADABLE
+from pimail.cli.status import render
 from pimail.configfile import load_config
 from pimail.crypto.keys import Enode
 from pimail.daemon import Daemon
@@ -83,6 +84,7 @@ def test_a_truncated_archive_is_moved_aside_salvaged_and_the_node_keeps_relaying
         assert daemon.archive_guard is not None
         assert await wait_for(lambda: (daemon.status_snapshot()["archive"]["salvage"] or {}).get("state")
                               == "done")
+        assert await wait_for(lambda: daemon.status_snapshot()["archive"]["check"]["state"] == "ok")
         snap = daemon.status_snapshot()["archive"]
         assert snap["state"] == "ok" and snap["damaged_files"] == [str(kept[0])]
         salvaged = snap["salvage"]["salvaged"]
@@ -93,6 +95,9 @@ def test_a_truncated_archive_is_moved_aside_salvaged_and_the_node_keeps_relaying
         msg = next(c["message"] for c in daemon.status_snapshot()["health"]["conditions"]
                    if c["key"] == HEALTH_DAMAGED)
         assert str(kept[0]) in msg and "remove it" in msg
+        text = render(daemon.status_snapshot())  # what `pimail status` prints
+        assert f"salvage    done: {snap['salvage']['read']} of ~2000 read, {salvaged} salvaged" in text
+        assert f"kept       {kept[0]}" in text and "check      ok" in text
         # the operator removes the damaged file: the condition clears
         kept[0].unlink()
         for side in data.glob("archive.sqlite.damaged-*"):
@@ -153,6 +158,7 @@ def test_an_unreadable_archive_is_left_alone_and_picked_up_once_fixed() -> None:
         snap = daemon.status_snapshot()["archive"]
         assert snap["state"] == "unreadable" and "directory" in snap["unreadable"]["why"]
         assert blocker.is_dir() and not list(data.glob("archive.sqlite.damaged-*"))
+        assert "archive    unreadable: it is a directory" in render(daemon.status_snapshot())
         assert daemon.server is not None and daemon.server.listen_port  # still relaying
         blocker.rmdir()  # the operator's fix
         await daemon._refresh_stats()
