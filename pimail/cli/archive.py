@@ -67,7 +67,8 @@ def register(subparsers: Any) -> None:
         "recover", parents=[common], help="salvage every readable envelope of a damaged archive file",
         description="Salvage every readable envelope of a damaged archive FILE into the node's archive "
         "(each one decoded and checked again; duplicates skipped; envelopes older than max_age left "
-        "out). FILE is only read. If FILE is the node's own archive, it is first moved aside to "
+        "out). FILE is only read; it may also be a WAL kept aside (archive.sqlite-wal.damaged-…). "
+        "If FILE is the node's own archive, it is first moved aside to "
         "FILE.damaged-<UTC time> and a fresh archive starts. The node does this by itself when it "
         "finds its archive damaged; this is the same by hand.")
     rec.add_argument("file", type=Path, metavar="FILE",
@@ -114,6 +115,10 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
     async def main() -> int:
         archive = open_archive(config.archive, data_dir, None)
         await archive.open()
+        found = getattr(archive, "wal_damage", None)
+        if found is not None:
+            print(f"pimail: warning: {found.why}; a copy is kept at {found.kept}: "
+                  f"`pimail archive recover {found.kept}` salvages what it holds", file=sys.stderr)
         try:
             return await action(archive, args)
         finally:
@@ -289,8 +294,9 @@ def _recover(args: argparse.Namespace) -> int:
     """``pimail archive recover FILE``: salvage FILE into the node's archive."""
     from pimail.archive import open_archive
     from pimail.archive.retention import policy_from_config
-    from pimail.archive.sqlite.guard import salvage_into
+    from pimail.archive.sqlite.guard import salvage_into, salvage_wal_into
     from pimail.archive.sqlite.salvage import ArchiveDamaged, preflight, quarantine
+    from pimail.archive.sqlite.wal import is_wal
 
     config, data_dir = load_config(args)
     if config.archive.url:
@@ -315,7 +321,10 @@ def _recover(args: argparse.Namespace) -> int:
         await archive.open()
         try:
             max_age = policy_from_config(config.archive).max_age_s
-            report = await salvage_into(archive, source, max_age_s=max_age)
+            if is_wal(source):  # a WAL kept aside: the envelopes in its frames' page images
+                report = await salvage_wal_into(archive, source, max_age_s=max_age)
+            else:
+                report = await salvage_into(archive, source, max_age_s=max_age)
         finally:
             await archive.close()
         data = report.as_dict() | {"target": str(target), "moved_to": str(moved) if moved else None}

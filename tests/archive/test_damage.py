@@ -15,7 +15,7 @@ import pytest
 
 from pimail.archive.base import ArchivedEnvelope, HistoryQuery
 from pimail.archive.sqlite import PAGE_SIZE, SqliteArchive
-from pimail.archive.sqlite.guard import salvage_into
+from pimail.archive.sqlite.guard import salvage_into, salvage_wal_into
 from pimail.archive.sqlite.salvage import (
     ArchiveDamaged,
     ArchiveUnreadable,
@@ -180,37 +180,71 @@ def test_a_mode_000_file_is_unreadable_with_the_fix(archive: tuple[Path, dict[by
         os.chmod(path, 0o600)
 
 
-def test_a_damaged_wal_is_kept_and_reported_and_the_valid_part_opens(tmp_path: Path) -> None:
-    """A WAL whose middle frame is garbage: SQLite replays only the frames before it and would
-    reset the WAL at the next checkpoint; the open keeps a copy and says what could not be replayed."""
+def damaged_wal_copy(tmp_path: Path, envs: list[ArchivedEnvelope]) -> Path:
+    """What a power cut leaves after eight commits none of which was checkpointed, with garbage
+    over one WAL frame in the middle."""
     live = tmp_path / "live"
     live.mkdir()
     src = live / "archive.sqlite"
-    envs = originals(400)
 
     async def crash_copy() -> None:
         a = SqliteArchive(src, flush_interval_ms=2, wal_autocheckpoint_pages=100_000)
         await a.open()
-        for i in range(0, 400, 50):  # eight commits in the WAL, none checkpointed
+        for i in range(0, len(envs), 50):
             await a.submit(envs[i:i + 50])
-        for suffix in ("", "-wal"):  # what a power cut leaves: the file and its WAL
+        for suffix in ("", "-wal"):
             shutil.copy(f"{src}{suffix}", tmp_path / f"archive.sqlite{suffix}")
         await a.close()
 
     run(crash_copy())
-    path = tmp_path / "archive.sqlite"
-    wal = Path(f"{path}-wal")
+    wal = tmp_path / "archive.sqlite-wal"
     frames = (wal.stat().st_size - 32) // (24 + PAGE_SIZE)
     assert frames > 8
-    with open(wal, "r+b") as f:  # garbage over one frame in the middle
+    with open(wal, "r+b") as f:
         f.seek(32 + (frames // 2) * (24 + PAGE_SIZE))
         f.write(random.Random(7).randbytes(24 + PAGE_SIZE))
-    exc = open_fails(path)
-    assert isinstance(exc, ArchiveDamaged) and "WAL" in exc.why
-    report, got = salvage(quarantine(path), tmp_path / "fresh.sqlite")
-    assert report.state == "done" and report.salvaged == len(got)  # type: ignore[attr-defined]
-    assert got and all(got[h] == e.raw for e in envs for h in [e.hash] if h in got)
-    assert len(got) < 400  # the commits after the bad frame cannot be replayed
+    return tmp_path / "archive.sqlite"
+
+
+def test_a_damaged_wal_is_kept_reported_and_its_dropped_frames_salvaged(tmp_path: Path) -> None:
+    """SQLite replays a WAL only up to a garbage frame and drops the commits after it without a
+    word; the open keeps a copy of the WAL first, says so, and the dropped frames' envelopes are
+    salvaged from their page images."""
+    envs = originals(400)
+    want = {e.hash: e.raw for e in envs}
+    path = damaged_wal_copy(tmp_path, envs)
+    damaged = Path(f"{path}-wal").read_bytes()
+
+    async def main() -> tuple[object, dict[bytes, bytes], dict[bytes, bytes]]:
+        a = SqliteArchive(path, flush_interval_ms=2)
+        await a.open()  # the main file is sound: it opens, with the commits before the damage
+        try:
+            found = a.wal_damage
+            assert found is not None and "WAL is damaged" in found.why and "later commits" in found.why
+            assert found.kept.name.startswith("archive.sqlite-wal.damaged-")
+            assert found.kept.read_bytes() == damaged, "the WAL as it was, before the open reset it"
+            before = {e.hash: e.raw async for e in a.iterate(HistoryQuery(0, 2**32 - 1))}
+            report = await salvage_wal_into(a, found.kept, after=found.replayed)
+            after = {e.hash: e.raw async for e in a.iterate(HistoryQuery(0, 2**32 - 1))}
+            return report, before, after
+        finally:
+            await a.close()
+
+    report, before, after = run(main())
+    assert 0 < len(before) < 400, "the commits after the bad frame were not replayed"
+    assert all(want[h] == raw for h, raw in after.items())
+    assert len(after) > len(before) and report.salvaged == len(after) - len(before)  # type: ignore[attr-defined]
+    assert len(after) >= 400 - 50, "at most the rows of the garbage frame's page stay lost"
+    # opened again, the archive is sound and says nothing more about the WAL
+    async def reopen() -> None:
+        a = SqliteArchive(path)
+        await a.open()
+        try:
+            assert a.wal_damage is None and await a.check() == []
+        finally:
+            await a.close()
+
+    run(reopen())
 
 
 def test_quarantine_renames_with_a_timestamp_and_never_deletes(

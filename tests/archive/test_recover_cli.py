@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pimail.archive.sqlite import PAGE_SIZE
 from tests.archive.test_cli import pimail
-from tests.archive.test_damage import fill, leaf_pages, originals, stored
+from tests.archive.test_damage import damaged_wal_copy, fill, leaf_pages, originals, stored
 
 
 def garbage_pages(path: Path) -> int:
@@ -65,3 +65,20 @@ def test_recover_the_nodes_own_damaged_archive_moves_it_aside_and_salvages(tmp_p
 def test_recover_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     res = pimail("recover", "--data-dir", str(tmp_path), str(tmp_path / "nope.sqlite"))
     assert res.returncode == 2 and "no such file" in res.stderr
+
+
+def test_a_damaged_wal_is_reported_by_any_archive_command_and_recovered_by_hand(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    node.mkdir()
+    envs = originals(400)
+    damaged_wal_copy(node, envs)
+    res = pimail("stats", "--data-dir", str(node), "--json")
+    assert res.returncode == 0 and "WAL is damaged" in res.stderr and "pimail archive recover" in res.stderr
+    kept = next(node.glob("archive.sqlite-wal.damaged-*"))
+    before = json.loads(res.stdout)["count"]
+    assert before < 400
+    res = pimail("recover", "--data-dir", str(node), "--json", str(kept))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["salvaged"] == 400 - before and data["rejected"] == 0
+    assert len(stored(node / "archive.sqlite")) == 400

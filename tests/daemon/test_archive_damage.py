@@ -22,7 +22,7 @@ from pimail.daemon import Daemon
 from pimail.envelope.seal import seal
 from pimail.health import HealthState
 from pimail.whisper.client import client_session
-from tests.archive.test_damage import fill, leaf_pages, originals
+from tests.archive.test_damage import damaged_wal_copy, fill, leaf_pages, originals
 from tests.daemon.test_daemon_inprocess import write_config
 
 
@@ -164,6 +164,27 @@ def test_an_unreadable_archive_is_left_alone_and_picked_up_once_fixed() -> None:
         await daemon._refresh_stats()
         assert daemon.status_snapshot()["archive"]["state"] == "ok"
         assert daemon.health.state is HealthState.HEALTHY
+        await relays_and_archives(daemon)
+
+    run_daemon(conf, scenario)
+
+
+def test_a_damaged_wal_keeps_the_archive_in_place_and_salvages_the_dropped_commits() -> None:
+    conf, data = node_dir()
+    damaged_wal_copy(data, originals(400))
+    size = (data / "archive.sqlite").stat().st_size
+
+    async def scenario(daemon: Daemon) -> None:
+        guard = daemon.archive_guard
+        assert guard is not None and guard.state == "ok"
+        assert "WAL is damaged" in guard.damage and conditions(daemon)[HEALTH_DAMAGED] == "degraded"
+        assert not list(data.glob("archive.sqlite.damaged-*")), "a sound main file stays in place"
+        kept = list(data.glob("archive.sqlite-wal.damaged-*[0-9TZ]"))
+        assert len(kept) == 1
+        assert await wait_for(lambda: guard.salvage is not None and guard.salvage.state == "done")
+        await daemon._refresh_stats()
+        assert daemon.status_snapshot()["archive"]["count"] == 400
+        assert (data / "archive.sqlite").stat().st_size >= size
         await relays_and_archives(daemon)
 
     run_daemon(conf, scenario)

@@ -15,7 +15,9 @@ from pimail.archive.base import ArchiveError
 from pimail.archive.sqlite.core import proc_write_bytes
 from pimail.archive.sqlite.layout import SCHEMA_VERSION, prepare
 from pimail.archive.sqlite.reader import MAX_INFLIGHT_READS, READER_THREADS, SqliteReader
-from pimail.archive.sqlite.salvage import check_wal, classify, preflight, probe
+from pimail.archive.sqlite.salvage import classify, preflight, probe
+from pimail.archive.sqlite.wal import WalDamage
+from pimail.archive.sqlite.wal import keep as keep_damaged_wal
 from pimail.archive.sqlite.writer import SqliteWriter
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,11 @@ class SqliteArchive(SqliteWriter, SqliteReader):
 
     ``on_durable`` is called from the writer thread after each commit with the envelopes of that
     group; keep it short (the next group waits for it).
+
+    ``wal_damage`` says what the last open found in a damaged WAL (and where its copy is kept).
     """
+
+    wal_damage: WalDamage | None = None
 
     async def open(self) -> None:
         if self._opened:
@@ -55,7 +61,7 @@ class SqliteArchive(SqliteWriter, SqliteReader):
                 raise classify(self.path, exc.__cause__) from exc
             raise
         try:
-            check_wal(conn, self.path)
+            self.wal_damage = keep_damaged_wal(conn, self.path)  # before the checkpoint resets it
             prepare(conn, self.path, synchronous=self.synchronous,
                     autocheckpoint_pages=self._autocheckpoint_pages)
             probe(conn)

@@ -37,6 +37,7 @@ from pimail.archive.base import (
     RetentionPolicy,
 )
 from pimail.archive.observed import ObservedArchive
+from pimail.archive.sqlite.layout import Row
 from pimail.archive.sqlite.salvage import (
     SALVAGE_SLICE_ROWS,
     ArchiveDamaged,
@@ -146,6 +147,40 @@ async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
     return _finish(report, "done", report.error, on_progress)
 
 
+async def salvage_wal_into(archive: Archive, wal: Path, *, after: int = 0, max_age_s: int = 0,
+                           report: SalvageReport | None = None, on_progress: Progress | None = None
+                           ) -> SalvageReport:
+    """Put the valid envelopes held in the page images of a (copied) WAL's frames past ``after``
+    into ``archive`` (see ``pimail.archive.sqlite.wal``); the same checks as ``salvage_into``."""
+    from pimail.archive.sqlite.layout import PAGE_SIZE
+    from pimail.archive.sqlite.wal import frame_rows
+
+    report = report or SalvageReport(str(wal))
+    report.state = "running"
+    oldest = int(time.time()) - max_age_s if max_age_s else None
+    try:
+        frames = await asyncio.to_thread(frame_rows, wal, after, PAGE_SIZE)
+        sentinel: list[Row] | None = None
+        while True:
+            rows = await asyncio.to_thread(next, frames, sentinel)
+            if rows is None:
+                break
+            batch = check_slice(rows, report, oldest)
+            if batch:
+                before = int(getattr(archive, "inserted_total", 0) or 0)
+                await archive.submit(batch)
+                added = max(0, min(int(getattr(archive, "inserted_total", 0) or 0) - before, len(batch)))
+                report.salvaged += added
+                report.duplicates += len(batch) - added
+            if on_progress is not None:
+                on_progress(report)
+    except OSError as exc:
+        return _finish(report, "failed", f"cannot read {wal}: {exc.strerror or exc}", on_progress)
+    except ArchiveError as exc:
+        return _finish(report, "failed", f"the archive refused the salvaged envelopes: {exc}", on_progress)
+    return _finish(report, "done", "", on_progress)
+
+
 def _finish(report: SalvageReport, state: str, error: str, on_progress: Progress | None) -> SalvageReport:
     report.state, report.error, report.finished_at = state, error, time.time()
     if on_progress is not None:
@@ -188,8 +223,19 @@ class ArchiveGuard:
             return
         else:
             self.state = "ok"
+            self._wal_damage()
         self._resume_salvage()
         self.refresh()
+
+    def _wal_damage(self) -> None:
+        """The open found a damaged WAL and kept a copy: salvage the frames SQLite dropped."""
+        found = getattr(self.observed.inner, "wal_damage", None)
+        if found is None:
+            return
+        self.damage = found.why
+        log.error("archive %s: %s; a copy is kept at %s, salvaging the frames past the damage",
+                  self.path, found.why, found.kept)
+        self._start_salvage(found.kept, after=found.replayed)
 
     def _mark_unreadable(self, exc: ArchiveUnreadable) -> None:
         self.state, self.unreadable = "unreadable", exc
@@ -214,6 +260,7 @@ class ArchiveGuard:
             self.observed.inner = archive
             self.state = "ok"
             log.info("archive %s is readable again", self.path)
+            self._wal_damage()
         self.unreadable = None
         self.health.clear(HEALTH_UNREADABLE)
         self._resume_salvage()
@@ -264,12 +311,12 @@ class ArchiveGuard:
             if unfinished and (self.salvage is None or self.salvage.source != str(path)):
                 self._start_salvage(path)
 
-    def _start_salvage(self, source: Path) -> None:
+    def _start_salvage(self, source: Path, after: int = 0) -> None:
         report = SalvageReport(str(source))
         self.salvage = report
-        self._spawn(self._salvage(source, report), "archive-salvage")
+        self._spawn(self._salvage(source, report, after), "archive-salvage")
 
-    async def _salvage(self, source: Path, report: SalvageReport) -> None:
+    async def _salvage(self, source: Path, report: SalvageReport, after: int = 0) -> None:
         last_write = 0.0
 
         def progress(r: SalvageReport) -> None:
@@ -279,9 +326,15 @@ class ArchiveGuard:
                 self._spawn(asyncio.to_thread(write_report, r), "archive-salvage-report")
             self.refresh()
 
+        from pimail.archive.sqlite.wal import is_wal
+
         log.info("archive: salvaging envelopes from %s", source)
-        await salvage_into(self.observed, source, max_age_s=self.max_age_s(), report=report,
-                           on_progress=progress)
+        if await asyncio.to_thread(is_wal, source):
+            await salvage_wal_into(self.observed, source, after=after, max_age_s=self.max_age_s(),
+                                   report=report, on_progress=progress)
+        else:
+            await salvage_into(self.observed, source, max_age_s=self.max_age_s(), report=report,
+                               on_progress=progress)
         log.warning("archive: salvage from %s %s: %s%s", source, report.state, report.line(),
                     f" ({report.error})" if report.error else "")
 

@@ -149,58 +149,6 @@ def preflight(path: Path) -> None:
                                    f"{page_size}-byte pages")
 
 
-WAL_MAGIC = (0x377F0682, 0x377F0683)
-WAL_HEADER = 32
-WAL_FRAME_HEADER = 24
-
-
-def wal_commits_after(wal: Path, replayed: int) -> tuple[bool, int]:
-    """(header valid, commit frames of this WAL generation past frame ``replayed``), reading only the
-    32-byte header and each 24-byte frame header (bounded by the WAL's size limit)."""
-    try:
-        with open(wal, "rb") as f:
-            head = f.read(WAL_HEADER)
-            if len(head) < WAL_HEADER:
-                return True, 0
-            if int.from_bytes(head[:4], "big") not in WAL_MAGIC:
-                return False, 0
-            page_size = int.from_bytes(head[8:12], "big")
-            salts = head[16:24]
-            if page_size < 512 or page_size & (page_size - 1):
-                return False, 0
-            lost, n = 0, 0
-            while True:
-                frame = f.read(WAL_FRAME_HEADER)
-                if len(frame) < WAL_FRAME_HEADER:
-                    return True, lost
-                n += 1
-                if n > replayed and frame[8:16] == salts and int.from_bytes(frame[4:8], "big"):
-                    lost += 1
-                f.seek(page_size, os.SEEK_CUR)
-    except OSError:
-        return True, 0
-
-
-def check_wal(conn: sqlite3.Connection, path: Path) -> None:
-    """Before the open resets the WAL: raise ``ArchiveDamaged`` when it holds commits SQLite cannot
-    replay (a frame in the middle is garbage: the commits after it would be lost without a word).
-
-    An unfinished last transaction (frames past the last commit, as a crash leaves) is no damage."""
-    wal = Path(f"{path}-wal")
-    size = _size(wal)
-    if size <= WAL_HEADER:
-        return
-    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    replayed = max(0, int(row[1])) if row is not None else 0
-    valid_header, lost = wal_commits_after(wal, replayed)
-    if not valid_header and size >= WAL_HEADER + WAL_FRAME_HEADER:
-        raise ArchiveDamaged(path, f"the WAL header is damaged: {size} bytes of recent writes "
-                                   "cannot be replayed")
-    if lost:
-        raise ArchiveDamaged(path, f"the WAL is damaged after frame {replayed}: {lost} later commits "
-                                   "cannot be replayed")
-
-
 def classify(path: Path, exc: sqlite3.Error) -> ArchiveError:
     """The ``ArchiveError`` an SQLite error at open means."""
     code = sqlite_code(exc)
@@ -250,9 +198,11 @@ def quarantine(path: Path, now: float | None = None) -> Path:
 
 
 def damaged_files(data_dir: Path, name: str) -> list[Path]:
-    """Damaged archives kept in ``data_dir`` (oldest first)."""
-    return sorted(p for p in data_dir.glob(f"{name}.{DAMAGED_TAG}-*")
-                  if p.is_file() and not p.name.endswith(("-wal", "-shm", ".json")))
+    """Damaged archives and WAL copies kept in ``data_dir`` (oldest first)."""
+    found = [p for pattern in (f"{name}.{DAMAGED_TAG}-*", f"{name}-wal.{DAMAGED_TAG}-*")
+             for p in data_dir.glob(pattern)
+             if p.is_file() and not p.name.endswith(("-wal", "-shm", ".json", ".tmp"))]
+    return sorted(found, key=lambda p: (p.name.split(f".{DAMAGED_TAG}-", 1)[1], p.name))
 
 
 # -- salvage ---------------------------------------------------------------------------------------
