@@ -124,9 +124,11 @@ def preflight(path: Path) -> None:
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)
     except PermissionError:
+        steps = [] if st.st_uid == os.geteuid() else [f"chown {_me()} {path}"]
+        steps.append(f"chmod 600 {path}")
         raise ArchiveUnreadable(
             path, f"permission denied ({_owner(st)}; pimail runs as {_me()})",
-            f"give it back to the user pimail runs as: chown {_me()} {path}; chmod 600 {path}") from None
+            f"give it back to the user pimail runs as: {'; '.join(steps)}") from None
     except OSError as exc:
         raise ArchiveUnreadable(path, exc.strerror or str(exc), "check the disk (dmesg)") from None
     if st.st_size == 0:
