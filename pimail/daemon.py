@@ -190,6 +190,7 @@ class Daemon:
             self.archive_guard = composition.build_archive_guard(self.config, self.data_dir, self.health,
                                                                  archive)
             if self.archive_guard is not None:
+                self.archive_guard.on_settled = self._refresh_stats
                 await self.archive_guard.open()
             else:
                 await archive.open()

@@ -77,6 +77,8 @@ def archive_lines(archive: dict[str, Any]) -> list[str]:
         out.append(f"  salvage    {salvage.get('state')}: {salvage.get('read', 0)}{of} read, "
                    f"{salvage.get('salvaged', 0)} salvaged, {salvage.get('rejected', 0)} rejected "
                    f"from {salvage.get('source')}")
+        if salvage.get("error"):
+            out.append(f"             ({salvage['error']})")
     for path in archive.get("damaged_files") or []:
         out.append(f"  kept       {path} (damaged; remove it when done)")
     return out

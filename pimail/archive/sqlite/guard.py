@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,8 @@ class ArchiveGuard:
         self.check_state: dict[str, Any] = {"state": "not run"}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replacing = False
+        #: awaited after a salvage ends and after a replacement (the daemon refreshes its stats)
+        self.on_settled: Callable[[], Awaitable[None]] | None = None
         observed.on_failure = self.on_failure
 
     # -- open -------------------------------------------------------------------------------------
@@ -337,6 +339,14 @@ class ArchiveGuard:
                                on_progress=progress)
         log.warning("archive: salvage from %s %s: %s%s", source, report.state, report.line(),
                     f" ({report.error})" if report.error else "")
+        await self._settled()
+
+    async def _settled(self) -> None:
+        if self.on_settled is not None:
+            try:
+                await self.on_settled()
+            except Exception as exc:
+                log.warning("archive: refreshing after a salvage: %s", exc)
 
     def refresh(self) -> None:
         """Raise or clear ``archive.damaged`` from what the data dir holds (housekeeping calls this)."""
@@ -350,11 +360,12 @@ class ArchiveGuard:
                                f"archive damaged ({self.damage or 'found at start'}): fresh archive open, "
                                f"salvaging from {Path(s.source).name} ({done}, {s.salvaged} salvaged)")
         elif kept:
-            last = read_report(kept[-1]) or {}
+            last = s.as_dict() if s is not None and s.source == str(kept[-1]) else read_report(kept[-1]) or {}
             got = (f"{last.get('salvaged', 0)} envelopes salvaged" if last.get("state") == "done"
                    else "salvage not finished")
+            what = "a copy of a damaged WAL" if "-wal." in kept[-1].name else "a damaged archive"
             self.health.report(HEALTH_DAMAGED, Severity.DEGRADED,
-                               f"a damaged archive is kept at {kept[-1]} ({got}): remove it when done")
+                               f"{what} is kept at {kept[-1]} ({got}): remove it when done")
         else:
             self.health.clear(HEALTH_DAMAGED)
 
