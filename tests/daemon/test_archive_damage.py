@@ -15,6 +15,7 @@ from gpiozero.pins.mock import MockFactory
 
 from pimail.archive.sqlite import PAGE_SIZE
 from pimail.archive.sqlite.guard import HEALTH_DAMAGED, HEALTH_UNREADABLE
+from pimail.appliance.statushtml import render_page
 from pimail.cli.status import render
 from pimail.configfile import load_config
 from pimail.crypto.keys import Enode
@@ -159,6 +160,8 @@ def test_an_unreadable_archive_is_left_alone_and_picked_up_once_fixed() -> None:
         assert snap["state"] == "unreadable" and "directory" in snap["unreadable"]["why"]
         assert blocker.is_dir() and not list(data.glob("archive.sqlite.damaged-*"))
         assert "archive    unreadable: it is a directory" in render(daemon.status_snapshot())
+        page = render_page(daemon.status_snapshot())
+        assert "<h2>Archive</h2>" in page and "it is a directory" in page
         assert daemon.server is not None and daemon.server.listen_port  # still relaying
         blocker.rmdir()  # the operator's fix
         await daemon._refresh_stats()

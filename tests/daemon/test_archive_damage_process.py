@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,12 @@ def test_a_truncated_archive_no_longer_stops_the_node() -> None:
         snap = node.status_cli()
         assert snap["health"]["state"] == "degraded"
         assert wait_until(lambda: (node.status_cli()["archive"]["salvage"] or {}).get("state") == "done", 30)
+        url = node.status()["metrics_url"]
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = resp.read().decode()
+        salvaged = node.status()["archive"]["salvage"]["salvaged"]
+        assert "pimail_archive_damaged_files 1.0" in body
+        assert f"pimail_archive_salvaged_envelopes {float(salvaged)}" in body and salvaged > 0
         text = node.cli("status").stdout
         assert "salvage    done:" in text and "kept       " in text and "archive.sqlite.damaged-" in text
     finally:
