@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
+from pimail.appliance.statushtml import render_page
+from pimail.archive.base import ArchiveError, HistoryQuery
 from pimail.archive.sqlite import PAGE_SIZE
 from pimail.archive.sqlite.guard import HEALTH_DAMAGED, HEALTH_UNREADABLE
-from pimail.appliance.statushtml import render_page
 from pimail.cli.status import render
 from pimail.configfile import load_config
 from pimail.crypto.keys import Enode
@@ -188,6 +190,39 @@ def test_a_damaged_wal_keeps_the_archive_in_place_and_salvages_the_dropped_commi
         await daemon._refresh_stats()
         assert daemon.status_snapshot()["archive"]["count"] == 400
         assert (data / "archive.sqlite").stat().st_size >= size
+        await relays_and_archives(daemon)
+
+    run_daemon(conf, scenario)
+
+
+def test_damage_found_by_a_read_while_running_replaces_the_file_at_once() -> None:
+    conf, data = node_dir()
+    path = data / "archive.sqlite"
+    fill(path, originals(2000))
+    leaves = leaf_pages(path)
+
+    async def scenario(daemon: Daemon) -> None:
+        guard = daemon.archive_guard
+        assert guard is not None and daemon.archive is not None
+        assert await wait_for(lambda: guard.check_state.get("state") == "ok")
+        assert daemon.health.state is HealthState.HEALTHY
+        pageno, cells = leaves[len(leaves) // 2]  # a page no reader has cached yet
+        with open(path, "r+b") as f:
+            f.seek((pageno - 1) * PAGE_SIZE)
+            f.write(random.Random(9).randbytes(PAGE_SIZE))
+        cursor = None
+        with pytest.raises(ArchiveError, match="malformed"):  # what a phone's history request meets
+            for _ in range(10):
+                page = await daemon.archive.query(HistoryQuery(0, 2**32 - 1, cursor=cursor))
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        assert await wait_for(lambda: guard.salvage is not None and guard.salvage.state == "done")
+        assert "malformed" in guard.damage and HEALTH_DAMAGED in conditions(daemon)
+        assert len(list(data.glob("archive.sqlite.damaged-*[0-9TZ]"))) == 1
+        assert 2000 - cells <= guard.salvage.salvaged < 2000
+        page = await daemon.archive.query(HistoryQuery(0, 2**32 - 1))  # the fresh archive serves
+        assert len(page.envelopes) == 1000
         await relays_and_archives(daemon)
 
     run_daemon(conf, scenario)

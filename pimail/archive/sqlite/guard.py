@@ -37,6 +37,7 @@ from pimail.archive.base import (
     RetentionPolicy,
 )
 from pimail.archive.observed import ObservedArchive
+from pimail.archive.sqlite.core import HEALTH_DISK_FULL, HEALTH_WRITE
 from pimail.archive.sqlite.layout import Row
 from pimail.archive.sqlite.salvage import (
     SALVAGE_SLICE_ROWS,
@@ -301,6 +302,10 @@ class ArchiveGuard:
         self.observed.inner = fresh
         self.state = "ok"
         self._replacing = False
+        # what the damaged file's writer reported is not true of the fresh one (it reports its own)
+        await asyncio.sleep(0)  # let the old writer's last reports, posted to the loop, land first
+        for key in (HEALTH_WRITE, HEALTH_DISK_FULL):
+            self.health.clear(key)
         log.warning("archive: the damaged file is kept at %s; a fresh archive is open at %s",
                     moved, self.path)
         self._start_salvage(moved)
