@@ -106,7 +106,8 @@ def build_archive_guard(config: Config, data_dir: Path, health: HealthModel,
 
     cfg = config.archive
     return ArchiveGuard(archive, lambda: open_archive(cfg, data_dir, health), data_dir / SQLITE_FILE, health,
-                        lambda: policy_from_config(config.archive).max_age_s)
+                        lambda: policy_from_config(config.archive).max_age_s,
+                        lambda: policy_from_config(config.archive).min_free_disk_bytes)
 
 
 def build_pairing(config: Config, data_dir: Path, health: HealthModel) -> PairingController:

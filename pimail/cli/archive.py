@@ -320,11 +320,12 @@ def _recover(args: argparse.Namespace) -> int:
         archive = open_archive(config.archive, data_dir, None)
         await archive.open()
         try:
-            max_age = policy_from_config(config.archive).max_age_s
+            policy = policy_from_config(config.archive)
             if is_wal(source):  # a WAL kept aside: the envelopes in its frames' page images
-                report = await salvage_wal_into(archive, source, max_age_s=max_age)
+                report = await salvage_wal_into(archive, source, max_age_s=policy.max_age_s)
             else:
-                report = await salvage_into(archive, source, max_age_s=max_age)
+                report = await salvage_into(archive, source, max_age_s=policy.max_age_s, disk_dir=data_dir,
+                                            min_free_bytes=policy.min_free_disk_bytes)
         finally:
             await archive.close()
         data = report.as_dict() | {"target": str(target), "moved_to": str(moved) if moved else None}

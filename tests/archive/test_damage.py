@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,12 +82,12 @@ def open_fails(path: Path) -> BaseException:
     return info.value
 
 
-def salvage(source: Path, into: Path) -> tuple[object, dict[bytes, bytes]]:
+def salvage(source: Path, into: Path, **options: Any) -> tuple[Any, dict[bytes, bytes]]:
     async def main() -> object:
         a = SqliteArchive(into, flush_interval_ms=2)
         await a.open()
         try:
-            return await salvage_into(a, source)
+            return await salvage_into(a, source, **options)
         finally:
             await a.close()
 
@@ -102,21 +103,23 @@ def archive(tmp_path: Path) -> tuple[Path, dict[bytes, bytes]]:
     return path, {e.hash: e.raw for e in envs}
 
 
+@pytest.mark.parametrize("newest_first", [True, False])
 def test_a_truncated_file_is_reported_damaged_at_open_and_its_first_half_is_salvaged(
-        tmp_path: Path, archive: tuple[Path, dict[bytes, bytes]]) -> None:
+        tmp_path: Path, archive: tuple[Path, dict[bytes, bytes]], newest_first: bool) -> None:
     path, want = archive
     os.truncate(path, path.stat().st_size // 2)
     exc = open_fails(path)
     assert isinstance(exc, ArchiveDamaged) and "truncated" in exc.why
-    report, got = salvage(path, tmp_path / "fresh.sqlite")
-    assert report.state == "done"  # type: ignore[attr-defined]
+    report, got = salvage(path, tmp_path / "fresh.sqlite", newest_first=newest_first)
+    assert report.state == "done"
     assert set(got) < set(want) and all(got[h] == want[h] for h in got)
     assert len(got) > N // 4, "the readable half holds many envelopes"
-    assert report.salvaged == len(got) and report.unreadable_ranges >= 1  # type: ignore[attr-defined]
+    assert report.salvaged == len(got) and report.unreadable_ranges >= 1
 
 
+@pytest.mark.parametrize("newest_first", [True, False])
 def test_garbage_pages_at_known_offsets_lose_only_their_rows(
-        tmp_path: Path, archive: tuple[Path, dict[bytes, bytes]]) -> None:
+        tmp_path: Path, archive: tuple[Path, dict[bytes, bytes]], newest_first: bool) -> None:
     path, want = archive
     leaves = leaf_pages(path)
     hit = [leaves[len(leaves) // 4], leaves[len(leaves) // 2], leaves[3 * len(leaves) // 4]]
@@ -125,12 +128,33 @@ def test_garbage_pages_at_known_offsets_lose_only_their_rows(
         for pageno, _cells in hit:
             f.seek((pageno - 1) * PAGE_SIZE)
             f.write(rnd.randbytes(PAGE_SIZE))
-    report, got = salvage(path, tmp_path / "fresh.sqlite")
+    report, got = salvage(path, tmp_path / "fresh.sqlite", newest_first=newest_first)
     lost = sum(cells for _, cells in hit)
     assert all(got[h] == want[h] for h in got), "only original envelopes come back, byte for byte"
     assert N - lost <= len(got) < N
-    assert report.unreadable_ranges == 3 and report.rejected == 0  # type: ignore[attr-defined]
-    assert report.expected == N  # type: ignore[attr-defined]
+    assert report.unreadable_ranges == 3 and report.rejected == 0
+    assert report.expected == N
+
+
+def test_salvage_keeps_expired_envelopes_within_retention_and_leaves_older_ones_out(tmp_path: Path) -> None:
+    """History outlives the TTL: an envelope that expired yesterday was valid when archived and
+    goes back; one older than max_age would be pruned at once and stays out."""
+    now = int(time.time())
+    recent = [make_envelope(i, now - 86400 + i, topic_n(1)) for i in range(30)]  # expired, 1 day old
+    old = [make_envelope(100 + i, now - 40 * 86400 + i, topic_n(2)) for i in range(20)]  # 40 days
+    path = tmp_path / "archive.sqlite"
+    fill(path, old + recent)
+    report, got = salvage(path, tmp_path / "fresh.sqlite", max_age_s=30 * 86400)
+    assert set(got) == {e.hash for e in recent}
+    assert report.salvaged == 30 and report.beyond_retention >= 1 and report.rejected == 0
+
+
+def test_salvage_stops_before_the_disk_falls_below_min_free(
+        tmp_path: Path, archive: tuple[Path, dict[bytes, bytes]]) -> None:
+    path, _ = archive
+    report, got = salvage(path, tmp_path / "fresh.sqlite", disk_dir=tmp_path, min_free_bytes=2**62)
+    assert report.state == "done" and not got and "stopped early" in report.error
+    assert path.exists()
 
 
 def test_a_row_whose_bytes_disagree_with_its_key_is_rejected(
@@ -233,7 +257,7 @@ def test_a_damaged_wal_is_kept_reported_and_its_dropped_frames_salvaged(tmp_path
     report, before, after = run(main())
     assert 0 < len(before) < 400, "the commits after the bad frame were not replayed"
     assert all(want[h] == raw for h, raw in after.items())
-    assert len(after) > len(before) and report.salvaged == len(after) - len(before)  # type: ignore[attr-defined]
+    assert len(after) > len(before) and report.salvaged == len(after) - len(before)
     assert len(after) >= 400 - 50, "at most the rows of the garbage frame's page stay lost"
     # opened again, the archive is sound and says nothing more about the WAL
     async def reopen() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -38,7 +39,7 @@ from pimail.archive.base import (
 )
 from pimail.archive.observed import ObservedArchive
 from pimail.archive.sqlite.core import HEALTH_DISK_FULL, HEALTH_WRITE
-from pimail.archive.sqlite.layout import Row
+from pimail.archive.sqlite.layout import Row, key_sent
 from pimail.archive.sqlite.salvage import (
     SALVAGE_SLICE_ROWS,
     ArchiveDamaged,
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 HEALTH_DAMAGED = "archive.damaged"
 HEALTH_UNREADABLE = "archive.unreadable"
 CHECK_SLICE_ROWS = 2000  # rows read per slice of the background check
+SALVAGE_SLICE_BYTES = 4 * 1024 * 1024  # room one slice may need (500 rows of envelopes ≤ ~8 KB)
 
 
 class UnavailableArchive(Archive):
@@ -105,15 +107,44 @@ class UnavailableArchive(Archive):
         return None
 
 
+async def _put_back(archive: Archive, batch: list[ArchivedEnvelope], report: SalvageReport) -> None:
+    """Submit one validated slice and count what was new (duplicates are ignored by the archive)."""
+    if not batch:
+        return
+    before = int(getattr(archive, "inserted_total", 0) or 0)
+    await archive.submit(batch)
+    added = int(getattr(archive, "inserted_total", 0) or 0) - before
+    added = max(0, min(added, len(batch)))  # the node's own writes may commit in the same group
+    report.salvaged += added
+    report.duplicates += len(batch) - added
+
+
+def _disk_low(disk_dir: Path | None, min_free_bytes: int) -> str:
+    """Why the salvage must stop for space ("" = go on): the fresh archive keeps ``min_free_bytes``."""
+    if disk_dir is None or min_free_bytes <= 0:
+        return ""
+    try:
+        free = shutil.disk_usage(disk_dir).free
+    except OSError:
+        return ""
+    if free >= min_free_bytes + SALVAGE_SLICE_BYTES:
+        return ""
+    return (f"stopped early: {free} bytes free where the archive is, and min_free_disk keeps "
+            f"{min_free_bytes}; the older envelopes stay in the damaged file")
+
+
 async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
-                       report: SalvageReport | None = None, on_progress: Progress | None = None
-                       ) -> SalvageReport:
+                       report: SalvageReport | None = None, on_progress: Progress | None = None,
+                       newest_first: bool = True, disk_dir: Path | None = None,
+                       min_free_bytes: int = 0) -> SalvageReport:
     """Put every readable, valid envelope of the damaged archive ``source`` into ``archive``.
 
-    Reads ``source`` read-only, one slice at a time in a thread; each slice is validated again
-    (``salvage.validate_row``) and submitted (duplicates are ignored by the archive) before the next
-    is read, so memory stays bounded and the node's own writes interleave. Envelopes older than
-    ``max_age_s`` (0: no limit) are not put back: retention would drop them at once."""
+    Reads ``source`` read-only, one slice at a time in a thread, newest first (what phones ask for
+    first comes back first, and if the disk fills, the oldest are the ones left out); each slice is
+    validated again (``salvage.validate_row``) and submitted before the next is read, so memory
+    stays bounded and the node's own writes interleave. Envelopes older than ``max_age_s`` (0: no
+    limit) are not put back: retention would drop them at once. Stops early when the disk where
+    ``disk_dir`` is falls to ``min_free_bytes``."""
     report = report or SalvageReport(str(source))
     report.state = "running"
     oldest = int(time.time()) - max_age_s if max_age_s else None
@@ -123,20 +154,19 @@ async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
         return _finish(report, "failed", str(exc), on_progress)
     try:
         report.expected = await asyncio.to_thread(expected_count, conn)
-        scanner = RowScanner(conn)
+        scanner = RowScanner(conn, descending=newest_first)
         while not scanner.done:
+            low = await asyncio.to_thread(_disk_low, disk_dir, min_free_bytes)
+            if low:
+                report.error = low
+                break
             rows = await asyncio.to_thread(scanner.next_slice, SALVAGE_SLICE_ROWS)
             report.unreadable_ranges, report.unreadable_rows = scanner.skips, scanner.bad_rows
-            batch = check_slice(rows, report, oldest)
-            if batch:
-                before = int(getattr(archive, "inserted_total", 0) or 0)
-                await archive.submit(batch)
-                added = int(getattr(archive, "inserted_total", 0) or 0) - before
-                added = max(0, min(added, len(batch)))  # other writers may commit in the same group
-                report.salvaged += added
-                report.duplicates += len(batch) - added
+            await _put_back(archive, check_slice(rows, report, oldest), report)
             if on_progress is not None:
                 on_progress(report)
+            if newest_first and oldest is not None and rows and key_sent(int(rows[-1][0])) < oldest:
+                break  # everything further is older still
         if scanner.skips and report.read == 0:
             report.error = f"nothing in the file could be read ({scanner.last_error})"
     except ArchiveError as exc:
@@ -166,13 +196,7 @@ async def salvage_wal_into(archive: Archive, wal: Path, *, after: int = 0, max_a
             rows = await asyncio.to_thread(next, frames, sentinel)
             if rows is None:
                 break
-            batch = check_slice(rows, report, oldest)
-            if batch:
-                before = int(getattr(archive, "inserted_total", 0) or 0)
-                await archive.submit(batch)
-                added = max(0, min(int(getattr(archive, "inserted_total", 0) or 0) - before, len(batch)))
-                report.salvaged += added
-                report.duplicates += len(batch) - added
+            await _put_back(archive, check_slice(rows, report, oldest), report)
             if on_progress is not None:
                 on_progress(report)
     except OSError as exc:
@@ -196,12 +220,14 @@ class ArchiveGuard:
     archive is replaced or becomes available. ``make`` builds a new, unopened archive on ``path``."""
 
     def __init__(self, observed: ObservedArchive, make: Callable[[], Archive], path: Path,
-                 health: HealthModel, max_age_s: Callable[[], int]) -> None:
+                 health: HealthModel, max_age_s: Callable[[], int],
+                 min_free_bytes: Callable[[], int] = lambda: 0) -> None:
         self.observed = observed
         self.make = make
         self.path = path
         self.health = health
         self.max_age_s = max_age_s
+        self.min_free_bytes = min_free_bytes
         self.state = "opening"  # ok | unreadable | replacing | failed
         self.unreadable: ArchiveUnreadable | None = None
         self.damage: str = ""  # why the last damaged file was moved aside
@@ -341,7 +367,8 @@ class ArchiveGuard:
                                    report=report, on_progress=progress)
         else:
             await salvage_into(self.observed, source, max_age_s=self.max_age_s(), report=report,
-                               on_progress=progress)
+                               on_progress=progress, disk_dir=self.path.parent,
+                               min_free_bytes=self.min_free_bytes())
         log.warning("archive: salvage from %s %s: %s%s", source, report.state, report.line(),
                     f" ({report.error})" if report.error else "")
         await self._settled()

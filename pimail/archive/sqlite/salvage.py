@@ -262,30 +262,38 @@ def expected_count(conn: sqlite3.Connection) -> int | None:
 
 
 class RowScanner:
-    """Rows of a damaged ``envelopes`` table in key order, one slice at a time (blocking: run each
-    ``next_slice`` in a thread).
+    """Rows of a damaged ``envelopes`` table in key order (newest first with ``descending``), one
+    slice at a time (blocking: run each ``next_slice`` in a thread).
 
     A slice reads rows one by one; when SQLite fails on a page the slice ends with what it has.
-    The next call finds the end of the unreadable key range — it probes forward from the last good
-    key in doubling steps until a read works, then bisects back to the first key that reads — and
+    The next call finds the end of the unreadable key range — it probes on from the last good key
+    in doubling steps until a read works, then bisects back to the first key that reads — and
     goes on from there. Rows of a readable page inside a skipped range can be missed; every skip is
     counted."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, descending: bool = False) -> None:
         self.conn = conn
-        self.next_key: int | None = KEY_MIN
+        self.step = -1 if descending else 1
+        self.next_key: int | None = KEY_MAX if descending else KEY_MIN
         self.skips = 0
         self.bad_rows = 0  # rows whose key reads but whose columns do not
         self.last_error = ""
+        cmp, order = ("<=", "DESC") if descending else (">=", "ASC")
+        self._where = f"FROM envelopes WHERE id {cmp} ? ORDER BY id {order} LIMIT ?"
 
     @property
     def done(self) -> bool:
         return self.next_key is None
 
+    def _after(self, key: int) -> int | None:
+        """The key position after ``key`` in scan order (None: past the end of the key space)."""
+        nxt = key + self.step
+        return nxt if KEY_MIN <= nxt <= KEY_MAX else None
+
     def _first_at(self, key: int) -> int | None:
-        """The first key ≥ ``key`` (None: no more rows); raises sqlite3.DatabaseError if unreadable."""
-        row = self.conn.execute("SELECT id FROM envelopes WHERE id >= ? ORDER BY id LIMIT 1",
-                                (key,)).fetchone()
+        """The first key at or after ``key`` in scan order (None: no more rows); raises
+        sqlite3.DatabaseError if unreadable."""
+        row = self.conn.execute(f"SELECT id {self._where}", (key, 1)).fetchone()
         return None if row is None else int(row[0])
 
     def _readable(self, key: int) -> bool:
@@ -296,19 +304,24 @@ class RowScanner:
         return True
 
     def _skip(self, bad: int) -> int | None:
-        """The first readable key position after ``bad``, or None when nothing after it reads."""
+        """The first readable key position after ``bad`` in scan order, or None when nothing after
+        it reads."""
         self.skips += 1
-        step = SKIP_FIRST_STEP
+        end = KEY_MAX if self.step > 0 else KEY_MIN
+        distance = SKIP_FIRST_STEP
         lo = bad
         while True:
-            hi = bad + step
-            if hi > KEY_MAX:
-                return KEY_MAX if self._readable(KEY_MAX) else None
+            hi = bad + self.step * distance
+            if not KEY_MIN <= hi <= KEY_MAX:
+                hi = end
+                if not self._readable(hi):
+                    return None
+                break
             if self._readable(hi):
                 break
             lo = hi
-            step *= 2
-        while hi - lo > 1:  # lo fails, hi reads
+            distance *= 2
+        while abs(hi - lo) > 1:  # lo fails, hi reads
             mid = (lo + hi) // 2
             if self._readable(mid):
                 hi = mid
@@ -322,28 +335,25 @@ class RowScanner:
         start = self.next_key
         rows: list[Row] = []
         try:
-            cur = self.conn.execute(f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id >= ? ORDER BY id LIMIT ?",
-                                    (start, n))
-            for row in cur:
+            for row in self.conn.execute(f"SELECT {ROW_COLUMNS} {self._where}", (start, n)):
                 rows.append(row)
         except sqlite3.DatabaseError as exc:
             self.last_error = str(exc)
             # the sqlite3 module reads one row ahead: the row before the damage was read but not
             # handed out; take the rows up to the damage one statement each
-            key = int(rows[-1][0]) + 1 if rows else start
-            while len(rows) < n:
+            key: int | None = self._after(int(rows[-1][0])) if rows else start
+            while len(rows) < n and key is not None:
                 try:
-                    one = self.conn.execute(f"SELECT {ROW_COLUMNS} FROM envelopes WHERE id >= ? "
-                                            "ORDER BY id LIMIT 1", (key,)).fetchone()
+                    one = self.conn.execute(f"SELECT {ROW_COLUMNS} {self._where}", (key, 1)).fetchone()
                 except sqlite3.DatabaseError:
                     break
                 if one is None:
                     self.next_key = None
                     return rows
                 rows.append(one)
-                key = int(one[0]) + 1
+                key = self._after(int(one[0]))
             if rows:  # the next call starts where the damage is, and skips it
-                self.next_key = int(rows[-1][0]) + 1
+                self.next_key = self._after(int(rows[-1][0]))
                 return rows
             try:  # the key reads but its row does not (a damaged cell or overflow page): pass it
                 first = self._first_at(start)
@@ -351,13 +361,9 @@ class RowScanner:
                 self.next_key = self._skip(start)
                 return rows
             self.bad_rows += 1
-            self.next_key = None if first is None or first >= KEY_MAX else first + 1
+            self.next_key = None if first is None else self._after(first)
             return rows
-        if len(rows) < n:
-            self.next_key = None
-        else:
-            last = int(rows[-1][0])
-            self.next_key = None if last >= KEY_MAX else last + 1
+        self.next_key = None if len(rows) < n else self._after(int(rows[-1][0]))
         return rows
 
 
