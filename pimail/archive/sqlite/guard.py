@@ -285,6 +285,9 @@ class ArchiveGuard:
         except ArchiveDamaged as exc:
             self.observed.inner = archive
             await self._replace(exc.why, opened=False)
+        except ArchiveError as exc:  # readable now, but refused (e.g. written by a newer pimail)
+            log.warning("archive %s: still not usable: %s", self.path, exc)
+            return False
         else:
             self.observed.inner = archive
             self.state = "ok"
@@ -293,6 +296,7 @@ class ArchiveGuard:
         self.unreadable = None
         self.health.clear(HEALTH_UNREADABLE)
         self._resume_salvage()
+        self.start_check()
         return self.state == "ok"
 
     # -- damage -----------------------------------------------------------------------------------
