@@ -129,7 +129,7 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
 
 def _run_quietly(args: argparse.Namespace, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     from pimail.archive.base import ArchiveError
-    from pimail.archive.sqlite.salvage import ArchiveDamaged, ArchiveUnreadable
+    from pimail.archive.sqlite.salvage import ArchiveDamaged, ArchiveUnreadable, is_corruption
 
     archive_log = logging.getLogger("pimail.archive")
     level = archive_log.level
@@ -145,6 +145,8 @@ def _run_quietly(args: argparse.Namespace, main: Callable[[], Coroutine[Any, Any
     except ArchiveUnreadable as exc:
         raise RuntimeFailure(f"archive: {exc} (the file is not damaged; fix: {exc.fix})") from None
     except ArchiveError as exc:
+        if is_corruption(exc):  # a damaged page met after a sound open
+            raise RuntimeFailure(f"archive: {exc}: the file is damaged; {RECOVER_HINT}") from None
         raise RuntimeFailure(f"archive: {exc}") from None
     finally:
         archive_log.setLevel(level)

@@ -30,6 +30,10 @@ def test_check_tells_a_damaged_archive_and_how_to_recover(tmp_path: Path) -> Non
     res = pimail("check", "--data-dir", str(node))
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "problem:" in res.stdout and "pimail archive recover" in res.stdout
+    res = pimail("export", "--data-dir", str(node), str(tmp_path / "a.gz"))  # opens, then meets the page
+    assert res.returncode == 1 and "the file is damaged" in res.stderr
+    assert "pimail archive recover" in res.stderr
+    assert not (tmp_path / "a.gz").exists() and not (tmp_path / "a.gz.partial").exists()
     os.truncate(node / "archive.sqlite", (node / "archive.sqlite").stat().st_size // 2)
     res = pimail("check", "--data-dir", str(node), "--json")
     data = json.loads(res.stdout)
