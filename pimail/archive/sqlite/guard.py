@@ -19,6 +19,7 @@ while the file cannot be opened. The node keeps relaying through both.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import shutil
@@ -63,7 +64,8 @@ log = logging.getLogger(__name__)
 HEALTH_DAMAGED = "archive.damaged"
 HEALTH_UNREADABLE = "archive.unreadable"
 CHECK_SLICE_ROWS = 2000  # rows read per slice of the background check
-SALVAGE_SLICE_BYTES = 4 * 1024 * 1024  # room one slice may need (500 rows of envelopes ≤ ~8 KB)
+SALVAGE_IN_FLIGHT = 2  # slices submitted and not yet durable (bounds the salvage's memory)
+SALVAGE_SLICE_BYTES = 16 * 1024 * 1024  # room the slices in flight may need (2 × 1000 rows ≤ ~8 KB)
 
 
 class UnavailableArchive(Archive):
@@ -107,16 +109,39 @@ class UnavailableArchive(Archive):
         return None
 
 
-async def _put_back(archive: Archive, batch: list[ArchivedEnvelope], report: SalvageReport) -> None:
-    """Submit one validated slice and count what was new (duplicates are ignored by the archive)."""
-    if not batch:
-        return
-    before = int(getattr(archive, "inserted_total", 0) or 0)
-    await archive.submit(batch)
-    added = int(getattr(archive, "inserted_total", 0) or 0) - before
-    added = max(0, min(added, len(batch)))  # the node's own writes may commit in the same group
-    report.salvaged += added
-    report.duplicates += len(batch) - added
+class PutBack:
+    """Submits validated slices with up to ``SALVAGE_IN_FLIGHT`` commits outstanding, so the next
+    slice is read while the last one commits; counts what was new (the archive ignores duplicates;
+    the node's own writes can share a group, so the count is capped by what was submitted)."""
+
+    def __init__(self, archive: Archive, report: SalvageReport) -> None:
+        self.archive = archive
+        self.report = report
+        self.start = self._inserted()
+        self.submitted = 0
+        self.done = 0
+        self.pending: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+
+    def _inserted(self) -> int:
+        return int(getattr(self.archive, "inserted_total", 0) or 0)
+
+    async def add(self, batch: list[ArchivedEnvelope]) -> None:
+        if batch:
+            self.pending.append((self.archive.submit(batch), len(batch)))
+            self.submitted += len(batch)
+        while len(self.pending) >= SALVAGE_IN_FLIGHT:
+            await self._settle_one()
+
+    async def _settle_one(self) -> None:
+        fut, n = self.pending.popleft()
+        await fut
+        self.done += n
+        self.report.salvaged = max(0, min(self._inserted() - self.start, self.done))
+        self.report.duplicates = self.done - self.report.salvaged
+
+    async def finish(self) -> None:
+        while self.pending:
+            await self._settle_one()
 
 
 def _disk_low(disk_dir: Path | None, min_free_bytes: int) -> str:
@@ -155,6 +180,7 @@ async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
     try:
         report.expected = await asyncio.to_thread(expected_count, conn)
         scanner = RowScanner(conn, descending=newest_first)
+        put = PutBack(archive, report)
         while not scanner.done:
             low = await asyncio.to_thread(_disk_low, disk_dir, min_free_bytes)
             if low:
@@ -162,11 +188,12 @@ async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
                 break
             rows = await asyncio.to_thread(scanner.next_slice, SALVAGE_SLICE_ROWS)
             report.unreadable_ranges, report.unreadable_rows = scanner.skips, scanner.bad_rows
-            await _put_back(archive, check_slice(rows, report, oldest), report)
+            await put.add(check_slice(rows, report, oldest))
             if on_progress is not None:
                 on_progress(report)
             if newest_first and oldest is not None and rows and key_sent(int(rows[-1][0])) < oldest:
                 break  # everything further is older still
+        await put.finish()
         if scanner.skips and report.read == 0:
             report.error = f"nothing in the file could be read ({scanner.last_error})"
     except ArchiveError as exc:
@@ -191,14 +218,16 @@ async def salvage_wal_into(archive: Archive, wal: Path, *, after: int = 0, max_a
     oldest = int(time.time()) - max_age_s if max_age_s else None
     try:
         frames = await asyncio.to_thread(frame_rows, wal, after, PAGE_SIZE)
+        put = PutBack(archive, report)
         sentinel: list[Row] | None = None
         while True:
             rows = await asyncio.to_thread(next, frames, sentinel)
             if rows is None:
                 break
-            await _put_back(archive, check_slice(rows, report, oldest), report)
+            await put.add(check_slice(rows, report, oldest))
             if on_progress is not None:
                 on_progress(report)
+        await put.finish()
     except OSError as exc:
         return _finish(report, "failed", f"cannot read {wal}: {exc.strerror or exc}", on_progress)
     except ArchiveError as exc:

@@ -41,7 +41,7 @@ SQLITE_IOERR = 10
 HEADER = b"SQLite format 3\x00"
 HEADER_BYTES = 100
 DAMAGED_TAG = "damaged"  # archive.sqlite → archive.sqlite.damaged-20261202T131500Z
-SALVAGE_SLICE_ROWS = 500  # rows per slice read off the loop
+SALVAGE_SLICE_ROWS = 1000  # rows per slice read off the loop (one group commit each)
 KEY_MIN, KEY_MAX = -(2**63), 2**63 - 1
 SKIP_FIRST_STEP = 1 << 32  # one second of sent time, in key units
 
