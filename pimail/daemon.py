@@ -191,6 +191,7 @@ class Daemon:
                                                                  archive)
             if self.archive_guard is not None:
                 self.archive_guard.on_settled = self._refresh_stats
+                self.archive_guard.check_enabled = self.config.archive.check_after_start
                 await self.archive_guard.open()
             else:
                 await archive.open()

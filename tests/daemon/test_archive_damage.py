@@ -39,11 +39,11 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool
     return False
 
 
-def node_dir() -> tuple[Path, Path]:
+def node_dir(archive: str = "") -> tuple[Path, Path]:
     root = Path(tempfile.mkdtemp(prefix="pmd-"))
     data = root / "data"
     data.mkdir()
-    write_config(root / "pimail.toml", data)
+    write_config(root / "pimail.toml", data, archive=archive)
     return root / "pimail.toml", data
 
 
@@ -224,5 +224,19 @@ def test_damage_found_by_a_read_while_running_replaces_the_file_at_once() -> Non
         page = await daemon.archive.query(HistoryQuery(0, 2**32 - 1))  # the fresh archive serves
         assert len(page.envelopes) == 1000
         await relays_and_archives(daemon)
+
+    run_daemon(conf, scenario)
+
+
+def test_the_background_check_can_be_turned_off() -> None:
+    conf, data = node_dir(archive="check_after_start = false\n")
+    fill(data / "archive.sqlite", originals(100))
+
+    async def scenario(daemon: Daemon) -> None:
+        assert daemon.archive_guard is not None
+        await asyncio.sleep(0)
+        assert daemon.archive_guard.check_state == {"state": "not run"}
+        assert not daemon.archive_guard._tasks
+        assert daemon.health.state is HealthState.HEALTHY
 
     run_daemon(conf, scenario)

@@ -266,6 +266,7 @@ class ArchiveGuard:
         self._replacing = False
         #: awaited after a salvage ends and after a replacement (the daemon refreshes its stats)
         self.on_settled: Callable[[], Awaitable[None]] | None = None
+        self.check_enabled = True  # [archive] check_after_start
         observed.on_failure = self.on_failure
 
     # -- open -------------------------------------------------------------------------------------
@@ -437,8 +438,8 @@ class ArchiveGuard:
     # -- the full check after READY ---------------------------------------------------------------
 
     def start_check(self) -> None:
-        """The full check in the background (the daemon starts it once READY)."""
-        if self.state == "ok":
+        """The full check in the background (the daemon starts it once READY), unless turned off."""
+        if self.state == "ok" and self.check_enabled:
             self._spawn(self.check(), "archive-check")
 
     async def check(self) -> dict[str, Any]:
