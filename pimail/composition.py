@@ -54,6 +54,7 @@ from pimail.whisper.service import WhisperService
 if TYPE_CHECKING:
     from pimail.appliance.pairing import PairButton
     from pimail.appliance.statuspage import StatusPage
+    from pimail.archive.sqlite.guard import ArchiveGuard
     from pimail.mailserver.sync import Backfill, Heartbeat
 
 log = logging.getLogger("pimail.daemon")
@@ -91,6 +92,21 @@ def build_archive(config: Config, data_dir: Path, health: HealthModel, *, on_dur
                   on_error: Callable[[str], None]) -> ObservedArchive:
     """The archive ``[archive]`` names, unopened, with the daemon watching its writes."""
     return ObservedArchive(open_archive(config.archive, data_dir, health), on_durable, on_error)
+
+
+def build_archive_guard(config: Config, data_dir: Path, health: HealthModel,
+                        archive: ObservedArchive) -> ArchiveGuard | None:
+    """The guard of the SQLite archive (checks, damage, salvage); None for PostgreSQL (the server's job)."""
+    if config.archive.url:
+        return None
+    from pimail.archive import SQLITE_FILE
+    from pimail.archive.retention import policy_from_config
+    from pimail.archive.sqlite.guard import ArchiveGuard
+
+    cfg = config.archive
+    return ArchiveGuard(archive, lambda: open_archive(cfg, data_dir, health), data_dir / SQLITE_FILE, health,
+                        lambda: policy_from_config(config.archive).max_age_s,
+                        lambda: policy_from_config(config.archive).min_free_disk_bytes)
 
 
 def build_pairing(config: Config, data_dir: Path, health: HealthModel) -> PairingController:

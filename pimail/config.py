@@ -121,6 +121,8 @@ class ArchiveConfig:
     min_free_disk: str = "256MB"
     prune_interval_s: float = 60.0
     clock_trust: str = "auto"  # auto | always | synced
+    # SQLite: the full check (every row, then quick_check) in the background after each start
+    check_after_start: bool = True
 
 
 @dataclass

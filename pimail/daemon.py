@@ -59,6 +59,7 @@ from pimail.whisper.service import WhisperService
 
 if TYPE_CHECKING:
     from pimail.appliance.statuspage import StatusPage  # these two are imported only when in use
+    from pimail.archive.sqlite.guard import ArchiveGuard
     from pimail.mailserver.sync import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Daemon:
         self.trimmer = HeapTrimmer()
         self.key: NodeKey | None = None
         self.archive: ObservedArchive | None = None
+        self.archive_guard: ArchiveGuard | None = None
         self.relay: RelayCore | None = None
         self.whisper: WhisperService | None = None
         self.waku: WakuService | None = None
@@ -190,13 +192,23 @@ class Daemon:
         self.notifier.start(self.health, self.status_line)
         self.health.subscribe(self._on_health_change)
         self._ready = True
+        if self.archive_guard is not None:
+            self.archive_guard.start_check()  # the full check, in the background
         log.info("pimail %s ready: %s (health %s)", __version__, self.enode_url(), self.health.summary)
 
     async def _open_archive(self) -> None:
         try:
             archive = composition.build_archive(self.config, self.data_dir, self.health,
                                                 on_durable=self._on_archived, on_error=self._on_archive_error)
-            await archive.open()
+            # SQLite: a damaged file is moved aside and salvaged, an unreadable one waited out
+            self.archive_guard = composition.build_archive_guard(self.config, self.data_dir, self.health,
+                                                                 archive)
+            if self.archive_guard is not None:
+                self.archive_guard.on_settled = self._refresh_stats
+                self.archive_guard.check_enabled = self.config.archive.check_after_start
+                await self.archive_guard.open()
+            else:
+                await archive.open()
         except ArchiveError as exc:
             raise RuntimeFailure(f"cannot open the archive: {exc}") from None
         except OSError as exc:
@@ -204,7 +216,8 @@ class Daemon:
             raise RuntimeFailure(f"cannot open the archive in {self.data_dir}: {why}") from None
         self.archive = archive
         where = self.config.archive.url.split("@")[-1] or self.data_dir / "archive.sqlite"
-        log.info("archive open (%s)", where)
+        if self.archive_guard is None or self.archive_guard.state == "ok":
+            log.info("archive open (%s)", where)
 
     async def _start_services(self) -> None:
         assert self.key is not None and self.archive is not None and self.clock is not None
@@ -336,6 +349,7 @@ class Daemon:
             *(self._services.closers if self._services else []),
             ("heartbeat", self.heartbeat.stop if self.heartbeat else None),
             ("pairing", self.pairing.close if self.pairing else None),
+            ("archive check and salvage", self.archive_guard.close if self.archive_guard else None),
             ("archive", self.archive.close if self.archive else None),
             ("activity", self._final_activity if self._ready else None),
             ("loop monitor", self.loop_monitor.stop),
@@ -474,11 +488,17 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self.clock is not None:
             self.clock.refresh()
-        if self.archive is not None:
+        guard = self.archive_guard
+        if guard is not None:
+            await guard.retry()
+            guard.refresh()
+        if self.archive is not None and (guard is None or guard.state == "ok"):
             try:
                 self._stats = await self.archive.stats()
             except ArchiveError as exc:
                 log.warning("archive stats unavailable: %s", exc)
+        elif guard is not None:
+            self._stats = None
         if not self.config.archive.url:
             probe_error = await loop.run_in_executor(None, self._write_probe)
             if probe_error:
@@ -601,8 +621,10 @@ class Daemon:
                 "oldest_sent": st.oldest_sent,
                 "newest_sent": st.newest_sent,
                 "bytes_written_since_start": st.bytes_written_since_start,
-                "reason": self.archive.inner.health_reason if self.archive else None,
+                "reason": getattr(self.archive.inner, "health_reason", None) if self.archive else None,
             }
+        if self.archive_guard is not None:
+            archive = {**(archive or {"backend": "sqlite"}), **self.archive_guard.snapshot()}
         policy = st.retention if st is not None else policy_from_config(self.config.archive, self.data_dir)
         counters: dict[str, int] = dict(self.counters)
         whisper_counters = getattr(self.relay, "counters", None)

@@ -106,11 +106,23 @@ def check_archive(config: Config, timeout_s: float = QUICK_CHECK_TIMEOUT_S) -> C
     if config.archive.url:
         return Check("archive", "skip", "PostgreSQL backend: integrity is the database server's job")
     path = config.node.data_dir / ARCHIVE_FILE
+    kept = sorted(p.name for p in path.parent.glob(f"{ARCHIVE_FILE}.damaged-*")
+                  if not p.name.endswith(("-wal", "-shm", ".json")))
+    if path.is_dir():
+        return Check("archive", "fail", f"{path} is a directory, not an archive file (not damage)",
+                     f"move the directory {path} away; the node then opens a new archive there")
     if not path.exists():
         return Check("archive", "ok", f"no archive yet at {path} (created on first start)")
     if not os.access(path, os.R_OK):
-        return Check("archive", "warn", f"{path}: this user may not read it (permission denied)",
-                     "run the check as the node's user: `sudo -u pimail pimail doctor`")
+        return Check("archive", "warn", f"{path}: this user may not read it (permission denied; "
+                     "the file is not damaged, do not rebuild it)",
+                     "run the check as the node's user (`sudo -u pimail pimail doctor`); if the node "
+                     f"cannot read it either: `chown pimail: {path}; chmod 600 {path}`")
+    if kept:
+        return Check("archive", "warn", f"a damaged archive is kept next to it: {kept[-1]} (the node "
+                     "moved it aside and salvaged it)",
+                     "see its .json summary, then remove it (`pimail archive recover FILE` salvages "
+                     "it again by hand)")
     try:
         # read-only, and never waits long on a writer holding a lock
         results = _quick_check(f"file:{path}?mode=ro", timeout_s)
@@ -118,13 +130,14 @@ def check_archive(config: Config, timeout_s: float = QUICK_CHECK_TIMEOUT_S) -> C
         if not os.access(path.parent, os.W_OK | os.X_OK) or not _can_create_in(path.parent):
             return _read_only_dir(path, timeout_s)
         return Check("archive", "fail", f"{path}: {exc}",
-                     "stop pimail, move the file aside (`mv archive.sqlite archive.sqlite.damaged`) and "
-                     "start it again: a fresh archive starts")
+                     "restart pimail (it moves the damaged file aside, starts a fresh archive and salvages "
+                     f"it), or by hand: `pimail archive recover {path}`")
     if results == ["ok"]:
         return Check("archive", "ok", f"{path}: quick_check ok ({human_bytes(path.stat().st_size)})")
     return Check("archive", "fail", f"{path}: quick_check: {results[0]}" + (
         f" (+{len(results) - 1} more)" if len(results) > 1 else ""),
-        "stop pimail and run `sqlite3 archive.sqlite .recover`, or move the file away")
+        "restart pimail (it moves the damaged file aside and salvages it), or by hand: "
+        f"`pimail archive recover {path}`")
 
 
 def _quick_check(uri: str, timeout_s: float) -> list[str]:

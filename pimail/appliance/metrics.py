@@ -47,6 +47,10 @@ class _SnapshotCollector(Collector):
         gauges: list[tuple[str, str, float | None]] = [
             ("pimail_archive_envelopes", "Envelopes in the archive", archive.get("count")),
             ("pimail_archive_bytes", "Live bytes of the archive", archive.get("bytes")),
+            ("pimail_archive_damaged_files", "Damaged archive files kept in the data dir",
+             len(archive["damaged_files"]) if isinstance(archive.get("damaged_files"), list) else None),
+            ("pimail_archive_salvaged_envelopes", "Envelopes salvaged from the last damaged archive",
+             (archive.get("salvage") or {}).get("salvaged")),
             ("pimail_peers", "Connected peers", snap.get("peer_count")),
             ("pimail_disk_free_bytes", "Free bytes where the data dir is", disk.get("free_bytes")),
             ("pimail_loop_lag_seconds", "Event-loop lateness of the last tick",

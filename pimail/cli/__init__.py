@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pimail",
         description="A Whisper v6 mailserver for a Raspberry Pi: relays envelopes, keeps history "
         "for your phones while they are offline, and serves it back when they return.",
+        epilog="A damaged archive is moved aside (archive.sqlite.damaged-<time>, never deleted) and "
+        "salvaged into a fresh one while the node keeps relaying; `pimail archive recover FILE` does "
+        "the same by hand. See README, \"The archive on the Pi\".",
     )
     parser.add_argument("--version", action="version", version=f"pimail {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from pimail.cli import migrate, plural
 from pimail.config import Config
 from pimail.errors import RuntimeFailure, UserError
 
-READ_ONLY_ACTIONS = ("stats", "check", "export")  # these work with a bad config file on disk
+READ_ONLY_ACTIONS = ("stats", "check", "export")
+RECOVER_HINT = ("`pimail archive recover FILE` salvages it into a fresh archive (a running node does "
+                "this by itself)")  # these work with a bad config file on disk
 Action = Callable[[Archive, argparse.Namespace], Awaitable[int]]
 
 
@@ -61,6 +63,17 @@ def register(subparsers: Any) -> None:
     imp.add_argument(
         "file", type=Path, metavar="FILE", help="bundle written by `pimail archive export`"
     )
+    rec = actions.add_parser(
+        "recover", parents=[common], help="salvage every readable envelope of a damaged archive file",
+        description="Salvage every readable envelope of a damaged archive FILE into the node's archive "
+        "(each one decoded and checked again; duplicates skipped; envelopes older than max_age left "
+        "out). FILE is only read; it may also be a WAL kept aside (archive.sqlite-wal.damaged-…). "
+        "If FILE is the node's own archive, it is first moved aside to "
+        "FILE.damaged-<UTC time> and a fresh archive starts. The node does this by itself when it "
+        "finds its archive damaged; this is the same by hand.")
+    rec.add_argument("file", type=Path, metavar="FILE",
+                     help="the damaged archive (e.g. archive.sqlite.damaged-…)")
+    rec.set_defaults(func=_recover)
     migrate.register_action(actions, common)
     parser.description = f"Inspect and maintain the envelope archive ({', '.join(actions.choices)})."
 
@@ -102,12 +115,21 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
     async def main() -> int:
         archive = open_archive(config.archive, data_dir, None)
         await archive.open()
+        found = getattr(archive, "wal_damage", None)
+        if found is not None:
+            print(f"pimail: warning: {found.why}; a copy is kept at {found.kept}: "
+                  f"`pimail archive recover {found.kept}` salvages what it holds", file=sys.stderr)
         try:
             return await action(archive, args)
         finally:
             await archive.close()
 
+    return _run_quietly(args, main)
+
+
+def _run_quietly(args: argparse.Namespace, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     from pimail.archive.base import ArchiveError
+    from pimail.archive.sqlite.salvage import ArchiveDamaged, ArchiveUnreadable, is_corruption
 
     archive_log = logging.getLogger("pimail.archive")
     level = archive_log.level
@@ -115,7 +137,16 @@ def run_action(args: argparse.Namespace, action: Action) -> int:
         archive_log.setLevel(logging.WARNING)
     try:
         return asyncio.run(main())
+    except ArchiveDamaged as exc:
+        if getattr(args, "archive_action", None) == "check":
+            _out(args, {"ok": False, "problems": [str(exc)]}, [f"problem: {exc}", f"fix: {RECOVER_HINT}"])
+            return 1
+        raise RuntimeFailure(f"archive: {exc}; {RECOVER_HINT}") from None
+    except ArchiveUnreadable as exc:
+        raise RuntimeFailure(f"archive: {exc} (the file is not damaged; fix: {exc.fix})") from None
     except ArchiveError as exc:
+        if is_corruption(exc):  # a damaged page met after a sound open
+            raise RuntimeFailure(f"archive: {exc}: the file is damaged; {RECOVER_HINT}") from None
         raise RuntimeFailure(f"archive: {exc}") from None
     finally:
         archive_log.setLevel(level)
@@ -220,8 +251,15 @@ async def _vacuum(archive: Archive, args: argparse.Namespace) -> int:
 
 
 async def _check(archive: Archive, args: argparse.Namespace) -> int:
+    from pimail.archive.base import ArchiveError
+
     sq = _sqlite_only(archive, "check")
-    problems: list[str] = await sq.check()
+    try:
+        problems: list[str] = await sq.check()
+    except ArchiveError as exc:  # SQLite stops the check at a damaged page: that is the finding
+        problems = [str(exc)]
+    if problems:
+        problems.append(f"fix: {RECOVER_HINT}")
     data = {"ok": not problems, "problems": problems}
     lines = [f"problem: {p}" for p in problems] or ["ok: the archive is consistent"]
     _out(args, data, lines)
@@ -252,3 +290,53 @@ async def _import(archive: Archive, args: argparse.Namespace) -> int:
     if result.invalid:
         print(f"pimail: warning: skipped {plural(result.invalid, 'invalid envelope')}", file=sys.stderr)
     return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    """``pimail archive recover FILE``: salvage FILE into the node's archive."""
+    from pimail.archive import open_archive
+    from pimail.archive.retention import policy_from_config
+    from pimail.archive.sqlite.guard import salvage_into, salvage_wal_into
+    from pimail.archive.sqlite.salvage import ArchiveDamaged, preflight, quarantine
+    from pimail.archive.sqlite.wal import is_wal
+
+    config, data_dir = load_config(args)
+    if config.archive.url:
+        raise UserError("`pimail archive recover` salvages into the SQLite archive only")
+    source: Path = args.file
+    if not source.is_file():
+        raise UserError(f"{source}: no such file")
+    target = data_dir / "archive.sqlite"
+    moved: Path | None = None
+
+    async def main() -> int:
+        nonlocal source, moved
+        if target.exists() and source.resolve() == target.resolve():
+            moved = source = await asyncio.to_thread(quarantine, target)
+        else:
+            try:
+                await asyncio.to_thread(preflight, target)
+            except ArchiveDamaged as exc:
+                raise UserError(f"the node's archive {exc}: recover it first "
+                                f"(`pimail archive recover {target}`)") from None
+        archive = open_archive(config.archive, data_dir, None)
+        await archive.open()
+        try:
+            policy = policy_from_config(config.archive)
+            if is_wal(source):  # a WAL kept aside: the envelopes in its frames' page images
+                report = await salvage_wal_into(archive, source, max_age_s=policy.max_age_s)
+            else:
+                report = await salvage_into(archive, source, max_age_s=policy.max_age_s, disk_dir=data_dir,
+                                            min_free_bytes=policy.min_free_disk_bytes)
+        finally:
+            await archive.close()
+        data = report.as_dict() | {"target": str(target), "moved_to": str(moved) if moved else None}
+        lines = [f"recovered {source} into {target}: {report.line()}"]
+        if moved:
+            lines.insert(0, f"moved the damaged archive aside to {moved} (kept; remove it when done)")
+        if report.error:
+            lines.append(f"note: {report.error}")
+        _out(args, data, lines)
+        return 0 if report.state == "done" and report.read else 1
+
+    return _run_quietly(args, main)

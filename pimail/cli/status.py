@@ -56,6 +56,37 @@ def _utc(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
 
 
+def archive_lines(archive: dict[str, Any]) -> list[str]:
+    """The archive's check and salvage, when there is something to say."""
+    out: list[str] = []
+    check = archive.get("check") or {}
+    state = check.get("state")
+    if state == "running":
+        if check.get("phase") == "rows":
+            rows, expected = check.get("rows", 0), check.get("expected")
+            pct = f" ({100 * rows // expected}%)" if expected else ""
+            out.append(f"  check      running: {rows} of {expected if expected is not None else '?'} "
+                       f"envelopes read{pct}")
+        else:
+            out.append("  check      running: quick_check")
+    elif state == "damaged":
+        out.append(f"  check      damaged: {(check.get('problems') or ['?'])[0]}")
+    elif state == "ok":
+        out.append("  check      ok (full check since start)")
+    salvage = archive.get("salvage") or {}
+    if salvage:
+        expected = salvage.get("expected")
+        of = f" of ~{expected}" if expected is not None else ""
+        out.append(f"  salvage    {salvage.get('state')}: {salvage.get('read', 0)}{of} read, "
+                   f"{salvage.get('salvaged', 0)} salvaged, {salvage.get('rejected', 0)} rejected "
+                   f"from {salvage.get('source')}")
+        if salvage.get("error"):
+            out.append(f"             ({salvage['error']})")
+    for path in archive.get("damaged_files") or []:
+        out.append(f"  kept       {path} (damaged; remove it when done)")
+    return out
+
+
 def render(snap: dict[str, Any]) -> str:
     """The status dict as lines for a terminal."""
     health = snap.get("health") or {}
@@ -69,15 +100,19 @@ def render(snap: dict[str, Any]) -> str:
     if conditions:
         lines.append(f"  what to do {hint_for(str(conditions[0].get('key', '')))}")
     archive = snap.get("archive")
-    if archive:
+    if archive and archive.get("count") is not None:
         oldest = _utc(archive.get("oldest_sent"))
         lines.append(
             f"  archive    {plural(archive.get('count', 0), 'envelope')}, "
             f"{human_bytes(archive.get('bytes'))} "
             f"({archive.get('backend')}), oldest {oldest}"
         )
+    elif archive and archive.get("state") == "unreadable":
+        why = (archive.get("unreadable") or {}).get("why", "?")
+        lines.append(f"  archive    unreadable: {why}")
     else:
         lines.append("  archive    -")
+    lines += archive_lines(archive or {})
     ret = snap.get("retention") or {}
     limits = []
     if ret.get("max_age_s"):

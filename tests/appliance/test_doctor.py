@@ -61,7 +61,7 @@ def test_archive_quick_check(tmp_path: Path) -> None:
     raw[4096 + 10 : 4096 + 200] = b"\xa5" * 190  # scribble over the second page
     db.write_bytes(bytes(raw))
     check = doctor.check_archive(c)
-    assert check.verdict == "fail" and check.advice
+    assert check.verdict == "fail" and "pimail archive recover" in check.advice
     db.write_bytes(b"this is not a database at all" * 100)
     assert doctor.check_archive(c).verdict == "fail"
     c.archive.url = "postgresql://u@h/d"
@@ -87,6 +87,20 @@ def _as_a_user_who_cannot_write(directory: Path) -> contextlib.AbstractContextMa
             directory.chmod(0o755)
 
     return cm()
+
+
+def test_a_directory_in_place_and_a_kept_damaged_archive_get_their_own_advice(tmp_path: Path) -> None:
+    c = cfg(tmp_path)
+    db = tmp_path / doctor.ARCHIVE_FILE
+    db.mkdir()
+    check = doctor.check_archive(c)
+    assert check.verdict == "fail" and "directory" in check.detail and "move the directory" in check.advice
+    db.rmdir()
+    sqlite3.connect(db).close()
+    (tmp_path / f"{doctor.ARCHIVE_FILE}.damaged-20261202T130000Z").write_bytes(b"")
+    check = doctor.check_archive(c)
+    assert check.verdict == "warn" and "damaged-20261202T130000Z" in check.detail
+    assert "remove it" in check.advice
 
 
 def test_a_read_only_data_dir_is_diagnosed_as_such_not_as_damage() -> None:

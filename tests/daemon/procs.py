@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ class DaemonProcess:
         watchdog_usec: int = 600_000,
         args: list[str] | None = None,
         runtime_dir: bool = False,
+        before_start: Callable[[Path], None] | None = None,
+        prefix: list[str] | None = None,
     ):
         self.root = Path(tempfile.mkdtemp(prefix="pmd-"))
         self.data_dir = self.root / "data"
@@ -38,6 +41,9 @@ class DaemonProcess:
             "[archive]\nclock_trust = \"always\"\nmin_free_disk = \"1MB\"\n"
             "[status]\npage = false\nmetrics_listen = \"127.0.0.1:0\"\n" + extra_config
         )
+        if before_start is not None:  # e.g. put a damaged archive in place
+            self.data_dir.mkdir()
+            before_start(self.data_dir)
         self.notify = NotifySocket()
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "RUNTIME_DIRECTORY")}
         env.update(NOTIFY_SOCKET=self.notify.address, WATCHDOG_USEC=str(watchdog_usec), PYTHONUNBUFFERED="1")
@@ -46,7 +52,7 @@ class DaemonProcess:
         self.log_path = self.root / "stderr.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pimail", "run", "--config", str(self.config),
+            [*(prefix or []), sys.executable, "-m", "pimail", "run", "--config", str(self.config),
              "--data-dir", str(self.data_dir), *(args or [])],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )

@@ -15,6 +15,9 @@ from pimail.archive.base import ArchiveError
 from pimail.archive.sqlite.core import proc_write_bytes
 from pimail.archive.sqlite.layout import SCHEMA_VERSION, prepare
 from pimail.archive.sqlite.reader import MAX_INFLIGHT_READS, READER_THREADS, SqliteReader
+from pimail.archive.sqlite.salvage import classify, preflight, probe
+from pimail.archive.sqlite.wal import WalDamage
+from pimail.archive.sqlite.wal import keep as keep_damaged_wal
 from pimail.archive.sqlite.writer import SqliteWriter
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,11 @@ class SqliteArchive(SqliteWriter, SqliteReader):
 
     ``on_durable`` is called from the writer thread after each commit with the envelopes of that
     group; keep it short (the next group waits for it).
+
+    ``wal_damage`` says what the last open found in a damaged WAL (and where its copy is kept).
     """
+
+    wal_damage: WalDamage | None = None
 
     async def open(self) -> None:
         if self._opened:
@@ -46,13 +53,24 @@ class SqliteArchive(SqliteWriter, SqliteReader):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ArchiveError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
-        conn = self._connect()
+        preflight(self.path)  # bounded: stats and the header (see salvage)
         try:
+            conn = self._connect()
+        except ArchiveError as exc:
+            if isinstance(exc.__cause__, sqlite3.Error):
+                raise classify(self.path, exc.__cause__) from exc
+            raise
+        try:
+            self.wal_damage = keep_damaged_wal(conn, self.path)  # before the checkpoint resets it
             prepare(conn, self.path, synchronous=self.synchronous,
                     autocheckpoint_pages=self._autocheckpoint_pages)
+            probe(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise ArchiveError(f"cannot open the archive {self.path}: {exc}") from exc
+            raise classify(self.path, exc) from exc
+        except ArchiveError:
+            conn.close()
+            raise
         except BaseException:
             conn.close()
             raise

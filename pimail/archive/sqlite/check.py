@@ -1,0 +1,99 @@
+"""The full check of a live SQLite archive, run in the background after READY.
+
+Two phases on a connection of its own (read-only, in a thread, never on the loop):
+
+1. ``rows``: every row of the envelope table in key order, ``slice_rows`` at a time (each slice
+   its own short read transaction, so checkpoints go on between slices). This reads every page of
+   the table, overflow pages included, and gives the progress (rows read of the stored count).
+2. ``quick_check``: ``PRAGMA quick_check`` over the whole file (indexes, free list, page
+   accounting); one statement, so the phase shows no percentage.
+
+A damaged page shows as a problem of one phase; the caller decides what to do with the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pimail.archive.base import ArchiveError
+from pimail.archive.sqlite.layout import COUNT_SQL
+from pimail.archive.sqlite.salvage import is_corruption
+
+QUICK_CHECK_MAX_ERRORS = 20
+
+
+class FullCheck:
+    """One full check of the archive at ``path`` (see the module)."""
+
+    def __init__(self, path: Path, slice_rows: int) -> None:
+        self.path = path
+        self.slice_rows = slice_rows
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("PRAGMA cache_size = -2000")  # the scan touches each page once
+        except sqlite3.Error as exc:
+            raise ArchiveError(f"cannot open {self.path} for the check: {exc}") from exc
+        return conn
+
+    def _slice(self, after: int | None) -> tuple[int, int | None]:
+        """(rows read, last key) of the next slice after ``after``."""
+        assert self._conn is not None
+        lo = -(2**63) if after is None else after + 1
+        n, last = 0, None
+        for key, _raw in self._conn.execute("SELECT id, raw FROM envelopes WHERE id >= ? ORDER BY id LIMIT ?",
+                                            (lo, self.slice_rows)):
+            n, last = n + 1, int(key)
+        return n, last
+
+    def _quick_check(self) -> list[str]:
+        assert self._conn is not None
+        rows = self._conn.execute(f"PRAGMA quick_check({QUICK_CHECK_MAX_ERRORS})").fetchall()
+        return [str(r[0]) for r in rows if r[0] != "ok"]
+
+    async def run(self, progress: dict[str, Any]) -> list[str]:
+        """The problems found ([] = sound); updates ``progress`` (phase, rows, expected) as it goes."""
+        self._conn = await asyncio.to_thread(self._connect)
+        try:
+            return await self._run(progress)
+        finally:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.to_thread(conn.close)
+
+    async def _run(self, progress: dict[str, Any]) -> list[str]:
+        assert self._conn is not None
+        conn = self._conn
+        try:
+            counted = await asyncio.to_thread(lambda: conn.execute(COUNT_SQL).fetchone())
+            progress["expected"] = int(counted[0])
+        except (sqlite3.Error, TypeError) as exc:
+            if isinstance(exc, sqlite3.Error) and not is_corruption(exc):
+                raise ArchiveError(f"the check could not read {self.path}: {exc}") from exc
+            return [f"the envelope counter cannot be read: {exc}"]
+        after: int | None = None
+        while True:
+            try:
+                n, last = await asyncio.to_thread(self._slice, after)
+            except sqlite3.DatabaseError as exc:
+                if not is_corruption(exc):
+                    raise ArchiveError(f"the check could not read {self.path}: {exc}") from exc
+                return [f"envelope table unreadable after {progress['rows']} rows: {exc}"]
+            progress["rows"] += n
+            if last is None or n < self.slice_rows:
+                break
+            after = last
+        progress["phase"] = "quick_check"
+        try:
+            return await asyncio.to_thread(self._quick_check)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise ArchiveError(f"the check could not read {self.path}: {exc}") from exc
+            return [f"quick_check: {exc}"]
