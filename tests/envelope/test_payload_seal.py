@@ -77,20 +77,33 @@ def test_seal_bounded_time_keeps_best() -> None:
     assert min(r.pow_legacy, r.pow_current) > 0
 
 
-def test_seal_async_runs_off_the_loop() -> None:
+def test_seal_async_runs_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seal runs in a worker thread and the loop stays free meanwhile: the sealing thread waits
+    for an event that only a loop callback sets, so a seal on the loop could never finish. No
+    timing: the wait's bound only turns a hang into a failure."""
+    import threading
+
+    from pimail.envelope import seal as seal_module
+
+    real_seal = seal_module.seal
+    loop_turned = threading.Event()
+    seen: dict[str, object] = {}
+
+    def watched_seal(*args: object) -> object:
+        seen["thread"] = threading.get_ident()
+        seen["loop_free"] = loop_turned.wait(timeout=60)
+        return real_seal(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seal_module, "seal", watched_seal)
+
     async def main() -> tuple[int, bool]:
-        ticks = 0
+        loop = asyncio.get_running_loop()
+        pending = asyncio.ensure_future(seal_async(NOW + 15, 15, b"abcd", b"y" * 256, 0.0, 0.01))
+        loop.call_soon(loop_turned.set)  # runs only if the loop is not busy sealing
+        r = await pending
+        return threading.get_ident(), r.envelope.ttl == 15
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
-        r = await seal_async(NOW + 15, 15, b"abcd", b"y" * 256, 1e6, 0.3)
-        t.cancel()
-        return ticks, r.met
-
-    ticks, met = asyncio.run(main())
-    assert not met and ticks >= 10  # the loop kept ticking while sealing ran
+    loop_thread, sealed = asyncio.run(main())
+    assert seen["thread"] != loop_thread
+    assert seen["loop_free"] is True
+    assert sealed
