@@ -1,0 +1,415 @@
+"""The load generator: several processes posting to one server as relaying peers do.
+
+``run_generator(plan)`` starts ``plan.procs`` processes (multiprocessing, spawn). Each seals its
+share of the envelopes before the timed phase, opens ``plan.conns`` RLPx connections of its own
+(pimail.whisper.client, shh/6 or waku), and reports ready; the parent then releases them all at
+once. Each connection then forwards the way a relaying peer does: it sends its packets without
+waiting for acknowledgements and counts Batch Acks as they come back, recording post-to-ack
+latency per packet. Two guards keep it an honest load and not a flood:
+
+* at most ``plan.max_in_flight`` packets per connection unacknowledged (pimail disconnects a peer
+  with 64 batches waiting on the archive); a connection at the cap waits, and the waits are counted
+  (``in_flight_waits``): then the server's archive is what sets the pace;
+* with ``plan.rate`` set, packets leave on a schedule (one packet per connection per
+  ``cycle_s`` transmission cycle, as geth's 300 ms relay cycle does) instead of back to back.
+
+What the server relays back to the posting peers (everything the other connections posted: they
+are full nodes) is read off the socket and dropped undecoded: a relay that holds those envelopes
+already spends nothing on them, and the generator's CPU goes to posting.
+
+Envelope ``i`` of the run goes to connection ``i mod (procs × conns)``, so the run posts exactly
+``plan.n`` distinct envelopes; its sent time is ``plan.first_sent + i // plan.per_second``.
+Everything is bounded: connect, ready and the run itself have timeouts, and the parent terminates
+any worker that is still alive at the end. 127.0.0.1 (or whatever ``plan.enode`` names) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+TTL = 3600
+TOPIC = b"\xbe\x4c\x00\x01"
+POW_TARGET = 0.000002  # pimail's (and status-go's) default min_pow
+SENT_PER_SECOND = 2000  # sent times rise by one second every this many envelopes
+BATCH = 50  # envelopes per Messages packet when posting flat out
+MAX_IN_FLIGHT = 48  # unacknowledged packets per connection (pimail drops a peer at 64)
+CYCLE_S = 0.3  # geth transmissionCycle: a relaying peer sends each peer one packet per cycle
+MAX_PACKET_ENVELOPES = 2000  # ~600 KB: a paced packet stays well under a 1 MiB message limit
+READY_TIMEOUT_S = 300.0
+END_GRACE_S = 1.0  # without acks: let the last packets leave before closing
+
+
+@dataclass(frozen=True)
+class GenPlan:
+    """What to post, how, and to whom."""
+
+    enode: str
+    n: int
+    procs: int = 4
+    conns: int = 1  # per process
+    first_sent: int = 0  # sent time of envelope 0 (0: chosen so that the last one is "now")
+    per_second: int = SENT_PER_SECOND
+    per_packet: int = BATCH  # flat out; a paced run sizes its packets from the rate
+    rate: float | None = None  # envelopes/s over all connections; None = as fast as accepted
+    cycle_s: float = CYCLE_S
+    want_acks: bool = True
+    max_in_flight: int = MAX_IN_FLIGHT
+    protocol: str = "auto"
+    salt: bytes = b""  # makes the run's envelopes distinct from every other run's
+    timeout_s: float = 300.0  # the timed phase
+
+    @property
+    def total_conns(self) -> int:
+        return self.procs * self.conns
+
+    def sent_range(self) -> tuple[int, int]:
+        return self.first_sent, self.first_sent + (self.n - 1) // self.per_second
+
+    def packet_size(self) -> int:
+        """Envelopes per packet: ``per_packet`` flat out; a paced run sends one cycle's worth."""
+        if self.rate is None:
+            return max(1, self.per_packet)
+        per_conn = self.rate / self.total_conns
+        return max(1, min(MAX_PACKET_ENVELOPES, round(per_conn * self.cycle_s)))
+
+
+def connection_indices(n: int, conn: int, total_conns: int) -> range:
+    """The envelope indices one connection posts: every ``total_conns``-th, from ``conn``."""
+    return range(conn, n, total_conns)
+
+
+def chunk_sizes(count: int, per_packet: int) -> list[int]:
+    """How ``count`` envelopes split into packets of at most ``per_packet``."""
+    full, rest = divmod(count, per_packet)
+    return [per_packet] * full + ([rest] if rest else [])
+
+
+@dataclass
+class ConnReport:
+    """What one connection did in the timed phase (monotonic clock, comparable across processes)."""
+
+    sent: int = 0
+    acked: int = 0
+    packets: int = 0
+    first_send: float = 0.0
+    last_send: float = 0.0
+    last_ack: float = 0.0
+    in_flight_waits: int = 0
+    late_packets: int = 0  # paced: packets that left more than one cycle behind schedule
+    relayed_bytes: int = 0  # what the server relayed to us, dropped unread
+    latencies: list[float] = field(default_factory=list)  # per acknowledged packet, seconds
+    latency_weights: list[int] = field(default_factory=list)  # envelopes in that packet
+    closed: str = ""  # why the connection ended early, if it did
+
+
+@dataclass
+class WorkerReport:
+    index: int
+    seal_s: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU-seconds in the timed phase
+    conns: list[ConnReport] = field(default_factory=list)
+
+
+@dataclass
+class GenResult:
+    """The whole run, from the parent's side."""
+
+    plan: GenPlan
+    start: float  # when the workers were released
+    end: float  # when the last worker reported
+    workers: list[WorkerReport]
+
+    @property
+    def conns(self) -> list[ConnReport]:
+        return [c for w in self.workers for c in w.conns]
+
+    @property
+    def sent(self) -> int:
+        return sum(c.sent for c in self.conns)
+
+    @property
+    def acked(self) -> int:
+        return sum(c.acked for c in self.conns)
+
+    @property
+    def generator_cpu_s(self) -> float:
+        return sum(w.cpu_s for w in self.workers)
+
+    @property
+    def seal_s(self) -> float:
+        return max((w.seal_s for w in self.workers), default=0.0)
+
+    @property
+    def in_flight_waits(self) -> int:
+        return sum(c.in_flight_waits for c in self.conns)
+
+    @property
+    def late_packets(self) -> int:
+        return sum(c.late_packets for c in self.conns)
+
+    @property
+    def relayed_bytes(self) -> int:
+        return sum(c.relayed_bytes for c in self.conns)
+
+    @property
+    def closed(self) -> list[str]:
+        return [c.closed for c in self.conns if c.closed]
+
+    def seconds(self) -> float:
+        """From release to the last ack (or, without acks, to the last send)."""
+        ends = [c.last_ack if self.plan.want_acks else c.last_send for c in self.conns]
+        return max(max(ends, default=self.start) - self.start, 1e-9)
+
+    def latencies(self) -> list[tuple[float, int]]:
+        return [(lat, w) for c in self.conns for lat, w in zip(c.latencies, c.latency_weights, strict=True)]
+
+
+# -- the worker process ----------------------------------------------------------------------------
+
+
+def seal_indices(plan: GenPlan, indices: range) -> list[bytes]:
+    """Envelopes ``indices`` of the run, meeting both PoW formulas at POW_TARGET."""
+    from pimail.envelope.seal import seal
+
+    raws = []
+    for i in indices:
+        sent = plan.first_sent + i // plan.per_second
+        data = plan.salt + i.to_bytes(8, "big") + bytes(200 + i % 80)
+        res = seal(sent + TTL, TTL, TOPIC, data, POW_TARGET, work_time_s=5.0)
+        if not res.met:
+            raise RuntimeError(f"could not seal envelope {i} at PoW {POW_TARGET}")
+        raws.append(res.envelope.raw)
+    return raws
+
+
+def _packets(plan: GenPlan, conn: int) -> list[tuple[bytes, bytes, int]]:
+    """(payload, keccak of payload, envelopes) for every packet of one connection, built up front."""
+    from pimail.crypto.keccak import keccak256
+    from pimail.envelope.codec import encode_envelope_list
+
+    raws = seal_indices(plan, connection_indices(plan.n, conn, plan.total_conns))
+    out = []
+    off = 0
+    for size in chunk_sizes(len(raws), plan.packet_size()):
+        payload = encode_envelope_list(raws[off:off + size])
+        out.append((payload, keccak256(payload), size))
+        off += size
+    return out
+
+
+class _Drop:
+    """Stands in for the client core's Messages handler: relayed packets are counted, not decoded."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, rp: object, payload: bytes) -> None:
+        self.bytes += len(payload)
+
+
+async def _until(what: Any, peer: Any, deadline: float) -> None:
+    """Await ``what`` unless the connection closes or the deadline passes first (then raise)."""
+    task = asyncio.ensure_future(what)
+    closed = asyncio.ensure_future(peer.closed_event.wait())
+    try:
+        await asyncio.wait({task, closed}, timeout=max(0.0, deadline - time.monotonic()),
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        closed.cancel()
+    if not task.done():
+        task.cancel()
+        raise ConnectionError("closed") if peer.closed else TimeoutError("no ack in time")
+    task.result()
+
+
+async def _drive(plan: GenPlan, conn: int, session: Any, packets: list[tuple[bytes, bytes, int]],
+                 drop: _Drop, start: float) -> ConnReport:
+    from pimail.whisper import status as st
+
+    rep = ConnReport()
+    peer = session.peer
+    capability = session.whisper.chosen(peer)
+    pending: dict[bytes, tuple[float, int]] = {}
+    slots = asyncio.Semaphore(plan.max_in_flight)
+    all_acked = asyncio.Event()
+
+    class Acks:
+        def on_batch_ack(self, who: object, h: bytes) -> None:
+            got = pending.pop(h, None) if who is peer else None
+            if got is None:
+                return
+            now = time.monotonic()
+            rep.acked += got[1]
+            rep.last_ack = now
+            rep.latencies.append(now - got[0])
+            rep.latency_weights.append(got[1])
+            slots.release()
+            if not pending:
+                all_acked.set()
+
+    session.whisper.listeners.append(Acks())
+    interval = 0.0
+    if plan.rate is not None:
+        interval = plan.packet_size() / (plan.rate / plan.total_conns)
+    offset = interval * conn / plan.total_conns  # staggered, as independent relays would be
+    deadline = start + plan.timeout_s
+    try:
+        for k, (payload, h, count) in enumerate(packets):
+            if plan.rate is not None:
+                due = start + offset + k * interval
+                wait = due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif -wait > plan.cycle_s:
+                    rep.late_packets += 1
+            if plan.want_acks:
+                if slots.locked():
+                    rep.in_flight_waits += 1
+                await _until(slots.acquire(), peer, deadline)
+                all_acked.clear()
+            now = time.monotonic()
+            if plan.want_acks:
+                pending[h] = (now, count)
+            if not rep.packets:
+                rep.first_send = now
+            await peer.send_wait(capability, st.MESSAGES, payload)
+            rep.packets += 1
+            rep.sent += count
+            rep.last_send = time.monotonic()
+        if plan.want_acks and pending:
+            await _until(all_acked.wait(), peer, deadline)
+        elif not plan.want_acks:
+            await asyncio.sleep(END_GRACE_S)
+    except (TimeoutError, ConnectionError, OSError) as exc:
+        rep.closed = peer.close_reason or f"{type(exc).__name__}: {exc}"
+    rep.relayed_bytes = drop.bytes
+    return rep
+
+
+async def _worker_async(plan: GenPlan, index: int, out: Any, start_evt: Any) -> WorkerReport:
+    from pimail.crypto.keys import Enode
+    from pimail.mailserver.client import client_whisper_config
+    from pimail.whisper.client import client_session
+
+    report = WorkerReport(index)
+    t0 = time.perf_counter()
+    conns = [index * plan.conns + j for j in range(plan.conns)]
+    packets = {c: _packets(plan, c) for c in conns}
+    report.seal_s = time.perf_counter() - t0
+    enode = Enode.parse(plan.enode)
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = {}
+        drops = {}
+        for c in conns:
+            s = await stack.enter_async_context(client_session(enode, client_whisper_config(), timeout=30,
+                                                               protocol=plan.protocol))
+            drops[c] = _Drop()
+            s.whisper.core.receive_messages = drops[c]  # type: ignore[method-assign]
+            sessions[c] = s
+        out.put(("ready", index, None))
+        if not await loop.run_in_executor(None, start_evt.wait, READY_TIMEOUT_S):
+            raise TimeoutError("never released")
+        start = time.monotonic()
+        cpu0 = time.process_time()
+        reports = await asyncio.gather(*(_drive(plan, c, sessions[c], packets[c], drops[c], start)
+                                         for c in conns))
+        report.cpu_s = time.process_time() - cpu0
+        report.conns = list(reports)
+    return report
+
+
+def _worker_main(plan: GenPlan, index: int, out: Any, start_evt: Any) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        report = asyncio.run(_worker_async(plan, index, out, start_evt))
+    except BaseException:
+        out.put(("error", index, traceback.format_exc(limit=8)))
+        return
+    out.put(("done", index, report))
+
+
+# -- the parent ------------------------------------------------------------------------------------
+
+
+class GeneratorError(RuntimeError):
+    """A worker failed (its traceback is the message) or the run did not finish in time."""
+
+
+def default_first_sent(n: int, per_second: int = SENT_PER_SECOND) -> int:
+    """Sent time of envelope 0 such that the last one is now, as on a busy network."""
+    return int(time.time()) - (n - 1) // per_second
+
+
+def run_generator(plan: GenPlan, on_start: Any = None, on_end: Any = None) -> GenResult:
+    """Run ``plan``; ``on_start()`` is called right before the release, ``on_end()`` right after the
+    last worker reported (the caller reads the server's CPU there)."""
+    if plan.n < plan.total_conns:
+        raise ValueError(f"{plan.n} envelopes cannot feed {plan.total_conns} connections")
+    if not plan.salt or not plan.first_sent:
+        raise ValueError("a plan needs its salt and first_sent (default_first_sent)")
+    ctx = mp.get_context("spawn")
+    out: Any = ctx.Queue()
+    start_evt = ctx.Event()
+    procs = [ctx.Process(target=_worker_main, args=(plan, i, out, start_evt), daemon=True,
+                         name=f"loadgen-{i}") for i in range(plan.procs)]
+    for p in procs:
+        p.start()
+    try:
+        _wait_for(out, procs, "ready", READY_TIMEOUT_S)
+        if on_start is not None:
+            on_start()
+        start = time.monotonic()
+        start_evt.set()
+        reports = _wait_for(out, procs, "done", plan.timeout_s + 60.0)
+        end = time.monotonic()
+        if on_end is not None:
+            on_end()
+        workers = [r for _, r in sorted(reports.items())]
+        return GenResult(plan, start, end, workers)
+    finally:
+        start_evt.set()  # a worker still waiting is let go (it will find its peer gone)
+        for p in procs:
+            p.join(10)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+def _wait_for(out: Any, procs: list[Any], kind: str, timeout: float) -> dict[int, Any]:
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(procs):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise GeneratorError(f"{len(procs) - len(got)} of {len(procs)} generator processes not "
+                                 f"{kind} in {timeout:.0f} s")
+        try:
+            what, index, item = out.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            dead = [p.name for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+            if dead:
+                raise GeneratorError(f"generator process(es) {', '.join(dead)} died") from None
+            continue
+        if what == "error":
+            raise GeneratorError(f"generator process {index} failed:\n{item}")
+        if what == kind:
+            got[index] = item
+    return got
+
+
+def new_plan(enode: str, n: int, **kw: Any) -> GenPlan:
+    """A plan with a fresh salt and sent times ending now."""
+    per_second = kw.get("per_second", SENT_PER_SECOND)
+    return GenPlan(enode, n, salt=os.urandom(8), first_sent=default_first_sent(n, per_second), **kw)
