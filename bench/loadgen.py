@@ -97,6 +97,7 @@ class ConnReport:
     """What one connection did in the timed phase (monotonic clock, comparable across processes)."""
 
     sent: int = 0
+    raw_bytes: int = 0  # of the envelopes sent
     acked: int = 0
     packets: int = 0
     first_send: float = 0.0
@@ -138,6 +139,10 @@ class GenResult:
     @property
     def acked(self) -> int:
         return sum(c.acked for c in self.conns)
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(c.raw_bytes for c in self.conns)
 
     @property
     def generator_cpu_s(self) -> float:
@@ -190,8 +195,9 @@ def seal_indices(plan: GenPlan, indices: range) -> list[bytes]:
     return raws
 
 
-def _packets(plan: GenPlan, conn: int) -> list[tuple[bytes, bytes, int]]:
-    """(payload, keccak of payload, envelopes) for every packet of one connection, built up front."""
+def _packets(plan: GenPlan, conn: int) -> list[tuple[bytes, bytes, int, int]]:
+    """(payload, keccak of payload, envelopes, their raw bytes) for every packet of one connection,
+    built up front."""
     from pimail.crypto.keccak import keccak256
     from pimail.envelope.codec import encode_envelope_list
 
@@ -199,8 +205,9 @@ def _packets(plan: GenPlan, conn: int) -> list[tuple[bytes, bytes, int]]:
     out = []
     off = 0
     for size in chunk_sizes(len(raws), plan.packet_size()):
-        payload = encode_envelope_list(raws[off:off + size])
-        out.append((payload, keccak256(payload), size))
+        chunk = raws[off:off + size]
+        payload = encode_envelope_list(chunk)
+        out.append((payload, keccak256(payload), size, sum(len(r) for r in chunk)))
         off += size
     return out
 
@@ -230,7 +237,7 @@ async def _until(what: Any, peer: Any, deadline: float) -> None:
     task.result()
 
 
-async def _drive(plan: GenPlan, conn: int, session: Any, packets: list[tuple[bytes, bytes, int]],
+async def _drive(plan: GenPlan, conn: int, session: Any, packets: list[tuple[bytes, bytes, int, int]],
                  drop: _Drop, start: float) -> ConnReport:
     from pimail.whisper import status as st
 
@@ -262,7 +269,7 @@ async def _drive(plan: GenPlan, conn: int, session: Any, packets: list[tuple[byt
     offset = interval * conn / plan.total_conns  # staggered, as independent relays would be
     deadline = start + plan.timeout_s
     try:
-        for k, (payload, h, count) in enumerate(packets):
+        for k, (payload, h, count, nbytes) in enumerate(packets):
             if plan.rate is not None:
                 due = start + offset + k * interval
                 wait = due - time.monotonic()
@@ -283,6 +290,7 @@ async def _drive(plan: GenPlan, conn: int, session: Any, packets: list[tuple[byt
             await peer.send_wait(capability, st.MESSAGES, payload)
             rep.packets += 1
             rep.sent += count
+            rep.raw_bytes += nbytes
             rep.last_send = time.monotonic()
         if plan.want_acks and pending:
             await _until(all_acked.wait(), peer, deadline)
