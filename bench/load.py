@@ -461,18 +461,44 @@ def run(quick: bool) -> list[Result]:
     return run_load(quick)
 
 
+class _TargetOption:
+    """argparse action: ``--target`` starts a target, the ``--target-*`` options after it are its own."""
+
+    @staticmethod
+    def make(key: str) -> type:
+        import argparse
+
+        class Action(argparse.Action):
+            def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any,
+                         option: str | None = None) -> None:
+                specs: list[dict[str, Any]] = ns.target_specs
+                if key == "enode":
+                    specs.append({"enode": value})
+                    return
+                if not specs:
+                    parser.error(f"{option} must follow the --target it belongs to")
+                if key in specs[-1]:
+                    parser.error(f"{option} given twice for one --target")
+                specs[-1][key] = value
+
+        return Action
+
+
 def _parse(argv: list[str] | None = None) -> Any:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+    ap.set_defaults(target_specs=[])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--target", action="append", default=[], help="another mailserver's enode (repeatable)")
-    ap.add_argument("--target-pid", action="append", type=int, default=[],
+    ap.add_argument("--target", action=_TargetOption.make("enode"), help="another mailserver's enode "
+                    "(repeatable; the --target-* options after it are its own)")
+    ap.add_argument("--target-pid", type=int, action=_TargetOption.make("pid"),
                     help="its PID, or a wrapper's (timeout, a shell); default: whoever listens on its port")
-    ap.add_argument("--target-name", action="append", default=[], help="its name in the table")
-    ap.add_argument("--target-form", action="append", choices=("direct", "envelope", "legacy"), default=[],
+    ap.add_argument("--target-name", action=_TargetOption.make("name"), help="its name in the table")
+    ap.add_argument("--target-form", action=_TargetOption.make("form"),
+                    choices=("direct", "envelope", "legacy"),
                     help="how to ask it for history (default direct; go-ethereum wnode: legacy)")
-    ap.add_argument("--target-password", action="append", default=[],
+    ap.add_argument("--target-password", action=_TargetOption.make("password"),
                     help="its mailserver password for the envelope forms (wnode -test: wwww)")
     ap.add_argument("--cpu-limited", action="store_true")
     ap.add_argument("--protocol", choices=("auto", "waku", "shh"), default="auto",
@@ -481,16 +507,7 @@ def _parse(argv: list[str] | None = None) -> Any:
     ap.add_argument("--procs", type=int, help="generator processes (default 4)")
     ap.add_argument("--conns", type=int, help="connections per generator process (default 2)")
     a = ap.parse_args(argv)
-    for flag in ("target_pid", "target_name", "target_form", "target_password"):
-        if len(getattr(a, flag)) > len(a.target):
-            ap.error(f"--{flag.replace('_', '-')} given more often than --target")
-    a.specs = []
-    for i, enode in enumerate(a.target):
-        def nth(flag: str, default: Any, i: int = i) -> Any:
-            got = getattr(a, flag)
-            return got[i] if i < len(got) else default
-        a.specs.append(TargetSpec(enode, nth("target_pid", None), nth("target_name", ""),
-                                  nth("target_form", "direct"), nth("target_password", DEFAULT_PASSWORD)))
+    a.specs = [TargetSpec(**spec) for spec in a.target_specs]
     return a
 
 

@@ -333,7 +333,7 @@ NOTE_KEY = {"ack_p99_low_ms": "ack_p99_low_ms", "ack_p99_high_ms": "ack_p99_high
 def rows_for(area: str, m: Measures, targets: dict[str, float] | None = None,
              suffix: str = "", first_suffix: str = "") -> list[Result]:
     """Result rows of one server; ``suffix`` goes on every note, ``first_suffix`` on the first."""
-    out = []
+    out: list[Result] = []
     for key, name, unit, hib in ROWS:
         if key not in m.values:
             continue

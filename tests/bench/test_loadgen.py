@@ -127,24 +127,28 @@ def test_side_by_side_has_one_column_per_server_and_ratios() -> None:
 # -- command line ----------------------------------------------------------------------------------
 
 
-def test_targets_take_their_options_in_order() -> None:
-    a = _parse(["--target", "enode://a@127.0.0.1:1", "--target-pid", "11", "--target-form", "direct",
-                "--target", "enode://b@127.0.0.1:2", "--target-pid", "22", "--target-form", "legacy",
-                "--target-password", "x", "--target-password", "wwww"])
-    assert [(s.enode, s.pid, s.form, s.password) for s in a.specs] == [
-        ("enode://a@127.0.0.1:1", 11, "direct", "x"), ("enode://b@127.0.0.1:2", 22, "legacy", "wwww")]
-    b = _parse(["--target", "enode://a@127.0.0.1:1"])
-    assert b.specs[0].pid is None and b.specs[0].form == "direct"
+def test_each_target_takes_the_options_that_follow_it() -> None:
+    a = _parse(["--target", "enode://a@127.0.0.1:1", "--target-pid", "11",
+                "--target", "enode://b@127.0.0.1:2", "--target-form", "legacy", "--target-password", "wwww",
+                "--target-name", "wnode"])
+    assert [(s.enode, s.pid, s.form, s.password, s.name) for s in a.specs] == [
+        ("enode://a@127.0.0.1:1", 11, "direct", "status-offline-inbox", ""),
+        ("enode://b@127.0.0.1:2", None, "legacy", "wwww", "wnode")]
+    assert _parse([]).specs == []
     assert enode_port("enode://a@127.0.0.1:30303?discport=0") == 30303
     assert enode_port("enode://a") is None
 
 
-def test_more_target_options_than_targets_exit_2() -> None:
-    r = subprocess.run([sys.executable, "-m", "bench.load", "--target", "enode://a@127.0.0.1:1",
-                        "--target-pid", "1", "--target-pid", "2"], capture_output=True, text=True,
+@pytest.mark.parametrize(("args", "message"), [
+    (["--target-pid", "1"], "--target-pid must follow the --target it belongs to"),
+    (["--target", "enode://a@127.0.0.1:1", "--target-pid", "1", "--target-pid", "2"],
+     "--target-pid given twice for one --target"),
+])
+def test_target_options_out_of_place_exit_2(args: list[str], message: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "bench.load", *args], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert r.returncode == 2
-    assert "--target-pid given more often than --target" in r.stderr.strip().splitlines()[-1]
+    assert message in r.stderr.strip().splitlines()[-1]
 
 
 # -- the server's PID ------------------------------------------------------------------------------
