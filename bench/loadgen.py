@@ -1,26 +1,31 @@
 """The load generator: several processes posting to one server as relaying peers do.
 
-``run_generator(plan)`` starts ``plan.procs`` processes (multiprocessing, spawn). Each seals its
-share of the envelopes before the timed phase, opens ``plan.conns`` RLPx connections of its own
-(pimail.whisper.client, shh/6 or waku), and reports ready; the parent then releases them all at
-once. Each connection then forwards the way a relaying peer does: it sends its packets without
-waiting for acknowledgements and counts Batch Acks as they come back, recording post-to-ack
-latency per packet. Two guards keep it an honest load and not a flood:
+``Generator(link)`` starts ``link.procs`` processes (multiprocessing, spawn); each opens
+``link.conns`` RLPx connections of its own (pimail.whisper.client, shh/6 or waku) and keeps them
+for every phase, as relaying peers stay connected. ``run(plan)`` is one phase: each process seals
+its share of the envelopes before the timed phase (on a thread, so its connections stay alive) and
+reports ready; the parent then releases them all at once. Each connection forwards the way a
+relaying peer does: it sends its packets without waiting for acknowledgements and counts Batch
+Acks as they come back, recording post-to-ack latency per packet. Two guards keep it an honest
+load and not a flood:
 
 * at most ``plan.max_in_flight`` packets per connection unacknowledged (pimail disconnects a peer
   with 64 batches waiting on the archive); a connection at the cap waits, and the waits are counted
-  (``in_flight_waits``): then the server's archive is what sets the pace;
+  (``in_flight_waits``): then the server's acks are what sets the pace;
 * with ``plan.rate`` set, packets leave on a schedule (one packet per connection per
   ``cycle_s`` transmission cycle, as geth's 300 ms relay cycle does) instead of back to back.
+
+A server that sends no acks (go-ethereum 1.8) is timed to the Pong of a devp2p Ping sent after
+each connection's last packet: it answers only once it has read everything before it.
 
 What the server relays back to the posting peers (everything the other connections posted: they
 are full nodes) is read off the socket and dropped undecoded: a relay that holds those envelopes
 already spends nothing on them, and the generator's CPU goes to posting.
 
-Envelope ``i`` of the run goes to connection ``i mod (procs × conns)``, so the run posts exactly
+Envelope ``i`` of a phase goes to connection ``i mod (procs × conns)``, so a phase posts exactly
 ``plan.n`` distinct envelopes; its sent time is ``plan.first_sent + i // plan.per_second``.
-Everything is bounded: connect, ready and the run itself have timeouts, and the parent terminates
-any worker that is still alive at the end. 127.0.0.1 (or whatever ``plan.enode`` names) only.
+Everything is bounded: connect, ready and each phase have timeouts, and the parent terminates
+any worker still alive at the end. 127.0.0.1 (or whatever the enode names) only.
 """
 
 from __future__ import annotations
@@ -44,7 +49,6 @@ MAX_IN_FLIGHT = 48  # unacknowledged packets per connection (pimail drops a peer
 CYCLE_S = 0.3  # geth transmissionCycle: a relaying peer sends each peer one packet per cycle
 MAX_PACKET_ENVELOPES = 2000  # ~600 KB: a paced packet stays well under a 1 MiB message limit
 READY_TIMEOUT_S = 300.0
-END_GRACE_S = 1.0  # without acks: let the last packets leave before closing
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class ConnReport:
     first_send: float = 0.0
     last_send: float = 0.0
     last_ack: float = 0.0
+    drained: float = 0.0  # without acks: the Pong after the last packet came back
     in_flight_waits: int = 0
     late_packets: int = 0  # paced: packets that left more than one cycle behind schedule
     relayed_bytes: int = 0  # what the server relayed to us, dropped unread
@@ -169,8 +174,8 @@ class GenResult:
         return [c.closed for c in self.conns if c.closed]
 
     def seconds(self) -> float:
-        """From release to the last ack (or, without acks, to the last send)."""
-        ends = [c.last_ack if self.plan.want_acks else c.last_send for c in self.conns]
+        """From release to the last ack (without acks: to the Pong after the last packet)."""
+        ends = [c.last_ack if self.plan.want_acks else (c.drained or c.last_send) for c in self.conns]
         return max(max(ends, default=self.start) - self.start, 1e-9)
 
     def latencies(self) -> list[tuple[float, int]]:
@@ -210,6 +215,10 @@ def _packets(plan: GenPlan, conn: int) -> list[tuple[bytes, bytes, int, int]]:
         out.append((payload, keccak256(payload), size, sum(len(r) for r in chunk)))
         off += size
     return out
+
+
+def _all_packets(plan: GenPlan, conns: list[int]) -> dict[int, list[tuple[bytes, bytes, int, int]]]:
+    return {c: _packets(plan, c) for c in conns}
 
 
 class _Drop:
@@ -262,7 +271,9 @@ async def _drive(plan: GenPlan, conn: int, session: Any, packets: list[tuple[byt
             if not pending:
                 all_acked.set()
 
-    session.whisper.listeners.append(Acks())
+    listener = Acks()
+    session.whisper.listeners.append(listener)
+    relayed0 = drop.bytes
     interval = 0.0
     if plan.rate is not None:
         interval = plan.packet_size() / (plan.rate / plan.total_conns)
@@ -294,64 +305,90 @@ async def _drive(plan: GenPlan, conn: int, session: Any, packets: list[tuple[byt
             rep.last_send = time.monotonic()
         if plan.want_acks and pending:
             await _until(all_acked.wait(), peer, deadline)
-        elif not plan.want_acks:
-            await asyncio.sleep(END_GRACE_S)
+        elif not plan.want_acks and rep.packets:
+            # no acks: the Pong to a Ping sent after the last packet says the server has read
+            # them all (go-ethereum hands each message to Whisper before reading the next)
+            if await peer.round_trip(max(0.1, deadline - time.monotonic())):
+                rep.drained = time.monotonic()
+            else:
+                rep.closed = "no Pong after the last packet in time"
     except (TimeoutError, ConnectionError, OSError) as exc:
         rep.closed = peer.close_reason or f"{type(exc).__name__}: {exc}"
-    rep.relayed_bytes = drop.bytes
+    finally:
+        session.whisper.listeners.remove(listener)
+    rep.relayed_bytes = drop.bytes - relayed0
     return rep
 
 
-async def _worker_async(plan: GenPlan, index: int, out: Any, start_evt: Any) -> WorkerReport:
+@dataclass(frozen=True)
+class Link:
+    """What the generator's connections are: to whom, how many, in which protocol."""
+
+    enode: str
+    procs: int = 4
+    conns: int = 1  # per process
+    protocol: str = "auto"
+
+    def matches(self, plan: GenPlan) -> bool:
+        return (plan.enode, plan.procs, plan.conns, plan.protocol) == (
+            self.enode, self.procs, self.conns, self.protocol)
+
+
+async def _worker_async(link: Link, index: int, inbox: Any, out: Any) -> None:
     from pimail.crypto.keys import Enode
     from pimail.mailserver.client import client_whisper_config
     from pimail.whisper.client import client_session
 
-    report = WorkerReport(index)
-    t0 = time.perf_counter()
-    conns = [index * plan.conns + j for j in range(plan.conns)]
-    packets = {c: _packets(plan, c) for c in conns}
-    report.seal_s = time.perf_counter() - t0
-    enode = Enode.parse(plan.enode)
     loop = asyncio.get_running_loop()
+
+    async def command() -> Any:
+        return await loop.run_in_executor(None, inbox.get, True, READY_TIMEOUT_S)
+
+    conns = [index * link.conns + j for j in range(link.conns)]
+    enode = Enode.parse(link.enode)
     async with contextlib.AsyncExitStack() as stack:
-        sessions = {}
-        drops = {}
+        sessions, drops = {}, {}
         for c in conns:
             s = await stack.enter_async_context(client_session(enode, client_whisper_config(), timeout=30,
-                                                               protocol=plan.protocol))
+                                                               protocol=link.protocol))
             drops[c] = _Drop()
             s.whisper.core.receive_messages = drops[c]  # type: ignore[method-assign]
             sessions[c] = s
-        out.put(("ready", index, None))
-        if not await loop.run_in_executor(None, start_evt.wait, READY_TIMEOUT_S):
-            raise TimeoutError("never released")
-        start = time.monotonic()
-        cpu0 = time.process_time()
-        reports = await asyncio.gather(*(_drive(plan, c, sessions[c], packets[c], drops[c], start)
-                                         for c in conns))
-        report.cpu_s = time.process_time() - cpu0
-        report.conns = list(reports)
-    return report
+        out.put(("connected", index, None))
+        while True:
+            what, plan = await command()
+            if what == "stop":
+                return
+            report = WorkerReport(index)
+            t0 = time.perf_counter()
+            # sealed on a thread: the loop keeps answering pings and reading what the server relays
+            # (status-go drops a peer whose socket it cannot write for 20 s)
+            packets = await loop.run_in_executor(None, _all_packets, plan, conns)
+            report.seal_s = time.perf_counter() - t0
+            out.put(("ready", index, None))
+            what, _ = await command()
+            if what != "go":
+                return
+            start = time.monotonic()
+            cpu0 = time.process_time()
+            report.conns = list(await asyncio.gather(
+                *(_drive(plan, c, sessions[c], packets[c], drops[c], start) for c in conns)))
+            report.cpu_s = time.process_time() - cpu0
+            out.put(("done", index, report))
 
 
-def _worker_main(plan: GenPlan, index: int, out: Any, start_evt: Any) -> None:
+def _worker_main(link: Link, index: int, inbox: Any, out: Any) -> None:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
     try:
-        report = asyncio.run(_worker_async(plan, index, out, start_evt))
+        asyncio.run(_worker_async(link, index, inbox, out))
     except BaseException:
         out.put(("error", index, traceback.format_exc(limit=8)))
-        return
-    out.put(("done", index, report))
-
-
-# -- the parent ------------------------------------------------------------------------------------
 
 
 class GeneratorError(RuntimeError):
-    """A worker failed (its traceback is the message) or the run did not finish in time."""
+    """A worker failed (its traceback is the message) or a phase did not finish in time."""
 
 
 def default_first_sent(n: int, per_second: int = SENT_PER_SECOND) -> int:
@@ -359,62 +396,95 @@ def default_first_sent(n: int, per_second: int = SENT_PER_SECOND) -> int:
     return int(time.time()) - (n - 1) // per_second
 
 
-def run_generator(plan: GenPlan, on_start: Any = None, on_end: Any = None) -> GenResult:
-    """Run ``plan``; ``on_start()`` is called right before the release, ``on_end()`` right after the
-    last worker reported (the caller reads the server's CPU there)."""
-    if plan.n < plan.total_conns:
-        raise ValueError(f"{plan.n} envelopes cannot feed {plan.total_conns} connections")
-    if not plan.salt or not plan.first_sent:
-        raise ValueError("a plan needs its salt and first_sent (default_first_sent)")
-    ctx = mp.get_context("spawn")
-    out: Any = ctx.Queue()
-    start_evt = ctx.Event()
-    procs = [ctx.Process(target=_worker_main, args=(plan, i, out, start_evt), daemon=True,
-                         name=f"loadgen-{i}") for i in range(plan.procs)]
-    for p in procs:
-        p.start()
-    try:
-        _wait_for(out, procs, "ready", READY_TIMEOUT_S)
+class Generator:
+    """The worker processes and their connections, kept across phases (a relaying peer stays
+    connected; a fresh full-bloom peer is pushed the server's whole pool, which status-go and
+    go-ethereum cannot send past 16 MB). ``with Generator(link) as g: g.run(plan)``."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        ctx = mp.get_context("spawn")
+        self._out: Any = ctx.Queue()
+        self._inboxes: list[Any] = [ctx.Queue() for _ in range(link.procs)]
+        self._procs = [ctx.Process(target=_worker_main, args=(link, i, self._inboxes[i], self._out),
+                                   daemon=True, name=f"loadgen-{i}") for i in range(link.procs)]
+
+    def __enter__(self) -> Generator:
+        for p in self._procs:
+            p.start()
+        try:
+            self._wait_for("connected", READY_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, plan: GenPlan, on_start: Any = None, on_end: Any = None) -> GenResult:
+        """One phase; ``on_start()`` is called right before the release, ``on_end()`` right after the
+        last worker reported (the caller reads the server's CPU there)."""
+        if not self.link.matches(plan):
+            raise ValueError("the plan is for other connections than this generator's")
+        if plan.n < plan.total_conns:
+            raise ValueError(f"{plan.n} envelopes cannot feed {plan.total_conns} connections")
+        if not plan.salt or not plan.first_sent:
+            raise ValueError("a plan needs its salt and first_sent (new_plan)")
+        for box in self._inboxes:
+            box.put(("phase", plan))
+        self._wait_for("ready", READY_TIMEOUT_S)
         if on_start is not None:
             on_start()
         start = time.monotonic()
-        start_evt.set()
-        reports = _wait_for(out, procs, "done", plan.timeout_s + 60.0)
+        for box in self._inboxes:
+            box.put(("go", None))
+        reports = self._wait_for("done", plan.timeout_s + 60.0)
         end = time.monotonic()
         if on_end is not None:
             on_end()
-        workers = [r for _, r in sorted(reports.items())]
-        return GenResult(plan, start, end, workers)
-    finally:
-        start_evt.set()  # a worker still waiting is let go (it will find its peer gone)
-        for p in procs:
-            p.join(10)
-        for p in procs:
+        return GenResult(plan, start, end, [r for _, r in sorted(reports.items())])
+
+    def close(self) -> None:
+        for box in self._inboxes:
+            with contextlib.suppress(Exception):
+                box.put(("stop", None))
+        for p in self._procs:
+            if p.pid is not None:
+                p.join(15)
+        for p in self._procs:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
 
+    def _wait_for(self, kind: str, timeout: float) -> dict[int, Any]:
+        got: dict[int, Any] = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < len(self._procs):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GeneratorError(f"{len(self._procs) - len(got)} of {len(self._procs)} generator "
+                                     f"processes not {kind} in {timeout:.0f} s")
+            try:
+                what, index, item = self._out.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                dead = [p.name for p in self._procs if not p.is_alive()]
+                if dead:
+                    raise GeneratorError(f"generator process(es) {', '.join(dead)} died") from None
+                continue
+            if what == "error":
+                raise GeneratorError(f"generator process {index} failed:\n{item}")
+            if what == kind:
+                got[index] = item
+        return got
 
-def _wait_for(out: Any, procs: list[Any], kind: str, timeout: float) -> dict[int, Any]:
-    got: dict[int, Any] = {}
-    deadline = time.monotonic() + timeout
-    while len(got) < len(procs):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise GeneratorError(f"{len(procs) - len(got)} of {len(procs)} generator processes not "
-                                 f"{kind} in {timeout:.0f} s")
-        try:
-            what, index, item = out.get(timeout=min(left, 1.0))
-        except queue.Empty:
-            dead = [p.name for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
-            if dead:
-                raise GeneratorError(f"generator process(es) {', '.join(dead)} died") from None
-            continue
-        if what == "error":
-            raise GeneratorError(f"generator process {index} failed:\n{item}")
-        if what == kind:
-            got[index] = item
-    return got
+
+def run_generator(plan: GenPlan, on_start: Any = None, on_end: Any = None) -> GenResult:
+    """One phase on connections of its own."""
+    if plan.n < plan.total_conns:
+        raise ValueError(f"{plan.n} envelopes cannot feed {plan.total_conns} connections")
+    with Generator(Link(plan.enode, plan.procs, plan.conns, plan.protocol)) as gen:
+        return gen.run(plan, on_start, on_end)
 
 
 def new_plan(enode: str, n: int, **kw: Any) -> GenPlan:

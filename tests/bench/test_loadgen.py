@@ -206,3 +206,22 @@ def test_the_server_pid_is_found_below_a_shell_and_a_dead_pid_is_reported() -> N
         shell.wait(10)
     pid, note = server_pid(port, shell.pid)
     assert pid is None and "is not running" in note
+
+
+def test_phases_share_the_connections_and_a_server_without_acks_is_drained_by_a_ping(tmp_path: Path) -> None:
+    from bench.loadgen import Generator, Link
+
+    srv = ServerProc(tmp_path)
+    srv.start()
+    try:
+        with Generator(Link(srv.enode, procs=2, conns=2)) as g:
+            first = g.run(new_plan(srv.enode, 400, procs=2, conns=2, timeout_s=120))
+            # as if the server sent no acks: each connection ends at the Pong after its last packet
+            second = g.run(new_plan(srv.enode, 300, procs=2, conns=2, want_acks=False, timeout_s=120))
+    finally:
+        srv.stop()  # the second phase's group is committed on the way out
+    held = archive_count(srv.data_dir)
+    assert first.acked == 400 and second.sent == 300 and second.acked == 0
+    assert not first.closed and not second.closed
+    assert all(c.drained >= c.last_send > 0 for c in second.conns)
+    assert held == 700  # distinct envelopes in the two phases, every one archived
