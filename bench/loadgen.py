@@ -328,6 +328,9 @@ class Link:
     procs: int = 4
     conns: int = 1  # per process
     protocol: str = "auto"
+    # True: relaying peers (full nodes: the server forwards them what the others post);
+    # False: posting clients, as phones are (an empty bloom: nothing is relayed to them)
+    live: bool = True
 
     def matches(self, plan: GenPlan) -> bool:
         return (plan.enode, plan.procs, plan.conns, plan.protocol) == (
@@ -350,7 +353,7 @@ async def _worker_async(link: Link, index: int, inbox: Any, out: Any) -> None:
         sessions, drops = {}, {}
         for c in conns:
             s = await stack.enter_async_context(client_session(enode, client_whisper_config(), timeout=30,
-                                                               protocol=link.protocol))
+                                                               protocol=link.protocol, live=link.live))
             drops[c] = _Drop()
             s.whisper.core.receive_messages = drops[c]  # type: ignore[method-assign]
             sessions[c] = s
@@ -397,9 +400,12 @@ def default_first_sent(n: int, per_second: int = SENT_PER_SECOND) -> int:
 
 
 class Generator:
-    """The worker processes and their connections, kept across phases (a relaying peer stays
-    connected; a fresh full-bloom peer is pushed the server's whole pool, which status-go and
-    go-ethereum cannot send past 16 MB). ``with Generator(link) as g: g.run(plan)``."""
+    """The worker processes and their connections, kept across phases.
+
+    A fresh full-bloom peer is pushed the server's whole relay pool at once, which status-go and
+    go-ethereum cannot send past 16 MB (about 50,000 envelopes): they drop the connection. So
+    relaying peers (``link.live``) are connected before the pool fills, and posting clients
+    connected later ask for nothing relayed. ``with Generator(link) as g: g.run(plan)``."""
 
     def __init__(self, link: Link) -> None:
         self.link = link

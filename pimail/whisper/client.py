@@ -122,9 +122,10 @@ def parse_enode(text: str, flag: str = "--peer") -> Enode:
 @contextlib.asynccontextmanager
 async def client_session(
     enode: Enode, config: WhisperConfig | None = None, timeout: float = CONNECT_TIMEOUT_S,
-    protocol: str = "auto",
+    protocol: str = "auto", *, live: bool = True,
 ) -> AsyncIterator[ClientSession]:
-    stack = ClientStack(config or WhisperConfig(min_pow=0.0), protocol)
+    """One connection; ``live=False`` asks the node for no relayed envelopes (see ``ClientStack``)."""
+    stack = ClientStack(config or WhisperConfig(min_pow=0.0), protocol, live=live)
     with tempfile.TemporaryDirectory(prefix="pimail-client-") as tmp:
         node = NodeServer(NodeKey.generate(),
                           NodeConfig(listen="127.0.0.1:0", data_dir=Path(tmp), max_peers=2),
