@@ -5,10 +5,11 @@
 Areas: the per-layer modules (transport, whisper, waku (waku/1 beside shh/6), archive, mailserver,
 daemon, memory (idle and after-load RSS of ``pimail run``), postgres when
 PIMAIL_TEST_PG_URL/PIMAIL_BENCH_PG_URL is set) and ``load``, the end-to-end run
-against a real ``pimail run`` (bench/load.py). ``--target`` runs the same load against another mailserver and
-prints pimail/other ratios. ``--cpu-limited`` adds a single-core, CPU-quota run of the load (a
-rough Raspberry Pi Zero 2 W stand-in), reported under its own area. Figures are printed, never
-asserted; an area that fails is reported as such and the others still run (exit code 1).
+against a real ``pimail run`` (bench/load.py). ``--target`` runs the same load against another
+mailserver and prints pimail/other ratios (``python -m bench.load`` takes several targets and prints
+them side by side). ``--cpu-limited`` adds a single-core, CPU-quota run of the load (a rough
+Raspberry Pi Zero 2 W stand-in), reported under its own area. Figures are printed, never asserted;
+an area that fails is reported as such and the others still run (exit code 1).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     ap.add_argument("--areas", help=f"comma-separated subset of {','.join(ALL_AREAS)}")
     ap.add_argument("--target", help="enode of another mailserver to run the same load against")
-    ap.add_argument("--target-pid", type=int, help="its process id (for RSS and bytes written)")
+    ap.add_argument("--target-pid", type=int, help="its process id, or a wrapper's such as timeout "
+                    "(for CPU, RSS and bytes written); default: the process listening on its port")
     ap.add_argument("--target-form", choices=("direct", "envelope", "legacy"), default="direct",
                     help="how to ask the target for history: direct (pimail, status-go), envelope "
                     "(status-go RPC form) or legacy (go-ethereum wnode); default direct")

@@ -6,6 +6,7 @@ Benchmarks print figures; they never assert timings.
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -69,3 +70,46 @@ def best_cpu_rate(fn: Callable[[], object], *, min_seconds: float, batch: int = 
     """
     return max(rate(fn, min_seconds=min_seconds / windows, batch=batch, clock=time.process_time)
                for _ in range(windows))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of repeated runs with the lowest and highest, so a reader sees the noise."""
+
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    def note(self, fmt: str = ",.0f", unit: str = "") -> str:
+        return f"median of {self.runs} (min {self.low:{fmt}}{unit}, max {self.high:{fmt}}{unit})"
+
+
+def spread(values: Iterable[float]) -> Spread:
+    """Median, minimum and maximum of ``values`` (the median of an even count is the mean of the
+    middle two)."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("spread of no values")
+    mid = len(xs) // 2
+    median = xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    return Spread(median, xs[0], xs[-1], len(xs))
+
+
+def weighted_percentile(samples: Iterable[tuple[float, int]], q: float) -> float:
+    """The value below which ``q`` (0–1) of the total weight lies: each ``(value, weight)`` sample
+    stands for ``weight`` equal observations (a packet's ack latency for each of its envelopes).
+    Nearest rank: the smallest value whose cumulative weight reaches ``q`` of the total."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError("q must be within 0 and 1")
+    pairs = sorted((v, w) for v, w in samples if w > 0)
+    total = sum(w for _, w in pairs)
+    if total == 0:
+        raise ValueError("percentile of no samples")
+    need = max(1, math.ceil(q * total))
+    seen = 0
+    for value, weight in pairs:
+        seen += weight
+        if seen >= need:
+            return value
+    return pairs[-1][0]

@@ -1,23 +1,26 @@
-"""End-to-end load run against a real mailserver process.
+"""End-to-end load run against a real mailserver process, and the same load against others.
 
-``python -m bench.load [--quick] [--target ENODE --target-pid PID] [--cpu-limited]``
+``python -m bench.load [--quick] [--target ENODE [--target-pid PID] [--target-name NAME]
+[--target-form F] [--target-password P]]... [--protocol shh|waku] [--procs N --conns N]``
 
 pimail side: ``pimail run`` as a subprocess (tmp data dir, 127.0.0.1, ephemeral port, status page and
-metrics off, READY=1 read from a fake NOTIFY_SOCKET). The load generator opens several RLPx
-connections (NodeServer.connect + WhisperService, via pimail.whisper.client), posts envelopes sealed
-before the timed phase so that they meet both PoW formulas at the server's target, and counts Batch
-Acks (sent by pimail only once the batch is durable in the archive). The server's per-peer flood
-limit is raised for this run (``rate_limit_packets_per_s``), as a load test is a deliberate flood;
-the packets carry ``BATCH`` envelopes each.
+metrics off, READY=1 read from a fake NOTIFY_SOCKET), with its shipped archive defaults (power-loss
+safe acks, adaptive group commit). The server's per-peer flood limit is raised for this run
+(``rate_limit_packets_per_s``), as a load test is a deliberate flood.
 
-Measured: ingest rate (archive count at the end, checked against what was sent), history delivery
-rate and time to first envelope (pimail.mailserver.client), 100-envelope page p95, server RSS
-(/proc/PID/status), bytes on disk per envelope, bytes written per archived byte (/proc/PID/io), and
+The load comes from several generator processes (bench/loadgen.py) posting as relaying peers do;
+what is measured, in order, is in bench/loadmeasure.py: ingest flat out (with the server's
+CPU-seconds per 1,000 envelopes, its CPU use and a "generator-bound" verdict under 90 %), history
+of the whole window (≥ 100,000 envelopes) five times (median, min, max), 100-envelope pages,
+ack latency p99 at 50 env/s and at 80 % of the measured maximum, RSS and bytes written, and
 exec-to-READY=1 with a pre-filled archive (1M; quick 100k).
 
-Another mailserver (``--target``) gets the same load; its ingest is counted through history (its
-archive cannot be read from here), and it may never send 125 (go-ethereum), so history ends after a
-quiet period, which is subtracted from its time.
+Each ``--target`` (status-go's statusd, go-ethereum's ``wnode -mailserver``, another pimail) gets
+the same load, one after the other, in the same run; ``--target-pid`` may be the server or a
+wrapper around it (``timeout``, a shell): the process listening on the enode's port is measured,
+and without ``--target-pid`` that process is looked up. A target that sends no Batch Acks
+(go-ethereum 1.8) is counted through history, with its quiet period subtracted (it never sends
+125). ``--target-form legacy --target-password wwww`` for ``wnode -test``.
 """
 
 from __future__ import annotations
@@ -28,29 +31,45 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.common import Result, print_table
+from bench.loadmeasure import (
+    DEFAULT_PASSWORD,
+    Measures,
+    Sizes,
+    Target,
+    archive_count,
+    compare_rows,
+    disk_bytes,
+    history,
+    measure,
+    rows_for,
+    side_by_side,
+)
+from bench.procfs import proc_cpu_s, proc_status_kb, proc_write_bytes, server_pid
 from pimail.mailserver.client import client_whisper_config
+
+__all__ = [  # what bench/faults.py and the tests take from here
+    "ServerProc", "archive_count", "disk_bytes", "history", "post_load", "preseal", "proc_cpu_s",
+    "proc_status_kb", "proc_write_bytes", "run_load",
+]
 
 AREA = "load"
 REPO = Path(__file__).resolve().parents[1]
 TTL = 3600
 SENT_PER_SECOND = 2000  # preseal: envelopes per second of sent time
 BATCH = 50  # envelopes per Messages packet
-WINDOW = 32  # unacknowledged packets per connection (the server allows 64; its group commit waits up to 1 s)
+WINDOW = 32  # post_load (the faults' single-process poster): unacknowledged packets per connection
 POW_TARGET = 0.000002  # pimail's (and status-go's) default min_pow
 TOPIC = b"\xbe\x4c\x00\x01"
-QUIET_S = 2.0
-DEFAULT_PASSWORD = "status-offline-inbox"  # Status's mailserver password (pimail's default)
 # The posting peers, like history clients, take whatever the server relays back (go-ethereum 1.8
 # sends megabyte Messages packets under load).
 LOAD_CLIENT = client_whisper_config()
@@ -220,52 +239,6 @@ class ServerProc:
                 group.rmdir()
 
 
-def proc_status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def proc_write_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU-seconds of ``pid`` so far (all its threads), from /proc/PID/stat."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-BUSY_FLOOR = 0.9  # the server under this share of one core while ingesting: the generator set the pace
-
-
-def archive_count(data_dir: Path) -> int:
-    """Envelopes in a pimail SQLite archive, read-only, without disturbing the writer."""
-    import sqlite3
-
-    db = data_dir / "archive.sqlite"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return int(con.execute("SELECT count(*) FROM envelopes").fetchone()[0])
-    finally:
-        con.close()
-
-
-def disk_bytes(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in data_dir.glob("archive.sqlite*") if p.is_file())
-
-
 # -- the load generator ----------------------------------------------------------------------------
 
 
@@ -351,128 +324,6 @@ async def post_load(enode_url: str, raws: list[bytes], conns: int, *, want_acks:
         return time.perf_counter() - t0, acked
 
 
-async def history(enode_url: str, lower: int, upper: int, limit: int = 1000,
-                  stop_after: int | None = None, form: str = "direct",
-                  password: str = DEFAULT_PASSWORD) -> tuple[int, float, float, bool]:
-    """(envelopes, seconds, seconds to first envelope, completed with 125) for one history fetch."""
-    from pimail.config import NodeConfig
-    from pimail.crypto.keys import Enode, NodeKey
-    from pimail.mailserver.client import HistoryClient, HistoryOptions, HistorySummary, connect_trusted
-    from pimail.node.server import NodeServer
-    from pimail.whisper.service import WhisperService
-
-    enode = Enode.parse(enode_url)
-    with tempfile.TemporaryDirectory(prefix="pimail-hist-") as tmp:
-        key = NodeKey.generate()
-        cw = WhisperService(client_whisper_config(), archive=None, clock_trusted=lambda: True)
-        cn = NodeServer(key, NodeConfig(listen="127.0.0.1:0", data_dir=Path(tmp)), [cw])
-        await cn.start()
-        try:
-            await connect_trusted(cn, cw, enode)
-            summary = HistorySummary()
-            opts = HistoryOptions(form=form, password=password, lower=lower, upper=upper, limit=limit,
-                                  quiet_s=QUIET_S)
-            n, first = 0, 0.0
-            t0 = time.perf_counter()
-            gen = HistoryClient(key, cw, cn).fetch(enode, opts, summary)
-            assert isinstance(gen, AsyncGenerator)
-            try:
-                async for _ in gen:
-                    n += 1
-                    if n == 1:
-                        first = time.perf_counter() - t0
-                    if stop_after is not None and n >= stop_after:
-                        break
-            finally:
-                await gen.aclose()
-            secs = time.perf_counter() - t0
-            if stop_after is None and not summary.completed:
-                secs -= QUIET_S
-            return n, max(secs, 1e-9), first, summary.completed
-        finally:
-            await cn.stop()
-            await cw.close()
-
-
-# -- one measured run ------------------------------------------------------------------------------
-
-
-@dataclass
-class Measures:
-    label: str
-    values: dict[str, float] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
-
-
-async def measure(enode: str, pid: int | None, raws: list[bytes], sent: tuple[int, int], conns: int,
-                  pages: int, label: str, data_dir: Path | None, acks: bool, form: str = "direct",
-                  password: str = DEFAULT_PASSWORD, protocol: str = "auto") -> Measures:
-    """The same measurements against any mailserver; ``form``/``password`` are how history is asked
-    (go-ethereum's wnode only understands the legacy form, with its own password)."""
-    m = Measures(label)
-    w0 = proc_write_bytes(pid) if pid else None
-    c0 = proc_cpu_s(pid) if pid else None
-    secs, acked = await post_load(enode, raws, conns, want_acks=acks, protocol=protocol)
-    c1 = proc_cpu_s(pid) if pid else None
-    if c0 is not None and c1 is not None and secs > 0:
-        busy = (c1 - c0) / secs
-        m.values["cpu_per_1000"] = (c1 - c0) / len(raws) * 1000
-        m.notes["cpu"] = (f"server busy {busy:.0%} of one core while posting"
-                          + (" (generator-bound)" if busy < BUSY_FLOOR else ""))
-    lower, upper = sent[0] - 5, sent[1] + 5
-    if data_dir is not None:
-        held = archive_count(data_dir)
-        m.notes["ingest"] = f"{acked:,} acked, archive holds {held:,}, {conns} connections"
-        if held < acked:  # an acknowledged envelope must be durable: say so loudly
-            m.notes["ingest"] += f"; {acked - held:,} ACKNOWLEDGED ENVELOPES MISSING"
-    else:
-        held = -1
-    if data_dir is None:
-        # another server's archive cannot be read from here: count through history until it
-        # holds everything or stops growing (the settle time counts as ingest time)
-        t_settle, prev = time.perf_counter(), -1
-        while True:
-            held = (await history(enode, lower, upper, form=form, password=password))[0]
-            if held >= len(raws) or (held == prev and held > 0) or time.perf_counter() - t_settle > 60:
-                break
-            prev = held
-            await asyncio.sleep(1.0)
-        secs += time.perf_counter() - t_settle
-        m.notes["ingest"] = (f"counted through history: {held:,} of {len(raws):,}, time to last "
-                             f"{'ack' if acks else 'send'} + settle, {conns} connections")
-    n, hsecs, first, completed = await history(enode, lower, upper, form=form, password=password)
-    m.values["ingest"] = min(held, len(raws)) / secs
-    m.values["ingest_held"] = held
-    m.values["history_rate"] = n / hsecs
-    m.values["first_ms"] = first * 1000
-    m.notes["history"] = f"{n:,} envelopes in {hsecs:.2f} s" + ("" if completed else ", no 125 (quiet end)")
-    samples = []
-    for _ in range(pages):
-        _, psecs, _, _ = await history(enode, lower, upper, limit=100, stop_after=100, form=form,
-                                       password=password)
-        samples.append(psecs * 1000)
-    samples.sort()
-    m.values["page_p95_ms"] = samples[max(0, int(len(samples) * 0.95) - 1)] if samples else 0.0
-    m.values["page_p50_ms"] = statistics.median(samples) if samples else 0.0
-    wal = data_dir / "archive.sqlite-wal" if data_dir is not None else None
-    wal_bytes = wal.stat().st_size if wal is not None and wal.exists() else None
-    if pid:
-        m.values["rss_mb"] = proc_status_kb(pid, "VmRSS") / 1024
-        m.values["hwm_mb"] = proc_status_kb(pid, "VmHWM") / 1024
-        w1 = proc_write_bytes(pid)
-        if w0 is not None and w1 is not None:
-            raw_total = sum(len(r) for r in raws)
-            m.values["written_per_byte"] = (w1 - w0) / raw_total
-            m.notes["written"] = f"sent times rising {SENT_PER_SECOND:,} envelopes per second"
-            if wal_bytes is not None:  # not yet copied home: the next checkpoint writes it
-                m.notes["written"] += f"; + up to {wal_bytes / raw_total:.2f}x at next checkpoint"
-    if data_dir is not None and held > 0:
-        m.values["disk_per_env"] = disk_bytes(data_dir) / held
-        if wal_bytes is not None:
-            m.notes["disk"] = f"incl. the WAL file ({wal_bytes / 1e6:.1f} MB) and 1 MB reserve"
-    return m
-
-
 def prefill(data_dir: Path, n: int) -> float:
     """Fill a pimail SQLite archive with ``n`` envelopes directly (no server); returns seconds."""
     from pimail.archive import open_archive
@@ -504,50 +355,88 @@ def prefill(data_dir: Path, n: int) -> float:
     return asyncio.run(fill())
 
 
-ROWS = [  # key, name, unit, higher is better
-    ("ingest", "ingest into the archive, end to end", "env/s", True),
-    ("history_rate", "history delivery (one window, 1000/page)", "env/s", True),
-    ("first_ms", "history: time to first envelope", "ms", False),
-    ("page_p95_ms", "100-envelope page p95", "ms", False),
-    ("cpu_per_1000", "server CPU-seconds per 1,000 envelopes posted", "s", False),
-    ("rss_mb", "server RSS after the run", "MB", False),
-    ("hwm_mb", "server peak RSS (VmHWM)", "MB", False),
-    ("disk_per_env", "bytes on disk per envelope", "B", False),
-    ("written_per_byte", "bytes written per archived byte", "x", False),
-]
+# -- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A ``--target`` as given: the enode, and optionally its PID (or a wrapper's), name, history form
+    and password."""
+
+    enode: str
+    pid: int | None = None
+    name: str = ""
+    form: str = "direct"
+    password: str = DEFAULT_PASSWORD
+
+
+def enode_port(enode: str) -> int | None:
+    try:
+        return int(enode.rsplit(":", 1)[1].split("?")[0])
+    except (IndexError, ValueError):
+        return None
+
+
+async def probe(enode: str, protocol: str) -> tuple[bool, str, str]:
+    """(sends Batch Acks, protocol spoken, client name) from one short session with the server."""
+    from pimail.crypto.keys import Enode
+    from pimail.whisper.client import client_session
+
+    async with client_session(Enode.parse(enode), LOAD_CLIENT, timeout=30, protocol=protocol) as s:
+        status = s.state.status
+        acks = bool(getattr(status, "confirmations", False))
+        if getattr(status, "fields", 6) < 5:
+            acks = False  # a 4-field shh Status (go-ethereum 1.8): no confirmations at all
+        return acks, s.protocol, s.peer.client_id
+
+
+def resolve_target(spec: TargetSpec, index: int, protocol: str) -> Target:
+    pid, note = server_pid(enode_port(spec.enode), spec.pid)
+    acks, spoken, client = asyncio.run(probe(spec.enode, protocol))
+    name = spec.name or (client.split("/")[0] if client else f"target{index + 1}")
+    return Target(name, spec.enode, pid, f"{note}; {client}, {spoken}", None, acks, spec.form, spec.password)
+
+
+def sizes_for(quick: bool, n: int | None = None, **kw: Any) -> Sizes:
+    base = Sizes(n=n or (100_000 if quick else 200_000), pages=10 if quick else 40,
+                 latency_s=10.0 if quick else 20.0)
+    return Sizes(**{**base.__dict__, **{k: v for k, v in kw.items() if v is not None}})
 
 
 def run_load(quick: bool, target: str | None = None, target_pid: int | None = None,
              cpu_limited: bool = False, *, n: int | None = None, prefill_n: int | None = None,
              target_form: str = "direct", target_password: str = DEFAULT_PASSWORD,
-             protocol: str = "auto") -> list[Result]:
-    n = n or (20_000 if quick else 100_000)
-    conns = 4 if quick else 8
-    pages = 10 if quick else 40
+             protocol: str = "auto", targets: list[TargetSpec] | None = None,
+             procs: int | None = None, conns: int | None = None, history_runs: int | None = None,
+             pages: int | None = None, latency_s: float | None = None,
+             tables: list[str] | None = None) -> list[Result]:
+    """pimail, then each target, under the same load; rows per server and pimail/other ratios.
+    ``tables`` (if given) receives the side-by-side Markdown table."""
+    from pimail.config import ArchiveConfig
+
+    specs = list(targets or [])
+    if target:
+        specs.insert(0, TargetSpec(target, target_pid, "", target_form, target_password))
+    sizes = sizes_for(quick, n, procs=procs, conns=conns, history_runs=history_runs, pages=pages,
+                      latency_s=latency_s, protocol=protocol)
     prefill_n = prefill_n or (100_000 if quick else 1_000_000)
     area = AREA + ("-1cpu" if cpu_limited else "")
+    flush_ms = ArchiveConfig().flush_interval_ms
     results: list[Result] = []
-    t0 = time.perf_counter()
-    raws, first, last = preseal(n)
-    seal_s = time.perf_counter() - t0
-    results.append(Result(area, f"pre-seal {n:,} envelopes (PoW {POW_TARGET:g}, both formulas)",
-                          n / seal_s, "env/s", note="setup, outside the timed phase"))
-    mine: Measures
     with tempfile.TemporaryDirectory(prefix="pimail-load-") as tmp:
         root = Path(tmp)
         server = ServerProc(root / "srv", cpu_limited=cpu_limited)
         server.root.mkdir()
         server.start()
         try:
-            mine = asyncio.run(measure(server.enode, server.pid, raws, (first, last), conns, pages, "pimail",
-                                       server.data_dir, True, protocol=protocol))
+            me = Target("pimail", server.enode, server.pid, "", server.data_dir, True,
+                        flush_interval_ms=flush_ms)
+            mine = asyncio.run(measure(me, sizes))
         finally:
             server.stop()
         limits = f" [{server.limits}]" if cpu_limited else ""
-        for key, name, unit, hib in ROWS:
-            if key in mine.values:
-                note = mine.notes.get(key.split("_")[0], "") + limits
-                results.append(Result(area, name, mine.values[key], unit, higher_is_better=hib, note=note))
+        results += rows_for(area, mine, {"ack_p99_low_ms": 2.0 * flush_ms, "ack_p99_high_ms": 1000.0},
+                            limits)
         # start-to-READY with a big archive
         big = ServerProc(root / "big", cpu_limited=cpu_limited)
         big.root.mkdir()
@@ -556,15 +445,15 @@ def run_load(quick: bool, target: str | None = None, target_pid: int | None = No
         big.stop()
         results.append(Result(area, f"exec to READY=1 with {prefill_n:,} archived", big.ready_s, "s",
                               higher_is_better=False, note=f"prefill took {fill_s:.1f} s{limits}"))
-    if target:
-        other_raws, other_first, other_last = preseal(n)
-        other = asyncio.run(measure(target, target_pid, other_raws, (other_first, other_last), conns,
-                                    pages, "target", None, False, target_form, target_password))
-        for key, name, unit, hib in ROWS:
-            if key in mine.values and key in other.values and other.values[key] > 0:
-                results.append(Result("compare", f"{name} pimail/other", mine.values[key] / other.values[key],
-                                      "ratio", higher_is_better=hib,
-                                      note=f"other: {other.values[key]:,.2f} {unit}"))
+    everyone: list[Measures] = [mine]
+    for i, spec in enumerate(specs):
+        other_t = resolve_target(spec, i, protocol)
+        other = asyncio.run(measure(other_t, sizes))
+        everyone.append(other)
+        results += rows_for(other_t.name[:11], other, first_suffix=f" [{other_t.pid_note}]")
+        results += compare_rows(mine, other, ingest_target=1.5)
+    if tables is not None:
+        tables.append(side_by_side(everyone))
     return results
 
 
@@ -572,20 +461,64 @@ def run(quick: bool) -> list[Result]:
     return run_load(quick)
 
 
-if __name__ == "__main__":
+class _TargetOption:
+    """argparse action: ``--target`` starts a target, the ``--target-*`` options after it are its own."""
+
+    @staticmethod
+    def make(key: str) -> type:
+        import argparse
+
+        class Action(argparse.Action):
+            def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any,
+                         option: str | None = None) -> None:
+                specs: list[dict[str, Any]] = ns.target_specs
+                if key == "enode":
+                    specs.append({"enode": value})
+                    return
+                if not specs:
+                    parser.error(f"{option} must follow the --target it belongs to")
+                if key in specs[-1]:
+                    parser.error(f"{option} given twice for one --target")
+                specs[-1][key] = value
+
+        return Action
+
+
+def _parse(argv: list[str] | None = None) -> Any:
     import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+    ap.set_defaults(target_specs=[])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--target", action=_TargetOption.make("enode"), help="another mailserver's enode "
+                    "(repeatable; the --target-* options after it are its own)")
+    ap.add_argument("--target-pid", type=int, action=_TargetOption.make("pid"),
+                    help="its PID, or a wrapper's (timeout, a shell); default: whoever listens on its port")
+    ap.add_argument("--target-name", action=_TargetOption.make("name"), help="its name in the table")
+    ap.add_argument("--target-form", action=_TargetOption.make("form"),
+                    choices=("direct", "envelope", "legacy"),
+                    help="how to ask it for history (default direct; go-ethereum wnode: legacy)")
+    ap.add_argument("--target-password", action=_TargetOption.make("password"),
+                    help="its mailserver password for the envelope forms (wnode -test: wwww)")
+    ap.add_argument("--cpu-limited", action="store_true")
+    ap.add_argument("--protocol", choices=("auto", "waku", "shh"), default="auto",
+                    help="post and fetch over waku/1 or shh/6 (default auto: waku when the server offers it)")
+    ap.add_argument("-n", type=int, help="envelopes ingested (default 100,000; full 200,000)")
+    ap.add_argument("--procs", type=int, help="generator processes (default 4)")
+    ap.add_argument("--conns", type=int, help="connections per generator process (default 2)")
+    a = ap.parse_args(argv)
+    a.specs = [TargetSpec(**spec) for spec in a.target_specs]
+    return a
+
+
+if __name__ == "__main__":
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    ap = argparse.ArgumentParser(prog="python -m bench.load")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--target")
-    ap.add_argument("--target-pid", type=int)
-    ap.add_argument("--target-form", choices=("direct", "envelope", "legacy"), default="direct")
-    ap.add_argument("--target-password", default=DEFAULT_PASSWORD)
-    ap.add_argument("--cpu-limited", action="store_true")
-    ap.add_argument("--protocol", choices=("auto", "waku", "shh"), default="auto",
-                    help="post over waku/1 or shh/6 (default auto: waku when the server offers it)")
-    a = ap.parse_args()
-    print_table(run_load(a.quick, a.target, a.target_pid, a.cpu_limited, target_form=a.target_form,
-                         target_password=a.target_password, protocol=a.protocol))
+    args = _parse()
+    side: list[str] = []
+    print_table(run_load(args.quick, None, None, args.cpu_limited, protocol=args.protocol, n=args.n,
+                         targets=args.specs, procs=args.procs, conns=args.conns, tables=side))
+    if side and args.specs:
+        print()
+        print(side[0])

@@ -163,7 +163,7 @@ async def fetch_and_print(args: argparse.Namespace) -> HistorySummary:
         key = NodeKey.generate()
     summary = HistorySummary()
     with tempfile.TemporaryDirectory(prefix="pimail-history-") as tmp:
-        whisper = ClientStack(client_whisper_config(), args.protocol)
+        whisper = ClientStack(client_whisper_config(), args.protocol, live=False)
         node = NodeServer(key, NodeConfig(listen="127.0.0.1:0", data_dir=Path(tmp), max_peers=4),
                           whisper.capabilities)
         await node.start()

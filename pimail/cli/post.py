@@ -178,7 +178,9 @@ async def _post(args: argparse.Namespace, enode: Any, topic: bytes, pubkey: byte
     if args.sym_password:  # PBKDF2 off the loop
         key = await loop.run_in_executor(None, pl.key_from_password, args.sym_password)
     text = args.message.encode()
-    async with client_session(enode, timeout=args.timeout, protocol=args.protocol) as s:
+    # live=False: a poster asks for nothing relayed (a busy status-go or go-ethereum node pushes a
+    # new full-bloom peer its whole pool and drops it past 16 MB)
+    async with client_session(enode, timeout=args.timeout, protocol=args.protocol, live=False) as s:
         # Seal for --pow under both formulas, and for the peer's requirement under the formula it
         # judges by (go-ethereum 1.8 wants 0.2 under the legacy one only: cheap; both would not be).
         req, formula = s.state.pow_requirement, s.state.formula

@@ -124,6 +124,7 @@ class Peer(asyncio.Protocol):
         self.traffic = TrafficStats()
         self.close_reason: str = ""
         self.closed_event = asyncio.Event()
+        self._pong = asyncio.Event()  # set at every Pong (round_trip)
 
     # -- PeerLike ---------------------------------------------------------------------------------
     @property
@@ -183,6 +184,38 @@ class Peer(asyncio.Protocol):
         session.send_message(capability, code, payload)
         self.traffic.messages_out += 1
         self._flush()
+
+    async def round_trip(self, timeout: float) -> bool:
+        """Send a devp2p Ping now and wait for a Pong; False if none came within ``timeout``.
+
+        The remote answers only once it has read everything sent before the Ping (devp2p messages
+        are read in order; go-ethereum hands each to its protocol before reading the next), so a
+        client tool learns that what it sent was taken even from a peer that sends no acks."""
+        session = self.session
+        if self._closed or session is None or not self._active:
+            raise PeerDisconnected(f"peer {self} is closed")
+        wanted = self.traffic.pongs_in + 1
+        session.ping()
+        self.traffic.pings_out += 1
+        self._flush()
+        deadline = time.monotonic() + timeout
+        while self.traffic.pongs_in < wanted:
+            self._pong.clear()
+            pong = asyncio.ensure_future(self._pong.wait())
+            closed = asyncio.ensure_future(self.closed_event.wait())
+            try:
+                await asyncio.wait({pong, closed}, timeout=max(0.0, deadline - time.monotonic()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                pong.cancel()
+                closed.cancel()
+            if self.traffic.pongs_in >= wanted:
+                break
+            if self._closed:
+                raise PeerDisconnected(f"peer {self} closed before its Pong")
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def disconnect(self, reason: DisconnectReason) -> None:
         """Send Disconnect with ``reason`` (if the session is up) and close."""
@@ -407,6 +440,7 @@ class Peer(asyncio.Protocol):
                 self._transport.pause_reading()
         elif isinstance(event, PongReceived):
             self.traffic.pongs_in += 1
+            self._pong.set()
         elif isinstance(event, HelloReceived):
             self._hello(event)
         elif isinstance(event, DisconnectReceived):

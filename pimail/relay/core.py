@@ -337,40 +337,59 @@ class RelayCore:
             raise ProtocolError(f"bad Messages packet: {exc}") from exc
         trusted_clock = self.clock_trusted()
         now = int(self._clock()) if trusted_clock else None
+        received_at = now if now is not None else int(self._clock())
         rules = self.rules(rp.judge_formula)
         codes = rp.link.error_codes
         errors: list[EnvelopeErrorReport] = []
         to_archive: list[ArchivedEnvelope] = []
         trouble: str | None = None
+        archiving = trusted_clock and self.archive is not None
+        # per packet, not per envelope: the listeners' hooks, the counters, the peers' outboxes
+        on_envelope = self._hooks("on_envelope")
+        pool, pool_add = self.pool, self.pool.add
+        hashes: list[bytes] = []
+        fresh: list[bytes] = []
+        duplicates = accepted = expired = rejected = time_errors = evicted = 0
         for env in envelopes:
-            self.counters["envelopes_in"] += 1
             h = env.hash
-            rp.known.add(h)
-            if h in self.pool:
-                self.counters["duplicates"] += 1
+            hashes.append(h)
+            if h in pool:
+                duplicates += 1
                 continue
             verdict = judge(env, rules, now)
             if verdict.outcome is Outcome.ACCEPT:
                 # The pool is only the relay cache: when it is full it may evict this very envelope
                 # at once (earliest expiry goes first), but a valid envelope is still accepted,
                 # archived and confirmed. Only the archive decides what is durable.
-                self._insert(env, source=rp)
-                self.counters["accepted"] += 1
-                self.notify("on_envelope", env)
-                if trusted_clock and self.archive is not None:
+                is_new, gone = pool_add(env)
+                if gone:
+                    evicted += len(gone)
+                if is_new:
+                    fresh.append(h)
+                accepted += 1
+                for fn in on_envelope:
+                    self._call(fn, "on_envelope", env)
+                if archiving:
                     to_archive.append(
-                        ArchivedEnvelope(env.sent, h, env.topic, env.expiry, env.raw, int(self._clock()))
-                    )
+                        ArchivedEnvelope(env.sent, h, env.topic, env.expiry, env.raw, received_at))
             elif verdict.outcome is Outcome.DROP:
-                self.counters["expired_dropped"] += 1
+                expired += 1
             else:
-                self.counters["rejected"] += 1
+                rejected += 1
                 errors.append(EnvelopeErrorReport(h, verdict.code(codes), verdict.reason))
                 if verdict.outcome is Outcome.ERROR and trouble is None:
                     trouble = verdict.reason
                 else:  # time errors: usually a peer with a wrong clock; counted, not shouted
-                    self.counters["time_errors"] += 1
+                    time_errors += 1
                     log.debug("envelope %s from %s: %s", h.hex()[:12], short(peer), verdict.reason)
+        rp.known.add_many(hashes)
+        self._queue_out(fresh, source=rp)
+        counters = self.counters
+        counters["envelopes_in"] += len(envelopes)
+        for name, n in (("duplicates", duplicates), ("accepted", accepted), ("expired_dropped", expired),
+                        ("rejected", rejected), ("time_errors", time_errors), ("pool_evicted", evicted)):
+            if n:
+                counters[name] += n
         if trouble is not None:
             raise ProtocolError(f"invalid envelope: {trouble}")
         if rp.confirm:
@@ -390,18 +409,19 @@ class RelayCore:
         fut = self._archive(to_archive)
         rp.pending_confirmations += 1
 
-        async def confirm_when_durable() -> None:
-            try:
-                await fut
-            except Exception as exc:
+        def confirm_when_durable(f: asyncio.Future[None]) -> None:
+            # a done callback, not a task per packet: the loop runs it once the commit is in
+            rp.pending_confirmations -= 1
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
                 log.error("archive write failed, batch %s not confirmed: %s", batch_hash.hex()[:12], exc)
                 return
-            finally:
-                rp.pending_confirmations -= 1
             if not rp.peer.closed:
                 rp.link.send_confirmation(response, ack)
 
-        self.spawn(confirm_when_durable())
+        fut.add_done_callback(confirm_when_durable)
 
     def _archive(self, envs: list[ArchivedEnvelope]) -> asyncio.Future[None]:
         assert self.archive is not None
@@ -434,14 +454,22 @@ class RelayCore:
             self.counters["pool_evicted"] += len(evicted)
         if not is_new:
             return False
-        h = env.hash
+        self._queue_out([env.hash], source)
+        return True
+
+    def _queue_out(self, hashes: list[bytes], source: RelayPeer | None) -> None:
+        """New pooled envelopes are owed to every forwarding peer but their source."""
+        if not hashes:
+            return
         for rp in self.peers.values():
             if rp is source or not rp.forward:  # a muted channel keeps no outbox (memory)
                 continue
-            if len(rp.outbox) == rp.outbox.maxlen:
-                rp.outbox_dropped += 1
-            rp.outbox.append(h)
-        return True
+            outbox = rp.outbox
+            if outbox.maxlen is not None:  # a full outbox forgets its oldest: counted
+                over = len(outbox) + len(hashes) - outbox.maxlen
+                if over > 0:
+                    rp.outbox_dropped += over
+            outbox.extend(hashes)
 
     def forward_once(self) -> int:
         """One transmission cycle: send each peer its pending envelopes. Returns envelopes sent."""
@@ -486,8 +514,8 @@ class RelayCore:
         size = 0
         examined = 0
         outbox = rp.outbox
-        known = rp.known
-        pool_get = self.pool.get
+        known = rp.known.members
+        pool_get = self.pool.getter
         # the peer's filters, read once per packet instead of once per envelope
         interest = rp.topic_interest
         every_topic = interest is None and is_full(rp.bloom)
@@ -496,32 +524,49 @@ class RelayCore:
         too_big = rp.send_bytes.capacity if rp.send_bytes is not None else None
         wanted_bits = int.from_bytes(rp.bloom, "big")
         requirement, formula = rp.pow_requirement, rp.formula
-        while outbox:
-            h = outbox.popleft()
-            examined += 1
-            env = pool_get(h)
-            if env is None or h in known:
-                continue
-            if interest is not None:
-                if env.topic not in interest:
+        if every_topic and requirement <= 0 and too_big is None:
+            # the usual relay peer (a full node asking no PoW, no byte limit): only what it knows
+            # already and the packet size decide
+            while outbox:
+                h = outbox.popleft()
+                examined += 1
+                env = pool_get(h)
+                if env is None or h in known:
                     continue
-            elif not every_topic:  # bloom_matches: every bit of the envelope's bloom is wanted
-                bits = int.from_bytes(env.bloom, "big")
-                if wanted_bits | bits != wanted_bits:
+                raw = env.raw
+                if batch and size + len(raw) > limit:
+                    outbox.appendleft(h)
+                    break
+                batch.append(raw)
+                hashes.append(h)
+                size += len(raw)
+        else:
+            while outbox:
+                h = outbox.popleft()
+                examined += 1
+                env = pool_get(h)
+                if env is None or h in known:
                     continue
-            if requirement > 0 and not pow_meets(env.pows(), requirement, formula):
-                continue
-            if too_big is not None and len(env.raw) > too_big:
-                self.counters["over_peer_byte_limit"] += 1  # can never fit the peer's byte limit
-                continue
-            # a first envelope bigger than the headroom still goes alone (it was size-checked on
-            # input), unless the peer's byte budget cannot take it yet
-            if size + len(env.raw) > limit and (batch or rp.send_bytes is not None):
-                outbox.appendleft(h)
-                break
-            batch.append(env.raw)
-            hashes.append(h)
-            size += len(env.raw)
+                if interest is not None:
+                    if env.topic not in interest:
+                        continue
+                elif not every_topic:  # bloom_matches: every bit of the envelope's bloom is wanted
+                    bits = int.from_bytes(env.bloom, "big")
+                    if wanted_bits | bits != wanted_bits:
+                        continue
+                if requirement > 0 and not pow_meets(env.pows(), requirement, formula):
+                    continue
+                if too_big is not None and len(env.raw) > too_big:
+                    self.counters["over_peer_byte_limit"] += 1  # can never fit the peer's byte limit
+                    continue
+                # a first envelope bigger than the headroom still goes alone (it was size-checked
+                # on input), unless the peer's byte budget cannot take it yet
+                if size + len(env.raw) > limit and (batch or rp.send_bytes is not None):
+                    outbox.appendleft(h)
+                    break
+                batch.append(env.raw)
+                hashes.append(h)
+                size += len(env.raw)
         cost = size + examined * FORWARD_EXAMINE_COST
         if not batch:
             return 0, cost
@@ -533,7 +578,7 @@ class RelayCore:
             rp.send_packets.take(1, now_m)
         if rp.send_bytes is not None:
             rp.send_bytes.take(len(payload), now_m)
-        known.add_many(hashes)
+        rp.known.add_many(hashes)
         self.counters["envelopes_out"] += len(batch)
         self.counters[f"envelopes_out_{rp.link.protocol.split('/')[0]}"] += len(batch)
         if want_hash:  # the packet hash is what status-go acknowledges; only client tools listen
@@ -598,14 +643,19 @@ class RelayCore:
         task.add_done_callback(self._background.discard)
 
     def notify(self, hook: str, *args: object) -> None:
-        for listener in list(self.listeners):
-            fn = getattr(listener, hook, None)
-            if fn is None:
-                continue
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("relay listener %s failed", hook)
+        for fn in self._hooks(hook):
+            self._call(fn, hook, *args)
+
+    def _hooks(self, hook: str) -> list[Callable[..., object]]:
+        """The listeners' ``hook`` methods, as they are now."""
+        return [fn for listener in list(self.listeners) if (fn := getattr(listener, hook, None)) is not None]
+
+    @staticmethod
+    def _call(fn: Callable[..., object], hook: str, *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("relay listener %s failed", hook)
 
     async def notify_async(self, hook: str, *args: object) -> None:
         """``notify`` for trusted-peer deliveries (127, 125): a listener may return an awaitable.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from pimail.envelope.codec import Envelope
 
@@ -44,6 +44,11 @@ class EnvelopePool:
 
     def get(self, envelope_hash: bytes) -> Envelope | None:
         return self._by_hash.get(envelope_hash)
+
+    @property
+    def getter(self) -> Callable[[bytes], Envelope | None]:
+        """``get`` as the dict's own method: the forwarder's inner loop calls it per envelope and peer."""
+        return self._by_hash.get
 
     def __iter__(self) -> Iterator[Envelope]:
         return iter(list(self._by_hash.values()))
@@ -109,6 +114,11 @@ class KnownSet:
 
     def __contains__(self, h: bytes) -> bool:
         return h in self._items
+
+    @property
+    def members(self) -> Mapping[bytes, None]:
+        """The hashes, for ``in`` without a method call (the forwarder's inner loop); read only."""
+        return self._items
 
     def __len__(self) -> int:
         return len(self._items)

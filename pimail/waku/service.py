@@ -77,6 +77,8 @@ class WakuService(Capability):
     def __init__(self, config: WakuConfig, core: RelayCore) -> None:
         self.config = config
         self.core = core
+        self.advertised_bloom = FULL_BLOOM  # as WhisperService's: a history-only client asks for none
+        self.advertised_light = False
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -88,12 +90,13 @@ class WakuService(Capability):
         return self.core.peers_of(CAPABILITY)
 
     def status_options(self) -> ws.StatusOptions:
-        """What we announce: a full node (full bloom, no topic interest) that is not light."""
+        """What we announce: a full node (full bloom, no topic interest) that is not light, unless
+        told otherwise (``advertised_bloom``, ``advertised_light``)."""
         cfg = self.config
         return ws.StatusOptions(
             pow=self.core.min_pow,
-            bloom=FULL_BLOOM,
-            light=False,
+            bloom=self.advertised_bloom,
+            light=self.advertised_light,
             confirmations=cfg.confirmations,
             packet_limits=ws.RateLimits(0, int(cfg.rate_limit_packets_per_s), 0),
             bytes_limits=ws.RateLimits(0, int(cfg.rate_limit_bytes_per_s), 0),

@@ -30,6 +30,7 @@ from pimail.whisper.service import WhisperService
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
+EMPTY_BLOOM = bytes(64)  # matches no envelope: "send me nothing live"
 
 
 PROTOCOLS = ("auto", "waku", "shh")
@@ -40,9 +41,15 @@ class ClientStack:
     ``"waku"`` (waku/1, waku/0 only) or ``"auto"`` (both offered; waku used when the remote has it).
 
     Exposes what client tools used of a ``WhisperService``: ``listeners``, ``post``,
-    ``mark_trusted``, ``wait_status`` (for the protocol chosen with that peer)."""
+    ``mark_trusted``, ``wait_status`` (for the protocol chosen with that peer).
 
-    def __init__(self, config: WhisperConfig, protocol: str = "auto") -> None:
+    ``live=False`` is a history-only client, as a Status phone fetching history is: its Status asks
+    for no live envelopes (an empty bloom, light node), so the mailserver does not push its relay
+    pool at it. status-go and go-ethereum push a new full-bloom peer their whole pool in one
+    Messages packet at their next transmission cycle, and past 16 MB (devp2p's message limit,
+    about 50,000 envelopes) that write fails and they drop the connection."""
+
+    def __init__(self, config: WhisperConfig, protocol: str = "auto", *, live: bool = True) -> None:
         if protocol not in PROTOCOLS:
             raise UserError(f"--protocol must be one of {', '.join(PROTOCOLS)} (got {protocol!r})")
         self.protocol = protocol
@@ -57,6 +64,11 @@ class ClientStack:
         if protocol in ("auto", "shh"):
             self.whisper = WhisperService(config, archive=None, clock_trusted=lambda: True, core=self.core)
             self.capabilities.append(self.whisper)
+        if not live:
+            for service in (self.waku, self.whisper):
+                if service is not None:
+                    service.advertised_bloom = EMPTY_BLOOM
+                    service.advertised_light = True
 
     @property
     def listeners(self) -> list[Any]:
@@ -110,9 +122,10 @@ def parse_enode(text: str, flag: str = "--peer") -> Enode:
 @contextlib.asynccontextmanager
 async def client_session(
     enode: Enode, config: WhisperConfig | None = None, timeout: float = CONNECT_TIMEOUT_S,
-    protocol: str = "auto",
+    protocol: str = "auto", *, live: bool = True,
 ) -> AsyncIterator[ClientSession]:
-    stack = ClientStack(config or WhisperConfig(min_pow=0.0), protocol)
+    """One connection; ``live=False`` asks the node for no relayed envelopes (see ``ClientStack``)."""
+    stack = ClientStack(config or WhisperConfig(min_pow=0.0), protocol, live=live)
     with tempfile.TemporaryDirectory(prefix="pimail-client-") as tmp:
         node = NodeServer(NodeKey.generate(),
                           NodeConfig(listen="127.0.0.1:0", data_dir=Path(tmp), max_peers=2),

@@ -107,6 +107,10 @@ class WhisperService(Capability):
         else:
             core.trusted.update(trusted)
         self.core = core
+        # What our Status asks of the peer: a relay wants everything (full bloom, not light); a
+        # history-only client asks for nothing live (ClientStack(live=False))
+        self.advertised_bloom = FULL_BLOOM
+        self.advertised_light = False
 
     # -- the core's state, as the shh service always exposed it --------------------------------------
     @property
@@ -197,8 +201,8 @@ class WhisperService(Capability):
         limit = int(self.config.rate_limit_packets_per_s)
         return st.StatusPacket(
             pow=self.core.min_pow,
-            bloom=FULL_BLOOM,
-            light=False,
+            bloom=self.advertised_bloom,
+            light=self.advertised_light,
             confirmations=self.config.confirmations,
             rate_limits=st.RateLimits(0, limit, 0),
         )

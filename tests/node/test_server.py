@@ -52,6 +52,23 @@ async def test_pings_keep_an_idle_link_alive(tmp_path: Path, eip8: bool) -> None
         assert a.server.counters["read_timeout"] == 0 and b.server.counters["read_timeout"] == 0
 
 
+async def test_a_round_trip_comes_back_after_what_was_sent_before_it(tmp_path: Path) -> None:
+    async with running_node(tmp_path / "a") as a, running_node(tmp_path / "b") as b:
+        peer = await a.server.connect(b.enode)
+        await wait_until(lambda: len(b.server.peers) == 1)
+        for i in range(20):
+            await peer.send_wait("echo", ECHO_REQUEST, bytes([0xC1, i]))
+        pongs = peer.traffic.pongs_in
+        assert await peer.round_trip(30.0)
+        assert peer.traffic.pongs_in == pongs + 1
+        # and every message sent before the Ping was read and answered
+        await a.echo.wait_for(lambda: len(a.echo.replies) == 20)
+        b.server.peers[0].disconnect(DisconnectReason.CLIENT_QUITTING)
+        await wait_until(lambda: peer.closed)
+        with pytest.raises(ConnectionError):
+            await peer.round_trip(1.0)
+
+
 async def test_static_peer_that_comes_up_late(tmp_path: Path) -> None:
     with socket.socket() as s:  # reserve a free port, then release it for the late node
         s.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ from typing import Any
 import rlp
 
 from pimail.config import WakuConfig, WhisperConfig
+from pimail.crypto.keccak import keccak256
 from pimail.envelope.codec import Envelope, decode_envelope_list
 from pimail.relay.core import RelayCore
 from pimail.relay.limits import TokenBucket
@@ -86,3 +87,59 @@ def test_token_bucket() -> None:
     assert b.take(10, 0.0) and not b.take(1, 0.0)
     assert b.available(5, 0.5) and not b.available(6, 0.5)
     assert b.level(100.0) == 10  # capped at capacity
+
+
+class _HeldArchive:
+    """An archive whose commits the test completes by hand."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[None]] = []
+        self.envelopes: list[Any] = []
+
+    def submit(self, envs: list[Any]) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        self.envelopes += envs
+        return fut
+
+
+async def _shh_peer(shh: WhisperService) -> FakePeer:
+    peer = FakePeer(("shh", 6))
+    await shh.peer_started(peer)  # type: ignore[arg-type]
+    await shh.handle_message(peer, 0, rlp.encode([6, 0]))  # type: ignore[arg-type]
+    return peer
+
+
+def test_a_packet_is_pooled_queued_counted_and_confirmed_once_durable() -> None:
+    async def scenario() -> None:
+        archive = _HeldArchive()
+        core = RelayCore(WhisperConfig(min_pow=0.0, known_per_peer=5), archive=archive,  # type: ignore[arg-type]
+                         clock_trusted=lambda: True)
+        shh = WhisperService(core.config, archive=None, clock_trusted=lambda: True, core=core)
+        a, b, c = [await _shh_peer(shh) for _ in range(3)]
+        envs = [_env() for _ in range(4)]
+        packet = rlp.encode([rlp.decode(e.raw) for e in envs[:3]] + [rlp.decode(envs[0].raw)])
+        await shh.handle_message(a, 1, packet)  # type: ignore[arg-type]
+        assert core.counters["envelopes_in"] == 4 and core.counters["accepted"] == 3
+        assert core.counters["duplicates"] == 1
+        rp_a, rp_b, rp_c = (shh.peer_state(p) for p in (a, b, c))  # type: ignore[arg-type]
+        assert rp_a is not None and rp_b is not None and rp_c is not None
+        assert not rp_a.outbox and all(e.hash in rp_a.known for e in envs[:3])  # never sent back
+        assert list(rp_b.outbox) == list(rp_c.outbox) == [e.hash for e in envs[:3]]
+        # a full outbox (known_per_peer = 5) forgets its oldest and counts them
+        more = [_env() for _ in range(4)]
+        await shh.handle_message(a, 1, rlp.encode([rlp.decode(e.raw) for e in more]))  # type: ignore[arg-type]
+        assert len(rp_b.outbox) == 5 and rp_b.outbox_dropped == 2
+        # nothing is confirmed before the archive's commit; then Message Response and Batch Ack
+        assert not [code for _, code, _ in a.sent if code in (11, 12)]
+        assert rp_a.pending_confirmations == 2 and len(archive.envelopes) == 7
+        archive.futures[0].set_result(None)
+        archive.futures[1].set_exception(OSError("disk gone"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        acks = [p for _, code, p in a.sent if code == 11]
+        assert acks == [rlp.encode(keccak256(packet))]  # the failed group is never acknowledged
+        assert rp_a.pending_confirmations == 0
+        await core.close()
+
+    asyncio.run(scenario())
