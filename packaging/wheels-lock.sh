@@ -11,6 +11,11 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 LGPIO_VERSION=0.2.2.0
+# Declared by a dependency but never imported by pimail at run time, so not shipped (the package's
+# venv is installed with --no-deps): pip (sqlite-utils wants it only for its `sqlite-utils install`
+# command) and setuptools (colorzero declares it and does not import it). tests/packaging checks
+# that the lock is exactly the runtime closure minus these, and that importing pimail loads neither.
+NOT_AT_RUNTIME="pip setuptools"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pip=$(host_pip "$REPO_DIR/build/deb")
@@ -29,6 +34,7 @@ for arch in $DEB_ARCHES; do
         base=${whl##*/}
         case $base in pimail-*) continue ;; esac
         name=$(echo "${base%%-*}" | tr '_' '-' | tr '[:upper:]' '[:lower:]')
+        case " $NOT_AT_RUNTIME " in *" $name "*) continue ;; esac
         rest=${base#*-}
         tag=any
         case $base in *-none-any.whl) ;; *) tag=$machine ;; esac
