@@ -53,7 +53,8 @@ def test_the_one_wheel_lock_covers_pyproject_on_every_machine() -> None:
 
 
 def locked_names() -> set[str]:
-    return {line.split("==")[0] for line in LOCK.read_text().splitlines() if line and not line.startswith("#")}
+    lines = LOCK.read_text().splitlines()
+    return {line.split("==")[0] for line in lines if line and not line.startswith("#")}
 
 
 def not_at_runtime() -> set[str]:
@@ -91,9 +92,9 @@ def runtime_closure() -> set[str]:
 def test_the_lock_holds_nothing_the_runtime_does_not_need() -> None:
     closure = runtime_closure()
     unused = not_at_runtime()
-    assert unused <= closure, f"NOT_AT_RUNTIME names {sorted(unused - closure)}, which nothing requires any more"
+    assert unused <= closure, f"NOT_AT_RUNTIME names {sorted(unused - closure)}, which nothing requires"
     extra = locked_names() - (closure - unused)
-    assert not extra, f"the lock ships {sorted(extra)}, which the runtime does not need (run packaging/wheels-lock.sh)"
+    assert not extra, f"the lock ships {sorted(extra)} the runtime does not need"
     missing = (closure - unused) - locked_names()
     assert not missing, f"the lock lacks {sorted(missing)} (run packaging/wheels-lock.sh)"
 
@@ -114,7 +115,7 @@ def test_the_dependencies_left_out_of_the_lock_are_never_imported() -> None:
     assert "pimail" in loaded and "sqlite_utils" in loaded
     modules = {"pip": {"pip"}, "setuptools": {"setuptools", "pkg_resources"}}
     for name in not_at_runtime():
-        assert not (modules.get(name, {name}) & loaded), f"importing pimail loads {name}, which the lock leaves out"
+        assert not (modules.get(name, {name}) & loaded), f"pimail imports {name}, left out of the lock"
 
 
 def test_there_is_one_lock_and_the_image_uses_the_package() -> None:
