@@ -67,8 +67,10 @@ deb-test:
 image:
 	image/build.sh $(IMAGE_ARGS)
 
-# the boot test's host side dials the guest with pimail's own RLPx transport
-image-test: $(BIN)/pimail
+# the boot test's host side dials the guest with pimail's own RLPx transport and decodes the login
+# prompt's QR code (zxing-cpp, a test extra); QEMU and the disk tools come from ensure-deps
+image-test: venv-test
+	scripts/ensure-deps image-test
 	image/test/boot-smoke.sh $(IMAGE_TEST_ARGS)
 
 clean:

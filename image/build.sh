@@ -53,9 +53,10 @@ for p in $HOST_TOOLS; do
 done
 if [ -n "$missing" ]; then
     log "host: apt-get install$missing"
-    apt-get update -qq
+    # Another apt run (unattended-upgrades, a second build) may hold the dpkg lock: wait for it.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
     # shellcheck disable=SC2086  # one word per package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing >/dev/null
 fi
 mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
