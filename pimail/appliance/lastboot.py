@@ -1,7 +1,7 @@
 """How the previous boot of this box ended, as the image's journal keeper recorded it.
 
 On the Raspberry Pi image, ``pimail-journal-keep boot`` (before pimail starts) looks at the journal
-it kept of the previous boot on the data medium and writes ``/run/pimail/last-boot``::
+it kept of the previous boot on the data medium and writes ``/run/pimail-image/last-boot``::
 
     ended=clean            # clean | watchdog | power-loss | first
     at=2026-12-02T14:03:11+00:00   # time of the last entry kept from that boot (may be empty)
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LAST_BOOT_FILE = Path("/run/pimail/last-boot")
+LAST_BOOT_FILE = Path("/run/pimail-image/last-boot")
 MAX_BYTES = 4096
 
 WORDS = {
