@@ -87,6 +87,8 @@ done
 plog "deb $arch: systemd, config, docs"
 install -D -m 0644 "$REPO_DIR/systemd/pimail.service" "$stage/lib/systemd/system/pimail.service"
 install -D -m 0644 "$REPO_DIR/systemd/pimail.conf" "$stage/usr/lib/sysusers.d/pimail.conf"
+# Group gpio (the service user's supplementary group) may open /dev/gpiochip* for the LEDs.
+install -D -m 0644 "$DEB_DIR/60-pimail-gpio.rules" "$stage/lib/udev/rules.d/60-pimail-gpio.rules"
 install -D -m 0644 "$REPO_DIR/pimail.toml" "$stage/etc/pimail/pimail.toml"
 mkdir -p "$stage/usr/bin"
 ln -s $venv/bin/pimail "$stage/usr/bin/pimail"

@@ -114,6 +114,8 @@ for arch in $arches; do
     stat_is /opt/pimail/venv/bin/pimail "root:root 755"
     stat_is /lib/systemd/system/pimail.service "root:root 644"
     stat_is /usr/lib/sysusers.d/pimail.conf "root:root 644"
+    stat_is /lib/udev/rules.d/60-pimail-gpio.rules "root:root 644"
+    check "the GPIO rule gives group gpio the GPIO chips" grep -q 'KERNEL=="gpiochip\*", GROUP="gpio", MODE="0660"' "$root/lib/udev/rules.d/60-pimail-gpio.rules"
     check "/usr/bin/pimail points into the venv" test "$(readlink "$root/usr/bin/pimail")" = /opt/pimail/venv/bin/pimail
     check "the venv's python is the system python3.11" test "$(readlink "$root/opt/pimail/venv/bin/python3")" = /usr/bin/python3.11
     check "config is the commented sample" cmp "$root/etc/pimail/pimail.toml" "$REPO_DIR/pimail.toml"
@@ -123,7 +125,7 @@ for arch in $arches; do
     check "pimail is in group gpio" in_root "$root" sh -c 'id -nG pimail | grep -qw gpio'
     check "unit enabled (multi-user.target.wants)" test -L "$root/etc/systemd/system/multi-user.target.wants/pimail.service"
     check "no files outside the package's own" in_root "$root" sh -c \
-        '! dpkg -L pimail | grep -vE "^/(\.|etc|etc/pimail.*|lib|lib/systemd|lib/systemd/system|lib/systemd/system/pimail.service|opt|opt/pimail.*|usr|usr/bin|usr/bin/pimail|usr/lib|usr/lib/sysusers.d|usr/lib/sysusers.d/pimail.conf|usr/share|usr/share/(doc|man|man/man1|lintian|lintian/overrides)(/pimail.*)?|usr/share/man/man1/pimail.1.gz)$"'
+        '! dpkg -L pimail | grep -vE "^/(\.|etc|etc/pimail.*|lib|lib/systemd|lib/systemd/system|lib/systemd/system/pimail.service|lib/udev|lib/udev/rules.d|lib/udev/rules.d/60-pimail-gpio.rules|opt|opt/pimail.*|usr|usr/bin|usr/bin/pimail|usr/lib|usr/lib/sysusers.d|usr/lib/sysusers.d/pimail.conf|usr/share|usr/share/(doc|man|man/man1|lintian|lintian/overrides)(/pimail.*)?|usr/share/man/man1/pimail.1.gz)$"'
     check "no system Python package came with it" in_root "$root" sh -c '! dpkg -l "python3-*" 2>/dev/null | grep -q "^ii"'
     check "dpkg --verify is clean" in_root "$root" dpkg --verify pimail
     if in_root "$root" systemd-analyze verify --man=no /lib/systemd/system/pimail.service > "$root/tmp/verify.log" 2>&1 &&

@@ -228,6 +228,7 @@ def test_file_list_owners_and_modes(amd64_deb: Path) -> None:
     for path, source in {
         "lib/systemd/system/pimail.service": "systemd/pimail.service",
         "usr/lib/sysusers.d/pimail.conf": "systemd/pimail.conf",
+        "lib/udev/rules.d/60-pimail-gpio.rules": "packaging/deb/60-pimail-gpio.rules",
     }.items():
         assert files[path].size == (REPO / source).stat().st_size, path
     # the locked wheels for this machine, no pip-installed launchers with the build host's shebang
