@@ -121,7 +121,8 @@ date_rfc=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
 printf 'pimail (%s) unstable; urgency=medium\n\n  * Build %s of pimail %s, from git %s.\n\n -- %s  %s\n' \
     "$version" "$version" "$upstream" "$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     "$(sed -n 's/^Maintainer: //p' "$DEB_DIR/control.in")" "$date_rfc" | gzip -9n > "$doc/changelog.gz"
-install -D -m 0644 "$DEB_DIR/lintian-overrides" "$stage/usr/share/lintian/overrides/pimail"
+mkdir -p "$stage/usr/share/lintian/overrides"
+sed "s/@PYTHON@/$PYTHON/g" "$DEB_DIR/lintian-overrides" > "$stage/usr/share/lintian/overrides/pimail"
 # The man page comes from pimail's own --help texts (the venv staged for the build host's machine
 # can run here; another machine's uses the host's copy, or a quick amd64 stage).
 mkdir -p "$stage/usr/share/man/man1"
