@@ -52,8 +52,9 @@ in_chroot "$root" systemctl enable tmp.mount
 # The login prompts show the pairing QR: Debian's /etc/issue moves aside (a local diversion, so
 # base-files upgrades keep it there) and /etc/issue points at the banner pimail-show-qr keeps in
 # /run (agetty reads /run/issue.d only when there is no /etc/issue).
-in_chroot "$root" dpkg-divert --local --rename --divert /etc/issue.debian --add /etc/issue >&2
-ln -sfn /run/pimail-issue/issue "$root/etc/issue"
+in_chroot "$root" dpkg-divert --local --no-rename --divert /etc/issue.debian --add /etc/issue >&2
+mv "$root/etc/issue" "$root/etc/issue.debian"
+ln -s /run/pimail-issue/issue "$root/etc/issue"
 # Wi-Fi starts when wlan0 appears (and only with imported settings: see the unit's drop-in), so a
 # board or VM without wlan0 does not wait for it.
 mkdir -p "$root/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants"

@@ -35,10 +35,10 @@ trap 'rm -rf "$work"' EXIT
 dedup=()
 for f in "$rootfs"/boot/vmlinuz-* "$rootfs"/boot/initrd.img-*; do
     [ -f "$f" ] || continue
-    case ${f##*/} in vmlinuz-*) copy=$rootfs/boot/firmware/vmlinuz ;; *) copy=$rootfs/boot/firmware/initrd.img ;; esac
+    copy=$rootfs/boot/firmware/${f##*/}
     if cmp -s "$f" "$copy"; then
         dedup+=("--exclude=./boot/${f##*/}")
-        log "assemble: /boot/${f##*/} is the boot partition's ${copy##*/}; restored at first boot"
+        log "assemble: /boot/${f##*/} is also on the boot partition; stored there only, restored at first boot"
     fi
 done
 
