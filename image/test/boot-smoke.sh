@@ -15,7 +15,7 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/../lib.sh
 . "$(dirname "$0")/../lib.sh"
 
-BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-600}
+BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-1200}
 CARD_SIZE=${CARD_SIZE:-4G}
 image=""
 boots=2
