@@ -53,23 +53,28 @@ bench-quick: venv-test
 faults: venv-test
 	$(BIN)/python -m bench.faults $(FAULT_ARGS)
 
-## make deb: dist/pimail_<version>_<arch>.deb for amd64 and arm64 (packaging/deb/build.sh)
+## make deb: dist/pimail_<version>_<arch>.deb (Debian 12) and pimail_<version>+deb13_<arch>.deb
+## (Debian 13) for amd64 and arm64 (packaging/deb/build.sh)
 DEB_ARCHES ?= amd64 arm64
+DEB_SUITES ?= bookworm trixie
 deb:
 	scripts/ensure-deps deb
-	for arch in $(DEB_ARCHES); do packaging/deb/build.sh $$arch || exit 1; done
+	for suite in $(DEB_SUITES); do for arch in $(DEB_ARCHES); do \
+		PIMAIL_DEB_SUITE=$$suite packaging/deb/build.sh $$arch || exit 1; done; done
 
-## make deb-test: install the packages into fresh Debian 12 roots (arm64 under qemu-user); root
+## make deb-test: install the packages into fresh Debian 12 and 13 roots (arm64 under qemu-user); root
 deb-test:
 	scripts/ensure-deps deb
-	packaging/deb/test.sh $(DEB_ARCHES)
+	PIMAIL_DEB_SUITES="$(DEB_SUITES)" packaging/deb/test.sh $(DEB_ARCHES)
 
 # the image installs pimail from the arm64 .deb, which its build makes first
 image:
 	image/build.sh $(IMAGE_ARGS)
 
-# the boot test's host side dials the guest with pimail's own RLPx transport
-image-test: $(BIN)/pimail
+# the boot test's host side dials the guest with pimail's own RLPx transport and decodes the login
+# prompt's QR code (zxing-cpp, a test extra); QEMU and the disk tools come from ensure-deps
+image-test: venv-test
+	scripts/ensure-deps image-test
 	image/test/boot-smoke.sh $(IMAGE_TEST_ARGS)
 
 clean:

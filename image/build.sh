@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 case $modules in most | list) ;; *) die "--initramfs must be 'most' or 'list', not '$modules'" ;; esac
-pytag=$(python_tag_for_suite "$suite")
+python_tag_for_suite "$suite" >/dev/null  # refuses an unknown suite
 need_root
 [ -f "$unit" ] || die "no systemd unit at $unit (written by the daemon in systemd/); pass one with --unit FILE"
 
@@ -53,9 +53,10 @@ for p in $HOST_TOOLS; do
 done
 if [ -n "$missing" ]; then
     log "host: apt-get install$missing"
-    apt-get update -qq
+    # Another apt run (unattended-upgrades, a second build) may hold the dpkg lock: wait for it.
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
     # shellcheck disable=SC2086  # one word per package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing >/dev/null
 fi
 mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
@@ -66,8 +67,8 @@ mark host
 base=$("$IMAGE_DIR/stages/base.sh" "$suite" "$modules")
 mark base
 
-[ "$pytag" = 311 ] || die "the pimail package is built for bookworm's CPython 3.11, not cp$pytag"
-deb=$("$REPO_DIR/packaging/deb/build.sh" arm64 | tail -n1)
+# The suite's own package (bookworm: Python 3.11; trixie: pimail_<v>+deb13, Python 3.13).
+deb=$(PIMAIL_DEB_SUITE=$suite "$REPO_DIR/packaging/deb/build.sh" arm64 | tail -n1)
 [ -f "$deb" ] || die "the deb stage failed"
 version=$(dpkg-deb -f "$deb" Version)
 mark deb

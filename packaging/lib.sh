@@ -9,9 +9,26 @@ LOCK=$PACKAGING_DIR/requirements.lock
 # Debian architectures the package is built for, and the CPU name in their manylinux wheel tags.
 # armhf is not among them: uvloop, coincurve, pycryptodome and cffi have no armv7l wheels on PyPI.
 DEB_ARCHES="amd64 arm64"
-# The interpreter inside the package's venv: Debian 12 / Raspberry Pi OS bookworm's Python 3.11.
+# Debian suites the package is built for: one package per suite, because the venv runs on the
+# suite's own interpreter (bookworm / Raspberry Pi OS bookworm: Python 3.11; trixie: 3.13).
+DEB_SUITES="bookworm trixie"
+# The interpreter inside the package's venv; set_suite changes them (bookworm unless told).
 PYTAG=311
 PYTHON=python3.11
+SUITE=bookworm
+# Appended to a trixie package's version (pimail_0.1.0+deb13_arm64.deb), so the two never clash.
+SUITE_SUFFIX=""
+# lgpio publishes no cp313 wheels: trixie's package builds it from this sdist (the lock pins its
+# sha256, tagged "sdist"), see packaging/deb/lgpio-build.sh.
+LGPIO_VERSION=0.2.2.0
+
+set_suite() {
+    case $1 in
+        bookworm) SUITE=bookworm PYTAG=311 PYTHON=python3.11 SUITE_SUFFIX="" ;;
+        trixie) SUITE=trixie PYTAG=313 PYTHON=python3.13 SUITE_SUFFIX="+deb13" ;;
+        *) pdie "no package for Debian suite '$1' (built: $DEB_SUITES)" ;;
+    esac
+}
 
 plog() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 pdie() { printf 'packaging: error: %s\n' "$*" >&2; exit 1; }

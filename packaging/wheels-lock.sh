@@ -1,40 +1,71 @@
 #!/bin/bash
 # Regenerate packaging/requirements.lock: pimail's runtime dependencies (with the [gpio] extra)
-# resolved for the package's interpreter (CPython 3.11, glibc) and pinned with the sha256 of the
-# wheel for each machine the .deb is built for (x86_64, aarch64). The .deb and the image (which
-# installs the arm64 .deb) use only this lock. Run it after changing dependencies in pyproject.toml
-# and commit the result. Needs PyPI, not root.
+# resolved for each package's interpreter (CPython 3.11 for bookworm, 3.13 for trixie; glibc) and
+# pinned with the sha256 of the wheel for each machine the .deb is built for (x86_64, aarch64).
+# lgpio has no cp313 wheels, so its sdist is pinned too (trixie's package builds it). The .deb
+# and the image (which installs the arm64 .deb) use only this lock. Run it after changing
+# dependencies in pyproject.toml and commit the result. Needs PyPI, not root.
 #
-# usage: packaging/wheels-lock.sh
+# usage: packaging/wheels-lock.sh [--upgrade]
+#   The versions already in the lock are kept (only new interpreters or machines get hashes)
+#   unless --upgrade re-resolves everything to the newest releases.
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-LGPIO_VERSION=0.2.2.0
+# Declared by a dependency but never imported by pimail at run time, so not shipped (the package's
+# venv is installed with --no-deps): pip (sqlite-utils wants it only for its `sqlite-utils install`
+# command) and setuptools (colorzero declares it and does not import it). tests/packaging checks
+# that the lock is exactly the runtime closure minus these, and that importing pimail loads neither.
+NOT_AT_RUNTIME="pip setuptools"
+upgrade=no
+case ${1:-} in
+    --upgrade) upgrade=yes ;;
+    "") ;;
+    *) pdie "usage: packaging/wheels-lock.sh [--upgrade]" ;;
+esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pip=$(host_pip "$REPO_DIR/build/deb")
 app_wheel=$(build_app_wheel "$pip" "$work/app")
-
-for arch in $DEB_ARCHES; do
-    machine=$(wheel_machine "$arch")
-    plog "lock: resolving dependencies for cp$PYTAG $machine"
-    # The [gpio] extra's `platform_machine == 'aarch64'` marker is evaluated for the *host*, so
-    # lgpio is named explicitly (on a PC it is harmless: gpiozero finds no Pi header).
-    # shellcheck disable=SC2046  # platform_args prints one word per flag
+# Keep the locked versions: they become constraints of the new resolution.
+: > "$work/constraints"
+if [ "$upgrade" = no ] && [ -f "$LOCK" ]; then
+    grep -v '^#' "$LOCK" | cut -d' ' -f1 > "$work/constraints"
+fi
+pipdl() {
     env -u PIP_FIND_LINKS -u PIP_CONSTRAINT "$pip" download -q --isolated \
-        --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" -d "$work/$machine" --only-binary=:all: \
-        $(platform_args "$PYTAG" "$machine") "$app_wheel" "lgpio==$LGPIO_VERSION" >&2
-    for whl in "$work/$machine"/*.whl; do
-        base=${whl##*/}
-        case $base in pimail-*) continue ;; esac
-        name=$(echo "${base%%-*}" | tr '_' '-' | tr '[:upper:]' '[:lower:]')
-        rest=${base#*-}
-        tag=any
-        case $base in *-none-any.whl) ;; *) tag=$machine ;; esac
-        printf '%s==%s %s %s\n' "$name" "${rest%%-*}" "$tag" "$(sha256sum "$whl" | cut -d' ' -f1)"
-    done >> "$work/all"
+        --cert "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" -c "$work/constraints" "$@" >&2
+}
+
+for suite in $DEB_SUITES; do
+    set_suite "$suite"
+    for arch in $DEB_ARCHES; do
+        machine=$(wheel_machine "$arch")
+        dir=$work/cp$PYTAG-$machine
+        plog "lock: resolving dependencies for cp$PYTAG $machine ($suite)"
+        # The [gpio] extra's `platform_machine == 'aarch64'` marker is evaluated for the *host*, so
+        # lgpio is named explicitly (on a PC it is harmless: gpiozero finds no Pi header). It has
+        # no cp313 wheels: there its sdist is pinned instead (below).
+        lgpio="lgpio==$LGPIO_VERSION"
+        [ "$PYTAG" = 311 ] || lgpio=""
+        # shellcheck disable=SC2046,SC2086  # platform_args prints one word per flag; lgpio may be empty
+        pipdl -d "$dir" --only-binary=:all: $(platform_args "$PYTAG" "$machine") "$app_wheel" $lgpio
+        for whl in "$dir"/*.whl; do
+            base=${whl##*/}
+            case $base in pimail-*) continue ;; esac
+            name=$(echo "${base%%-*}" | tr '_' '-' | tr '[:upper:]' '[:lower:]')
+            case " $NOT_AT_RUNTIME " in *" $name "*) continue ;; esac
+            rest=${base#*-}
+            tag=any
+            case $base in *-none-any.whl) ;; *) tag=$machine-cp$PYTAG ;; esac
+            printf '%s==%s %s %s\n' "$name" "${rest%%-*}" "$tag" "$(sha256sum "$whl" | cut -d' ' -f1)"
+        done >> "$work/all"
+    done
 done
+plog "lock: the lgpio $LGPIO_VERSION sdist (trixie's package builds it)"
+pipdl -d "$work/sdist" --no-binary=:all: --no-deps "lgpio==$LGPIO_VERSION"
+printf 'lgpio==%s sdist %s\n' "$LGPIO_VERSION" "$(sha256sum "$work/sdist/lgpio-$LGPIO_VERSION.tar.gz" | cut -d' ' -f1)" >> "$work/all"
 
 # One line per package: every machine's hash, and which machines they are for (a comment).
 python3 - "$work/all" "$LOCK" "$DEB_ARCHES" <<'PY'
@@ -42,21 +73,22 @@ import sys
 from collections import defaultdict
 rows = [line.split() for line in open(sys.argv[1])]
 names: dict[str, set[str]] = defaultdict(set)
-hashes: dict[str, dict[str, str]] = defaultdict(dict)
+hashes: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
 for pin, tag, digest in rows:
     name, version = pin.split("==")
     names[name].add(version)
-    hashes[name][digest] = tag
+    hashes[name][digest].add(tag)  # an abi3 wheel serves both interpreters
 bad = {n: v for n, v in names.items() if len(v) > 1}
 if bad:
     sys.exit(f"lock: the machines resolve different versions: {bad}")
 with open(sys.argv[2], "w") as out:
-    out.write("# Generated by packaging/wheels-lock.sh for CPython 3.11 (glibc) on "
+    out.write("# Generated by packaging/wheels-lock.sh for CPython 3.11 and 3.13 (glibc) on "
               "x86_64 and aarch64. Do not edit by hand.\n")
-    out.write("# The .deb (and so the image) installs exactly these wheels, checked by hash.\n")
+    out.write("# The .deb (and so the image) installs exactly these wheels, checked by hash; "
+              "a tag names the machine and interpreter, any = a pure wheel, sdist = built by the package.\n")
     for name in sorted(names):
-        digests = sorted(hashes[name], key=lambda d: (hashes[name][d], d))
-        tags = sorted(set(hashes[name].values()))
+        digests = sorted(hashes[name], key=lambda d: (sorted(hashes[name][d]), d))
+        tags = sorted(set().union(*hashes[name].values()))
         line = f"{name}=={next(iter(names[name]))}"
         line += "".join(f" --hash=sha256:{d}" for d in digests)
         out.write(f"{line}  # {' '.join(tags)}\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pimail import __version__, composition
-from pimail.appliance import control
+from pimail.appliance import control, lastboot
 from pimail.appliance.activity import FILE_NAME as ACTIVITY_FILE
 from pimail.appliance.activity import ActivityLog
 from pimail.appliance.clock import ClockTrust
@@ -148,6 +148,7 @@ class Daemon:
         self.enode: Enode | None = None
         self.started_at = time.time()
         self._started_m = time.monotonic()
+        self.last_boot = lastboot.read()  # the image's record of how the previous boot ended
         self._stats: ArchiveStats | None = None
         self._disk: dict[str, Any] = {}
         self.counters: dict[str, int] = {"envelopes_in": 0, "archived": 0, "archive_errors": 0}
@@ -646,6 +647,7 @@ class Daemon:
             "data_dir": str(self.data_dir),
             "started_at": self.started_at,
             "uptime_s": round(time.monotonic() - self._started_m, 1),
+            "last_boot": self.last_boot,
             "health": self.health.snapshot(),
             "peer_count": len(peers),
             "peers": peers,

@@ -43,8 +43,18 @@ in_chroot "$root" /opt/pimail/venv/bin/python3 -c 'import pimail, coincurve, uvl
 
 log "app: enabling units"
 in_chroot "$root" systemctl enable pimail.service pimail-data.service pimail-import-settings.service \
-    pimail-firstboot.service pimail-show-qr.service systemd-networkd.service systemd-resolved.service \
-    systemd-timesyncd.service avahi-daemon.service ssh.service
+    pimail-firstboot.service pimail-show-qr.service pimail-journal-keep.service pimail-journal-save.timer \
+    systemd-networkd.service systemd-resolved.service systemd-timesyncd.service avahi-daemon.service \
+    ssh.service apt-daily.timer apt-daily-upgrade.timer
+# /tmp in RAM, not on the card (bookworm ships the unit but does not enable it).
+install -m 0644 "$root/usr/share/systemd/tmp.mount" "$root/etc/systemd/system/tmp.mount"
+in_chroot "$root" systemctl enable tmp.mount
+# The login prompts show the pairing QR: Debian's /etc/issue moves aside (a local diversion, so
+# base-files upgrades keep it there) and /etc/issue points at the banner pimail-show-qr keeps in
+# /run (agetty reads /run/issue.d only when there is no /etc/issue).
+in_chroot "$root" dpkg-divert --local --no-rename --divert /etc/issue.debian --add /etc/issue >&2
+mv "$root/etc/issue" "$root/etc/issue.debian"
+ln -s /run/pimail-issue/issue "$root/etc/issue"
 # Wi-Fi starts when wlan0 appears (and only with imported settings: see the unit's drop-in), so a
 # board or VM without wlan0 does not wait for it.
 mkdir -p "$root/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants"
@@ -52,7 +62,8 @@ ln -sf /lib/systemd/system/wpa_supplicant@.service \
     "$root/etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/wpa_supplicant@wlan0.service"
 # systemd-analyze verify of our units inside the target (warnings only; the build goes on).
 in_chroot "$root" systemd-analyze verify --man=no pimail.service pimail-data.service pimail-firstboot.service \
-    pimail-import-settings.service pimail-show-qr.service pimail-smoketest.service >&2 || log "app: systemd-analyze verify reported problems (above)"
+    pimail-import-settings.service pimail-show-qr.service pimail-smoketest.service pimail-journal-keep.service \
+    pimail-journal-save.service pimail-journal-save.timer >&2 || log "app: systemd-analyze verify reported problems (above)"
 
 log "app: hygiene (no keys, passwords or identities in the image)"
 usermod -R "$root" -p '*' root

@@ -19,7 +19,7 @@ case $modules in most | list) ;; *) die "initramfs modules must be 'most' or 'li
 key=$({
     echo "$suite $modules"
     package_list
-    cat "$IMAGE_DIR/stages/base.sh" "$IMAGE_DIR/stages/base-customize.sh"
+    cat "$IMAGE_DIR/stages/base.sh" "$IMAGE_DIR/stages/base-sources.sh" "$IMAGE_DIR/stages/base-customize.sh"
     if [ "$modules" = list ]; then cat "$IMAGE_DIR/initramfs-modules.txt"; fi
 } | sha256sum | cut -c1-16)
 tarball=$CACHE_DIR/base-$suite-$modules-$key.tar
@@ -56,6 +56,7 @@ env -u PIP_FIND_LINKS -u PIP_CERT -u REQUESTS_CA_BUNDLE \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --skip=download/empty --skip=essential/unlink \
     --setup-hook='mkdir -p "$1"/var/cache/apt/archives/' \
+    --setup-hook="'$IMAGE_DIR/stages/base-sources.sh' \"\$1\" '$suite'" \
     --setup-hook="sync-in '$debs' /var/cache/apt/archives/" \
     --customize-hook="sync-out /var/cache/apt/archives '$debs'" \
     --customize-hook="'$IMAGE_DIR/stages/base-customize.sh' \"\$1\" '$modules'" \

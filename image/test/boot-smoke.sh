@@ -15,7 +15,7 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/../lib.sh
 . "$(dirname "$0")/../lib.sh"
 
-BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-600}
+BOOT_TIMEOUT_S=${BOOT_TIMEOUT_S:-1200}
 CARD_SIZE=${CARD_SIZE:-4G}
 image=""
 boots=2
@@ -33,11 +33,11 @@ if [ -z "$image" ]; then
 fi
 [ -f "${image:-}" ] || die "no image found; run 'make image' first or pass the image path"
 for tool in qemu-system-aarch64 mcopy sfdisk; do
-    command -v "$tool" >/dev/null || die "$tool is missing (apt-get install qemu-system-arm mtools fdisk)"
+    command -v "$tool" >/dev/null || die "$tool is missing (scripts/ensure-deps image-test installs it)"
 done
 python=$REPO_DIR/.venv/bin/python
 [ -x "$python" ] || python=python3
-"$python" -c 'import pimail' 2>/dev/null || die "$python cannot import pimail (run 'make venv-test')"
+"$python" -c 'import pimail, zxingcpp' 2>/dev/null || die "$python cannot import pimail and zxingcpp (run 'make venv-test')"
 
 work=$OUT_DIR/smoke
 rm -rf "$work"
@@ -96,7 +96,7 @@ for boot in $(seq 1 "$boots"); do
         -append "console=ttyAMA0 root=LABEL=$ROOT_LABEL rw rootwait net.ifnames=0 systemd.wants=pimail-smoketest.service" \
         -drive "if=none,file=$disk,format=raw,id=hd0,cache=unsafe" -device virtio-blk-pci,drive=hd0 \
         -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$node_port-:30303,hostfwd=tcp:127.0.0.1:$control_port-:30399" \
-        -device virtio-net-pci,netdev=n0 -device virtio-rng-pci -device i6300esb \
+        -device virtio-net-pci,netdev=n0,romfile= -device virtio-rng-pci -device i6300esb \
         </dev/null >"$work/qemu-$boot.log" 2>&1 &
     qemu=$!
     rc=0

@@ -54,6 +54,70 @@ def parse_enode(url: str) -> tuple[bytes, str, int]:
     return bytes.fromhex(match.group(1)), match.group(2), int(match.group(3))
 
 
+QR_BLOCKS = set(" ▀▄█")
+QR_MIN_ROWS = 10  # text lines (two module rows each); the smallest QR is 21 modules
+
+
+def _qr_rows(lines: list[str], ansi: bool) -> list[list[bool]]:
+    """Text QR lines (half blocks, ANSI codes removed) -> module rows, True = dark. With colour
+    codes the blocks are the dark modules; without, the light ones (pimail.appliance.qr)."""
+    rows: list[list[bool]] = []
+    for line in lines:
+        upper = [ch in "▀█" for ch in line]
+        lower = [ch in "▄█" for ch in line]
+        if not ansi:
+            upper, lower = [not x for x in upper], [not x for x in lower]
+        rows.extend([upper, lower])
+    return rows
+
+
+def decode_rows(rows: list[list[bool]]) -> list[str]:
+    """Texts of the QR codes in a module matrix (zxing-cpp, from the project's test extras)."""
+    import zxingcpp  # type: ignore[import-not-found,unused-ignore]
+
+    scale, border = 4, 4
+    width = max(len(r) for r in rows)
+    out = bytearray()
+    white = b"\xff" * ((width + 2 * border) * scale)
+    out += white * (border * scale)
+    for row in rows:
+        line = b"\xff" * (border * scale)
+        line += b"".join(b"\x00" * scale if dark else b"\xff" * scale for dark in row)
+        line += b"\xff" * ((width - len(row) + border) * scale)
+        out += line * scale
+    out += white * (border * scale)
+    w = (width + 2 * border) * scale
+    view = memoryview(bytes(out)).cast("B", (len(out) // w, w))
+    return [r.text for r in zxingcpp.read_barcodes(view, formats=zxingcpp.BarcodeFormat.QRCode)]
+
+
+def login_prompt_qr(serial: str) -> list[str]:
+    """What each QR code drawn just before a login prompt on the serial console decodes to, in
+    order: the banner agetty prints from /etc/issue (QR blocks not followed by a prompt, e.g.
+    printed to the console by something else, do not count)."""
+    lines = serial.replace("\r", "").split("\n")
+    blocks: list[tuple[int, int, bool]] = []
+    start = None
+    ansi = False
+    for i, raw in enumerate([*lines, ""]):
+        text = ANSI_RE.sub("", raw)
+        is_qr = len(text) >= 21 and set(text) <= QR_BLOCKS and bool(set(text) - {" "})
+        if is_qr and start is None:
+            start, ansi = i, "\x1b[" in raw
+        elif not is_qr and start is not None:
+            if i - start >= QR_MIN_ROWS:
+                blocks.append((start, i, ansi))
+            start = None
+    found: list[str] = []
+    for n, (first, end, ansi) in enumerate(blocks):
+        until = blocks[n + 1][0] if n + 1 < len(blocks) else len(lines)
+        if not any("login:" in line for line in lines[end:until]):
+            continue
+        rows = _qr_rows([ANSI_RE.sub("", ln) for ln in lines[first:end]], ansi)
+        found.extend(decode_rows(rows))
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class Check:
     name: str
@@ -75,9 +139,11 @@ def evaluate(
     rlpx: tuple[bool, str],
     previous: dict[str, str] | None = None,
     settings_expected: bool = False,
+    login_qr: list[str] | None = None,
 ) -> list[Check]:
     """Judge one boot's SMOKE values. ``previous`` is the first boot's values when judging the
-    second boot (first boot must not run again; identity and data must persist)."""
+    second boot (first boot must not run again; identity and data must persist). ``login_qr`` is
+    what the QR codes shown at the serial login prompt decode to (None: not looked at)."""
     v = values.get
     checks: list[Check] = []
 
@@ -138,6 +204,78 @@ def evaluate(
     add("system watchdog RuntimeWatchdogSec=15", v("watchdog.runtime") == "15s", f"{v('watchdog.runtime')}")
     device = v("watchdog.device") or "none"
     add("watchdog device present", device != "none", device, required=False)
+    kernel_mb = _int(v("kernel.mb"))
+    need_mb = kernel_mb * 3 // 2 + 256
+    add(
+        "root has room for a kernel update and a full upgrade",
+        kernel_mb > 0 and _int(v("root.avail_mb")) >= need_mb,
+        f"{v('root.avail_mb')} MB free on /, a second kernel ({kernel_mb} MB) + its .deb + 256 MB "
+        f"upgrade headroom needs {need_mb} MB",
+    )
+    add(
+        "boot partition has room for a new kernel and initrd",
+        _int(v("boot.kernel_mb")) > 0 and _int(v("boot.avail_mb")) >= _int(v("boot.kernel_mb")),
+        f"{v('boot.avail_mb')} MB free, vmlinuz + initrd.img are {v('boot.kernel_mb')} MB",
+    )
+    add(
+        "/boot's kernel and initrd restored from the boot partition, package verifies",
+        v("boot.restored") == "yes" and v("kernel.verify") == "0",
+        f"restored {v('boot.restored')}, dpkg --verify lines {v('kernel.verify')}",
+    )
+    origins = [o for o in (v("updates.origins") or "").split("|") if o]
+    add(
+        "unattended-upgrades: security origin only, no automatic reboot, daily",
+        v("updates.installed") == "installed"
+        and bool(origins) and all("-security" in o for o in origins)
+        and v("updates.reboot") == "false" and v("updates.periodic") == "1"
+        and v("updates.timer") == "enabled",
+        f"{v('updates.installed')}, origins {origins}, Automatic-Reboot {v('updates.reboot')}, "
+        f"Periodic {v('updates.periodic')}, apt-daily-upgrade.timer {v('updates.timer')}",
+    )
+    add(
+        "data filesystem: 4 KiB blocks, >= 64 KiB per inode, no root reserve",
+        v("data.block_size") == "4096"
+        and _int(v("data.bytes_per_inode")) >= 65536
+        and v("data.reserved") == "0",
+        f"block {v('data.block_size')}, {v('data.bytes_per_inode')} bytes per inode, "
+        f"reserved {v('data.reserved')}",
+    )
+    add(
+        "bytes written to the card so far",
+        _int(v("disk.written_mb")) >= 0,
+        f"{v('disk.written_mb')} MB on a {v('disk.size_mb')} MB card (boot {boot})",
+        required=False,
+    )
+    add("/tmp in RAM", v("tmp.fstype") == "tmpfs", f"{v('tmp.fstype')}")
+    boards = ("pi3b", "pi3bplus", "pi4b", "zero2w")
+    add(
+        "Wi-Fi firmware for Pi 3 B, 3 B+, 4 B, Zero 2 W (BCM43430/1)",
+        all(v(f"firmware.{b}") == "ok" for b in boards),
+        ", ".join(f"{b} {v(f'firmware.{b}')}" for b in boards)
+        + f"; firmware-brcm80211 {v('firmware.package')}",
+    )
+    add(
+        "Zero 2 W BCM43430/2 firmware (no Debian package ships it: documented as unsupported)",
+        v("firmware.zero2w_43436") == "ok",
+        f"{v('firmware.zero2w_43436')}",
+        required=False,
+    )
+    memory_max, mem_total = _int(v("pimail.memory_max")), _int(v("mem_total"))
+    add(
+        "pimail's MemoryMax fits the board",
+        0 < memory_max < mem_total,
+        f"MemoryMax {memory_max} of {mem_total} bytes",
+    )
+    issue = v("issue.link")
+    add("/etc/issue is the pairing banner", issue == "/run/pimail-issue/issue", f"{issue}")
+    if login_qr is not None:
+        lan = v("enode.lan") or ""
+        add(
+            "the login prompt's QR code is the node's enode",
+            bool(login_qr) and login_qr[-1] == lan and lan.startswith("enode://"),
+            f"{len(login_qr)} QR code(s) before a login prompt, last {(login_qr or [''])[-1][:40]}…; "
+            f"pimail enode {lan[:40]}…",
+        )
     if settings_expected:
         add(
             "boot-partition settings imported",
@@ -155,6 +293,11 @@ def evaluate(
             and v("firstboot.journal") == "1",
             f"condition {v('firstboot.condition')}, result {v('firstboot.result')}, "
             f"done-lines {v('firstboot.journal')}",
+        )
+        add(
+            "first boot: no previous boot recorded",
+            v("lastboot.ended") == "first",
+            f"last boot ended {v('lastboot.ended')!r}",
         )
         add(
             "data partition grown to fill the card",
@@ -178,6 +321,15 @@ def evaluate(
             and v("machine_id") == p("machine_id")
             and bool(v("nodekey.sha256")),
             f"node key {v('nodekey.sha256')} vs {p('nodekey.sha256')}, machine-id {v('machine_id')}",
+        )
+        add(
+            "previous boot's journal kept; it ended clean (in pimail status too)",
+            v("lastboot.ended") == "clean"
+            and _int(v("lastboot.previous_lines")) > 0
+            and _int(v("lastboot.previous_end")) >= 1
+            and (v("lastboot.status") or "").startswith("clean shutdown"),
+            f"ended {v('lastboot.ended')}, {v('lastboot.previous_lines')} lines kept "
+            f"(with boot 1's last SMOKE line: {v('lastboot.previous_end')}), status {v('lastboot.status')!r}",
         )
         add(
             "data partition kept its size",
@@ -319,7 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"boot {args.boot}: could not reach the guest's control port; it stops by itself later")
     values = wait_for(args.log, "end", deadline, args.qemu_pid) or parse_lines(read_smoke(args.log))
     previous = json.loads(args.state.read_text()) if args.boot > 1 and args.state.is_file() else None
-    checks = evaluate(values, args.boot, rlpx, previous, args.settings_expected)
+    try:
+        login_qr = login_prompt_qr(args.log.read_text(errors="replace"))
+    except ImportError as exc:
+        print(f"boot {args.boot}: cannot decode QR codes on the host ({exc}); run 'make venv-test'")
+        login_qr = []
+    checks = evaluate(values, args.boot, rlpx, previous, args.settings_expected, login_qr)
     if args.boot == 1:
         args.state.write_text(json.dumps(values, indent=1))
     print(format_checks(checks, args.boot))

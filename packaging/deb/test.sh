@@ -6,7 +6,9 @@
 # keeps the data, purge deletes it after saying so. Then lintian. arm64 runs under qemu-user.
 #
 # usage: packaging/deb/test.sh [ARCH...]      (as root; default: amd64 arm64)
-# env:   PIMAIL_DEB_TEST_KEEP=1 keeps the test roots in build/deb/test-<arch>
+# env:   PIMAIL_DEB_SUITES (default: bookworm trixie): each suite's package in a fresh root of
+#        that suite (Debian 12 / Python 3.11, Debian 13 / Python 3.13)
+#        PIMAIL_DEB_TEST_KEEP=1 keeps the test roots in build/deb/test-<suite>-<arch>
 # shellcheck disable=SC2016  # the single-quoted scripts run in the test root, expanded there
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/../lib.sh
@@ -17,8 +19,7 @@ arches=${*:-$DEB_ARCHES}
 cache=${PIMAIL_DEB_CACHE:-$REPO_DIR/build/deb}
 mirror=${PIMAIL_IMAGE_MIRROR:-http://deb.debian.org/debian}
 upstream=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_DIR/pyproject.toml" | head -n1)
-old=$upstream~test1
-new=$upstream
+suites=${PIMAIL_DEB_SUITES:-$DEB_SUITES}
 fails=0
 pass() { printf '  ok    %s\n' "$*"; }
 fail() { printf '  FAIL  %s\n' "$*"; fails=$((fails + 1)); }
@@ -56,6 +57,10 @@ in_root() {
     ' sh "$root" "$@"
 }
 
+for suite in $suites; do
+set_suite "$suite"
+old=$upstream~test1$SUITE_SUFFIX
+new=$upstream$SUITE_SUFFIX
 for arch in $arches; do
     t0=$(date +%s)
     if [ "$arch" != "$(dpkg --print-architecture)" ]; then
@@ -63,23 +68,23 @@ for arch in $arches; do
         update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
         arch-test "$arch" >/dev/null || pdie "cannot run $arch binaries (qemu-user-static binfmt)"
     fi
-    echo "== $arch"
+    echo "== $suite $arch"
     dist=$cache/test-dist
     mkdir -p "$dist"
     plog "deb-test $arch: building $old and $new"
-    PIMAIL_DEB_DIST=$dist PIMAIL_DEB_COMPRESSION=gzip "$PACKAGING_DIR/deb/build.sh" "$arch" "$old" >/dev/null
-    PIMAIL_DEB_DIST=$dist PIMAIL_DEB_COMPRESSION=gzip "$PACKAGING_DIR/deb/build.sh" "$arch" "$new" >/dev/null
+    PIMAIL_DEB_SUITE=$suite PIMAIL_DEB_DIST=$dist PIMAIL_DEB_COMPRESSION=gzip "$PACKAGING_DIR/deb/build.sh" "$arch" "$upstream~test1" >/dev/null
+    PIMAIL_DEB_SUITE=$suite PIMAIL_DEB_DIST=$dist PIMAIL_DEB_COMPRESSION=gzip "$PACKAGING_DIR/deb/build.sh" "$arch" "$upstream" >/dev/null
     t_built=$(date +%s)
 
-    base=$cache/root-bookworm-$arch.tar
+    base=$cache/root-$suite-$arch.tar
     if [ ! -s "$base" ]; then
-        plog "deb-test $arch: mmdebstrap a minimal bookworm root (cached as $(basename "$base"))"
-        mmdebstrap --quiet --mode=root --format=tar --variant=minbase --arch="$arch" bookworm "$base.partial" \
-            "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
-            "deb ${PIMAIL_IMAGE_SECURITY_MIRROR:-http://deb.debian.org/debian-security} bookworm-security main"
+        plog "deb-test $arch: mmdebstrap a minimal $suite root (cached as $(basename "$base"))"
+        mmdebstrap --quiet --mode=root --format=tar --variant=minbase --arch="$arch" "$suite" "$base.partial" \
+            "deb $mirror $suite main" "deb $mirror $suite-updates main" \
+            "deb ${PIMAIL_IMAGE_SECURITY_MIRROR:-http://deb.debian.org/debian-security} $suite-security main"
         mv "$base.partial" "$base"
     fi
-    root=$cache/test-$arch
+    root=$cache/test-$suite-$arch
     rm -rf "$root"
     mkdir -p "$root"
     tar -C "$root" -xpf "$base"
@@ -114,8 +119,12 @@ for arch in $arches; do
     stat_is /opt/pimail/venv/bin/pimail "root:root 755"
     stat_is /lib/systemd/system/pimail.service "root:root 644"
     stat_is /usr/lib/sysusers.d/pimail.conf "root:root 644"
+    stat_is /lib/udev/rules.d/60-pimail-gpio.rules "root:root 644"
+    check "the GPIO rule gives group gpio the GPIO chips" grep -q 'KERNEL=="gpiochip\*", GROUP="gpio", MODE="0660"' "$root/lib/udev/rules.d/60-pimail-gpio.rules"
     check "/usr/bin/pimail points into the venv" test "$(readlink "$root/usr/bin/pimail")" = /opt/pimail/venv/bin/pimail
-    check "the venv's python is the system python3.11" test "$(readlink "$root/opt/pimail/venv/bin/python3")" = /usr/bin/python3.11
+    check "the venv's python is the system $PYTHON" test "$(readlink "$root/opt/pimail/venv/bin/python3")" = "/usr/bin/$PYTHON"
+    check "the venv's modules are byte-compiled for $PYTHON" sh -c "ls '$root'/opt/pimail/venv/lib/$PYTHON/site-packages/pimail/__pycache__/__init__.cpython-$PYTAG.pyc"
+    check "lgpio's C module imports ($PYTHON)" in_root "$root" /opt/pimail/venv/bin/python3 -c 'import lgpio, gpiozero.pins.lgpio'
     check "config is the commented sample" cmp "$root/etc/pimail/pimail.toml" "$REPO_DIR/pimail.toml"
     check "config is a conffile" in_root "$root" sh -c "dpkg-query -W -f='\${Conffiles}' pimail | grep -q /etc/pimail/pimail.toml"
     check "pimail is a system user with no login shell" in_root "$root" sh -c \
@@ -123,7 +132,7 @@ for arch in $arches; do
     check "pimail is in group gpio" in_root "$root" sh -c 'id -nG pimail | grep -qw gpio'
     check "unit enabled (multi-user.target.wants)" test -L "$root/etc/systemd/system/multi-user.target.wants/pimail.service"
     check "no files outside the package's own" in_root "$root" sh -c \
-        '! dpkg -L pimail | grep -vE "^/(\.|etc|etc/pimail.*|lib|lib/systemd|lib/systemd/system|lib/systemd/system/pimail.service|opt|opt/pimail.*|usr|usr/bin|usr/bin/pimail|usr/lib|usr/lib/sysusers.d|usr/lib/sysusers.d/pimail.conf|usr/share|usr/share/(doc|man|man/man1|lintian|lintian/overrides)(/pimail.*)?|usr/share/man/man1/pimail.1.gz)$"'
+        '! dpkg -L pimail | grep -vE "^/(\.|etc|etc/pimail.*|lib|lib/systemd|lib/systemd/system|lib/systemd/system/pimail.service|lib/udev|lib/udev/rules.d|lib/udev/rules.d/60-pimail-gpio.rules|opt|opt/pimail.*|usr|usr/bin|usr/bin/pimail|usr/lib|usr/lib/sysusers.d|usr/lib/sysusers.d/pimail.conf|usr/share|usr/share/(doc|man|man/man1|lintian|lintian/overrides)(/pimail.*)?|usr/share/man/man1/pimail.1.gz)$"'
     check "no system Python package came with it" in_root "$root" sh -c '! dpkg -l "python3-*" 2>/dev/null | grep -q "^ii"'
     check "dpkg --verify is clean" in_root "$root" dpkg --verify pimail
     if in_root "$root" systemd-analyze verify --man=no /lib/systemd/system/pimail.service > "$root/tmp/verify.log" 2>&1 &&
@@ -204,15 +213,16 @@ SH
     t_end=$(date +%s)
 
     plog "deb-test $arch: lintian"
-    if lintian --fail-on error,warning "$dist/pimail_${new}_$arch.deb" > "$cache/lintian-$arch.log" 2>&1; then
+    if lintian --fail-on error,warning "$dist/pimail_${new}_$arch.deb" > "$cache/lintian-$suite-$arch.log" 2>&1; then
         pass "lintian clean (overrides explained in packaging/deb/lintian-overrides)"
     else
         fail "lintian"
-        cat "$cache/lintian-$arch.log"
+        cat "$cache/lintian-$suite-$arch.log"
     fi
     echo "   $arch: build x2 $((t_built - t0)) s, root $((t_root - t_built)) s, apt install $((t_install - t_root)) s, checks+upgrade+remove+purge $((t_end - t_install)) s, lintian $(($(date +%s) - t_end)) s"
     echo "   $arch: $(du -h "$dist/pimail_${new}_$arch.deb" | cut -f1) .deb (gzip; make deb's xz is smaller), installed $(dpkg-deb -f "$dist/pimail_${new}_$arch.deb" Installed-Size) KiB"
     [ -n "${PIMAIL_DEB_TEST_KEEP:-}" ] || rm -rf "$root"
+done
 done
 
 if [ "$fails" -ne 0 ]; then

@@ -94,6 +94,10 @@ def render(snap: dict[str, Any]) -> str:
     lines.append(f"  enode      {snap.get('enode') or '-'}")
     since = _utc(snap.get("started_at"))
     lines.append(f"  uptime     {human_duration(snap.get('uptime_s'))} (since {since})")
+    last_boot = snap.get("last_boot")
+    if last_boot:
+        at = f" (last log {last_boot['at']})" if last_boot.get("at") else ""
+        lines.append(f"  last boot ended: {last_boot.get('words') or last_boot.get('ended')}{at}")
     conditions = health.get("conditions") or []
     for cond in conditions:
         lines.append(f"  {cond.get('severity', '?'):<10} {cond.get('message', '')}")

@@ -207,3 +207,15 @@ def test_one_broken_file_does_not_stop_the_others(boot: Path, targets: Any) -> N
 def test_main_exits_1_without_a_boot_partition(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert bs.main(["--boot", str(tmp_path / "missing")]) == 1
     assert "not mounted" in caplog.text
+
+
+def test_a_consumed_secret_is_overwritten_before_it_is_deleted(boot: Path, targets: Any) -> None:
+    # A second link to the same file sees what happened to its blocks (FAT rewrites them in place).
+    wifi = boot / "wifi.txt"
+    wifi.write_text("country=DE\nssid=Home\npsk=correct horse battery\n")
+    witness = boot.parent / "witness"
+    os.link(wifi, witness)
+    size = witness.stat().st_size
+    bs.import_wifi(boot, targets)
+    assert not wifi.exists()
+    assert witness.read_bytes() == b"\0" * size

@@ -167,6 +167,11 @@ def test_assembly_makes_a_labelled_mbr_image_from_a_tiny_tree(tmp_path: Path) ->
     for d in ("proc", "sys", "dev", "run", "var/lib/pimail"):
         (root / d).mkdir(parents=True)
     (root / "proc/junk").write_text("must not be copied")
+    # The kernel is stored once, on the boot partition; a /boot file that differs stays on root.
+    (root / "boot/vmlinuz-6.1.0-9-arm64").write_bytes(b"kernel" * 100)
+    (root / "boot/firmware/vmlinuz-6.1.0-9-arm64").write_bytes(b"kernel" * 100)
+    (root / "boot/initrd.img-6.1.0-9-arm64").write_bytes(b"initrd, not the boot partition's")
+    (root / "boot/firmware/initrd.img-6.1.0-9-arm64").write_bytes(b"initrd")
     img = tmp_path / "out.img"
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
     proc = subprocess.run(
@@ -208,6 +213,14 @@ def test_assembly_makes_a_labelled_mbr_image_from_a_tiny_tree(tmp_path: Path) ->
         rootfs, "stat /usr/bin/passwd"
     )
     assert "config.txt" not in debugfs(rootfs, "ls /boot/firmware")
+    boot_dir = debugfs(rootfs, "ls /boot")
+    assert "vmlinuz-6.1.0-9-arm64" not in boot_dir and "initrd.img-6.1.0-9-arm64" in boot_dir
+    assert "vmlinuz-6.1.0-9-arm64" in fat.stdout
+    stats = debugfs(data, "stats")
+    assert re.search(r"Block size:\s+4096", stats) and re.search(r"Reserved block count:\s+0\b", stats)
+    blocks = int(re.search(r"Block count:\s+(\d+)", stats).group(1))  # type: ignore[union-attr]
+    inodes = int(re.search(r"Inode count:\s+(\d+)", stats).group(1))  # type: ignore[union-attr]
+    assert blocks * 4096 // inodes >= 65536
     assert "junk" not in debugfs(rootfs, "ls /proc")
     assert "pimail" in debugfs(rootfs, "cat /etc/hostname")
 

@@ -59,7 +59,7 @@ def tree(tmp_path: Path) -> Tree:
         path = stubs / tool
         path.write_text(STUB)
         path.chmod(0o755)
-    for d in ("dev", "by-label", "mnt", "state", "run", "sys/vda3"):
+    for d in ("dev", "by-label", "mnt", "state", "run", "sys/vda3", "sysusb/1-1:1.0"):
         (tmp_path / d).mkdir(parents=True)
     (tmp_path / "sys/vda3/partition").write_text("3\n")
     (tmp_path / "defaults").write_text("PIMAIL_USB_WAIT_S=0\nSD_WAIT_S=0\n")
@@ -73,6 +73,7 @@ def tree(tmp_path: Path) -> Tree:
         "PIMAIL_DATA_STATE": str(tmp_path / "state"),
         "PIMAIL_DATA_MEDIUM_FILE": str(tmp_path / "run/data-medium"),
         "PIMAIL_DATA_SYS_BLOCK": str(tmp_path / "sys"),
+        "PIMAIL_DATA_SYS_USB": str(tmp_path / "sysusb"),
         "PIMAIL_DATA_DEFAULTS": str(tmp_path / "defaults"),
     }
     return Tree(tmp_path, env)
@@ -80,6 +81,22 @@ def tree(tmp_path: Path) -> Tree:
 
 def mounts(calls: list[str]) -> list[str]:
     return [c for c in calls if c.startswith("mount ")]
+
+
+def test_waits_for_a_usb_stick_only_while_usb_storage_is_plugged_in(tree: Tree) -> None:
+    tree.device("PIMAILSD", "vda3")
+    (tree.root / "defaults").write_text("PIMAIL_USB_WAIT_S=3\nSD_WAIT_S=0\n")
+    hub = tree.root / "sysusb/1-1:1.0/bInterfaceClass"
+    hub.write_text("09\n")  # a hub: nothing to wait for
+    rc, out, calls = tree.run()
+    assert rc == 0, out
+    assert not [c for c in calls if c.startswith("udevadm settle --timeout=1")]
+    (tree.root / "mnt").mkdir(exist_ok=True)
+    hub.write_text("08\n")  # mass storage whose label has not appeared (yet)
+    rc, out, calls = tree.run()
+    assert rc == 0, out
+    assert len([c for c in calls if c.startswith("udevadm settle --timeout=1")]) == 3
+    assert tree.medium == "sd"
 
 
 def test_usb_stick_wins_and_the_sd_card_is_left_alone(tree: Tree) -> None:

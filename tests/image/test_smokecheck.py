@@ -60,6 +60,37 @@ BOOT1 = {
     "watchdog.device": "/dev/watchdog0",
     "listen": "0.0.0.0:22,0.0.0.0:30303",
     "enode": f"enode://{PUB}@10.0.2.15:30303",
+    "enode.lan": f"enode://{PUB}@10.0.2.15:30303",
+    "kernel.mb": "340",
+    "root.avail_mb": "880",
+    "boot.avail_mb": "420",
+    "boot.kernel_mb": "70",
+    "boot.restored": "yes",
+    "kernel.verify": "0",
+    "updates.origins": "origin=Debian,codename=${distro_codename}-security,label=Debian-Security",
+    "updates.reboot": "false",
+    "updates.periodic": "1",
+    "updates.timer": "enabled",
+    "updates.installed": "installed",
+    "data.block_size": "4096",
+    "data.bytes_per_inode": "262144",
+    "data.reserved": "0",
+    "disk.written_mb": "120",
+    "disk.size_mb": "4096",
+    "tmp.fstype": "tmpfs",
+    "firmware.pi3b": "ok",
+    "firmware.pi3bplus": "ok",
+    "firmware.pi4b": "ok",
+    "firmware.zero2w": "ok",
+    "firmware.zero2w_43436": "missing:brcmfmac43430b0-sdio.bin",
+    "firmware.package": "20250410-2~bpo12+1",
+    "pimail.memory_max": "629145600",
+    "mem_total": "1048576000",
+    "issue.link": "/run/pimail-issue/issue",
+    "lastboot.ended": "first",
+    "lastboot.previous_lines": "0",
+    "lastboot.previous_end": "0",
+    "lastboot.status": "first boot (no previous boot recorded)",
     "end": "1",
 }
 RLPX_OK = (True, "handshake ok")
@@ -75,6 +106,10 @@ def boot2() -> dict[str, str]:
             "firstboot.condition": "no",
             "firstboot.result": "success",
             "firstboot.journal": "0",
+            "lastboot.ended": "clean",
+            "lastboot.previous_lines": "812",
+            "lastboot.previous_end": "1",
+            "lastboot.status": "clean shutdown (last log 2026-12-02T14:03:11+0000)",
         }
     )
     return values
@@ -128,6 +163,20 @@ def test_each_important_fault_fails_the_boot() -> None:
         "pimail still up after the handshake": {"pimail.restarts_after": "1"},
         "boot-partition settings imported": {"settings.config_from_boot": "no"},
         "guest reported back": {"end": ""},
+        "root has room for a kernel update and a full upgrade": {"root.avail_mb": "291"},
+        "boot partition has room for a new kernel and initrd": {"boot.avail_mb": "20"},
+        "/boot's kernel and initrd restored from the boot partition, package verifies": {
+            "kernel.verify": "2"},
+        "unattended-upgrades: security origin only, no automatic reboot, daily": {
+            "updates.origins": "origin=Debian,codename=${distro_codename}-security,label=Debian-Security|"
+            "origin=Debian,codename=${distro_codename},label=Debian"},
+        "data filesystem: 4 KiB blocks, >= 64 KiB per inode, no root reserve": {
+            "data.bytes_per_inode": "4096"},
+        "/tmp in RAM": {"tmp.fstype": "ext4"},
+        "Wi-Fi firmware for Pi 3 B, 3 B+, 4 B, Zero 2 W (BCM43430/1)": {
+            "firmware.zero2w": "missing:brcmfmac43430-sdio.raspberrypi,model-zero-2-w.txt"},
+        "pimail's MemoryMax fits the board": {"pimail.memory_max": "infinity"},
+        "first boot: no previous boot recorded": {"lastboot.ended": "power-loss"},
     }
     for name, change in faults.items():
         values = dict(BOOT1)
@@ -228,7 +277,8 @@ def test_main_judges_a_recorded_second_boot(tmp_path: Path, capsys: Any) -> None
     state = tmp_path / "boot1.json"
     state.write_text(json.dumps(BOOT1))
     log = tmp_path / "serial.log"
-    log.write_text("".join(f"SMOKE: {k}={v}\n" for k, v in boot2().items()) + "SMOKE: awaiting_host=1\n")
+    log.write_text("".join(f"SMOKE: {k}={v}\n" for k, v in boot2().items()) + "SMOKE: awaiting_host=1\n"
+                   + login_banner(BOOT1["enode.lan"]))
     dead = socket.create_server(("127.0.0.1", 0))
     port = dead.getsockname()[1]
     dead.close()
@@ -241,6 +291,46 @@ def test_main_judges_a_recorded_second_boot(tmp_path: Path, capsys: Any) -> None
     assert "[FAIL] real RLPx handshake from the host" in out
     assert "[PASS] first boot did not run again" in out
     assert out.count("[FAIL]") == 1
+
+
+def login_banner(text: str, ansi: bool = True) -> str:
+    """What agetty prints on the serial console: the issue file (QR as pimail enode --qr draws it)
+    and the prompt, with the CR-LF line ends of a tty."""
+    from pimail.appliance import qr
+
+    drawing = qr.render_terminal(qr.make_qr(text), ansi=ansi)
+    banner = "Debian GNU/Linux 12 pimail ttyAMA0\n\npimail: scan this\n\n" + drawing + text
+    return (banner + "\n\npimail login: ").replace("\n", "\r\n")
+
+
+def test_login_prompt_qr_decodes_the_banner_in_either_drawing_mode() -> None:
+    enode = BOOT1["enode.lan"]
+    for ansi in (True, False):
+        assert sc.login_prompt_qr("[  5.1] kernel noise\r\n" + login_banner(enode, ansi)) == [enode]
+
+
+def test_login_prompt_qr_ignores_a_code_no_prompt_follows_and_keeps_the_order() -> None:
+    from pimail.appliance import qr
+
+    stray = qr.render_terminal(qr.make_qr("enode://stray"), ansi=True).replace("\n", "\r\n")
+    first = login_banner("enode://first")
+    assert sc.login_prompt_qr(stray + "SMOKE: x=1\r\n") == []
+    assert sc.login_prompt_qr(first + stray + login_banner("enode://second")) == ["enode://first", "enode://second"]
+
+
+def test_login_qr_must_be_the_nodes_enode() -> None:
+    name = "the login prompt's QR code is the node's enode"
+    assert name not in failing(sc.evaluate(BOOT1, 1, RLPX_OK, login_qr=[BOOT1["enode.lan"]]))
+    assert name in failing(sc.evaluate(BOOT1, 1, RLPX_OK, login_qr=[]))
+    assert name in failing(sc.evaluate(BOOT1, 1, RLPX_OK, login_qr=[BOOT1["enode.lan"], "enode://old@1.2.3.4:1"]))
+
+
+def test_second_boot_needs_the_previous_journal_and_a_clean_end() -> None:
+    name = "previous boot's journal kept; it ended clean (in pimail status too)"
+    for change in ({"lastboot.ended": "power-loss"}, {"lastboot.previous_end": "0"}, {"lastboot.status": ""}):
+        values = boot2()
+        values.update(change)
+        assert name in failing(sc.evaluate(values, 2, RLPX_OK, previous=BOOT1)), change
 
 
 def test_rlpx_handshake_against_a_real_pimail_node() -> None:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tomllib
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ PACKAGING = REPO / "packaging"
 DEB = PACKAGING / "deb"
 LOCK = PACKAGING / "requirements.lock"
 MACHINES = {"x86_64", "aarch64"}
+PYTAGS = {"311", "313"}  # bookworm's and trixie's CPython
 VENV = "opt/pimail/venv"
 SITE = f"{VENV}/lib/python3.11/site-packages"
 
@@ -37,18 +39,90 @@ def test_the_one_wheel_lock_covers_pyproject_on_every_machine() -> None:
     for line in LOCK.read_text().splitlines():
         if line.startswith("#"):
             continue
-        m = re.fullmatch(r"([a-z0-9-]+)==(\S+)((?: --hash=sha256:[0-9a-f]{64})+)  # ([a-z0-9_ ]+)", line)
+        m = re.fullmatch(r"([a-z0-9-]+)==(\S+)((?: --hash=sha256:[0-9a-f]{64})+)  # ([a-z0-9_ -]+)", line)
         assert m, f"lock line is not 'name==version --hash=sha256:… # machines': {line}"
         tags = set(m.group(4).split())
         hashes = m.group(3).split()
-        # a pure wheel serves every machine; a binary one needs a hash for each machine we build for
-        assert tags == {"any"} or tags == MACHINES, f"{m.group(1)}: wheels for {sorted(tags)} only"
-        assert len(hashes) == len(tags), line
+        # a pure wheel serves every machine; a binary one needs a hash for each machine and
+        # interpreter we build for (an abi3 wheel serves both interpreters with one hash), except
+        # lgpio, whose cp313 build comes from its pinned sdist
+        binary = {f"{mach}-cp{t}" for mach in MACHINES for t in PYTAGS}
+        if m.group(1) == "lgpio":
+            assert tags == {f"{mach}-cp311" for mach in MACHINES} | {"sdist"}, line
+        else:
+            assert tags == {"any"} or tags == binary, f"{m.group(1)}: wheels for {sorted(tags)} only"
+        assert 1 <= len(hashes) <= len(tags), line
         pinned[m.group(1)] = m.group(2)
     missing = wanted - set(pinned)
     assert not missing, f"stale lock (run packaging/wheels-lock.sh): lacks {sorted(missing)}"
     # 0.0.0.2 is the do-nothing stub pip picks when the manylinux_2_34 tag is not offered.
     assert pinned["lgpio"] == "0.2.2.0"
+
+
+def locked_names() -> set[str]:
+    lines = LOCK.read_text().splitlines()
+    return {line.split("==")[0] for line in lines if line and not line.startswith("#")}
+
+
+def not_at_runtime() -> set[str]:
+    m = re.search(r'^NOT_AT_RUNTIME="([^"]*)"', (PACKAGING / "wheels-lock.sh").read_text(), re.M)
+    assert m, "wheels-lock.sh names the declared-but-unused dependencies in NOT_AT_RUNTIME"
+    return set(m.group(1).split())
+
+
+def runtime_closure() -> set[str]:
+    """pimail's runtime requirements (with the [gpio] extra) and theirs, transitively, as the
+    installed distributions declare them (markers evaluated for Linux, no extras below the top)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(s) for s in project["dependencies"] + project["optional-dependencies"]["gpio"]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = req.name.lower().replace("_", "-")
+        # lgpio's marker is for the Pi; every other marker is judged for this (Linux) host.
+        if name in seen or (req.marker and name != "lgpio" and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            assert name == "lgpio", f"{name} is a runtime dependency but not installed in the test venv"
+            continue  # lgpio (aarch64 only in the venv) has no dependencies
+        todo.extend(Requirement(r) for r in requires)
+    return seen
+
+
+def test_the_lock_holds_nothing_the_runtime_does_not_need() -> None:
+    closure = runtime_closure()
+    unused = not_at_runtime()
+    assert unused <= closure, f"NOT_AT_RUNTIME names {sorted(unused - closure)}, which nothing requires"
+    extra = locked_names() - (closure - unused)
+    assert not extra, f"the lock ships {sorted(extra)} the runtime does not need"
+    missing = (closure - unused) - locked_names()
+    assert not missing, f"the lock lacks {sorted(missing)} (run packaging/wheels-lock.sh)"
+
+
+def test_the_dependencies_left_out_of_the_lock_are_never_imported() -> None:
+    # Import every pimail module, then look for the left-out packages among the loaded modules.
+    code = (
+        "import importlib, pkgutil, sys, pimail\n"
+        "for m in pkgutil.walk_packages(pimail.__path__, 'pimail.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "import sqlite_utils, gpiozero, colorzero\n"
+        "print(' '.join(sorted({n.split('.')[0] for n in sys.modules})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = set(out.stdout.split())
+    assert "pimail" in loaded and "sqlite_utils" in loaded
+    modules = {"pip": {"pip"}, "setuptools": {"setuptools", "pkg_resources"}}
+    for name in not_at_runtime():
+        assert not (modules.get(name, {name}) & loaded), f"pimail imports {name}, left out of the lock"
 
 
 def test_there_is_one_lock_and_the_image_uses_the_package() -> None:
@@ -161,6 +235,7 @@ def test_file_list_owners_and_modes(amd64_deb: Path) -> None:
     for path, source in {
         "lib/systemd/system/pimail.service": "systemd/pimail.service",
         "usr/lib/sysusers.d/pimail.conf": "systemd/pimail.conf",
+        "lib/udev/rules.d/60-pimail-gpio.rules": "packaging/deb/60-pimail-gpio.rules",
     }.items():
         assert files[path].size == (REPO / source).stat().st_size, path
     # the locked wheels for this machine, no pip-installed launchers with the build host's shebang

@@ -290,8 +290,15 @@ def wpa_supplicant_conf(wifi: WifiSettings) -> str:
 
 
 def _consume_secret(src: Path, note: str) -> None:
-    """Delete a file holding a secret and leave a note that it was read."""
+    """Delete a file holding a secret and leave a note that it was read. The file is overwritten
+    in place first: FAT reuses the same clusters, so the passphrase does not stay in free space."""
     src.with_name(f"{src.name}.imported").write_text(f"{_stamp()}: {note}\n")
+    with src.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        f.write(b"\0" * size)
+        f.flush()
+        os.fsync(f.fileno())
     src.unlink()
 
 
