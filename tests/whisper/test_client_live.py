@@ -17,7 +17,7 @@ from pimail.mailserver.server import create_mailserver
 from pimail.node.server import NodeServer
 from pimail.whisper.client import EMPTY_BLOOM, ClientStack
 from tests.mailserver.nodes import archived, open_mailserver_config, plain_envelopes
-from tests.waku.nodes import start_dual, until
+from tests.nodes import start_dual, until
 
 TOPIC = bytes.fromhex("aabbccdd")
 
