@@ -113,11 +113,13 @@ def test_a_new_archive_is_created_at_the_latest_version_in_one_step(
     assert not [m for m in lines if "migrated" in m], lines  # not "version 1" and then "2"
     assert any(m.endswith(f"created (schema version {SCHEMA_VERSION})") for m in lines), lines
     # the same tables and indexes as an archive that went through every migration
+    import sqlite_utils
+
     from pimail.archive.sqlite import layout
 
     old = sqlite3.connect(tmp_path / "old.sqlite")
     old.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    db = layout.sqlite_utils.Database(old)
+    db = sqlite_utils.Database(old)
     for step in layout.MIGRATIONS:
         step(db)
     new = sqlite3.connect(tmp_path / "new.sqlite")
