@@ -563,14 +563,21 @@ def render_config(config: Config, header: str = "") -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+def refuse_file_as_data_dir(data_dir: Path) -> None:
+    """UserError (exit 2) when a file stands where the data directory should be."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"the data directory {data_dir} is a file, not a directory: move the file "
+                        "away or choose another --data-dir")
+
+
 def make_data_dir(data_dir: Path) -> None:
     """Create the data directory (mode 0750) unless it exists; one line saying why it cannot be one
     (a file in its place is a setting to fix, exit 2; a permission or disk problem, exit 1)."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     except FileExistsError:
-        raise UserError(f"the data directory {data_dir} is a file, not a directory: move the file "
-                        "away or choose another --data-dir") from None
+        refuse_file_as_data_dir(data_dir)
+        raise
     except NotADirectoryError:
         raise UserError(f"the data directory {data_dir} cannot be made: part of that path is a file, "
                         "not a directory") from None

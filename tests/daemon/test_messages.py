@@ -33,7 +33,8 @@ def test_a_topic_of_the_wrong_length_is_said_to_be_that_not_not_hex() -> None:
 
 
 @pytest.mark.parametrize("command", [["run", "--no-page", "--no-metrics", "--listen", "127.0.0.1:0"],
-                                     ["init"], ["archive", "stats"], ["enode"]])
+                                     ["init"], ["archive", "stats"], ["enode"], ["pair", "--list"],
+                                     ["pair", "--status"], ["status"], ["doctor"]])
 def test_a_data_dir_that_is_a_file_is_named_as_such(
     tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
