@@ -145,20 +145,29 @@ def import_config(boot: Path, targets: Targets, validate: Validator | None) -> O
             if reason:
                 raise Rejected(reason)
     except Rejected as exc:
-        (boot / f"{CONFIG_NAME}.error.txt").write_text(
-            f"{_stamp()}: {CONFIG_NAME} was not used, the previous settings stay in force.\n{exc}\n"
-        )
-        os.replace(src, boot / f"{CONFIG_NAME}.rejected")
-        return Outcome(CONFIG_NAME, "rejected", str(exc))
+        return _reject(src, "the previous settings stay in force", exc)
+    return _install_config(src, targets, text, f"installed as {targets.config}")
+
+
+def _reject(src: Path, kept: str, exc: Rejected) -> Outcome:
+    """Leave the running config alone: ``NAME.rejected`` beside ``NAME.error.txt`` saying why."""
+    name = src.name
+    src.with_name(f"{name}.error.txt").write_text(f"{_stamp()}: {name} was not used, {kept}.\n{exc}\n")
+    os.replace(src, src.with_name(f"{name}.rejected"))
+    return Outcome(name, "rejected", str(exc))
+
+
+def _install_config(src: Path, targets: Targets, text: str, detail: str) -> Outcome:
+    """Write ``text`` as the node's config and mark ``src`` imported."""
     try:
         gid = grp.getgrnam(targets.config_group).gr_gid
     except KeyError:
         gid = -1
     # 0640 root:pimail: the file may hold the mailserver password.
     _write_atomic(targets.config, text, 0o640, gid)
-    os.replace(src, boot / f"{CONFIG_NAME}.imported")
-    (boot / f"{CONFIG_NAME}.error.txt").unlink(missing_ok=True)
-    return Outcome(CONFIG_NAME, "imported", f"installed as {targets.config}")
+    os.replace(src, src.with_name(f"{src.name}.imported"))
+    src.with_name(f"{src.name}.error.txt").unlink(missing_ok=True)
+    return Outcome(src.name, "imported", detail)
 
 
 # -- authorized_keys -----------------------------------------------------------------------------
@@ -444,19 +453,8 @@ def import_bootnodes(boot: Path, targets: Targets, validate: Validator | None) -
             if reason:
                 raise Rejected(reason.replace(str(check), f"{targets.config.name} with {BOOTNODES_NAME}"))
     except Rejected as exc:
-        (boot / f"{BOOTNODES_NAME}.error.txt").write_text(
-            f"{_stamp()}: {BOOTNODES_NAME} was not used, the previous bootnodes stay in force.\n{exc}\n"
-        )
-        os.replace(src, boot / f"{BOOTNODES_NAME}.rejected")
-        return Outcome(BOOTNODES_NAME, "rejected", str(exc))
-    try:
-        gid = grp.getgrnam(targets.config_group).gr_gid
-    except KeyError:
-        gid = -1
-    _write_atomic(targets.config, merged, 0o640, gid)
-    os.replace(src, boot / f"{BOOTNODES_NAME}.imported")
-    (boot / f"{BOOTNODES_NAME}.error.txt").unlink(missing_ok=True)
-    return Outcome(BOOTNODES_NAME, "imported", f"{len(enodes)} bootnode(s) in {targets.config}")
+        return _reject(src, "the previous bootnodes stay in force", exc)
+    return _install_config(src, targets, merged, f"{len(enodes)} bootnode(s) in {targets.config}")
 
 
 # -- all of it -----------------------------------------------------------------------------------
