@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pimail.archive import open_archive
-from pimail.archive.base import ArchivedEnvelope, ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
+from pimail.archive.base import ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
 from pimail.archive.retention import parse_duration, parse_size, policy_from_config
 from pimail.archive.sqlite import (
     BUCKET_EXPR,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DISK_FULL_RETRIES = 8  # evict-and-retry rounds for one batch before giving up on it
 GROUP_CAP_FACTOR = 4  # a due group takes up to 4 × flush_max envelopes already waiting (see _collect)
+LOG_FS_FRACTION = 64  # the ack log takes at most this share of its filesystem
 INDEX_RETRY_S = 5.0  # after a failed index batch, the next try
 LOOKUP_CHUNK = 500  # keys per "id IN (…)" when checking a group against the table
 
@@ -98,6 +100,7 @@ class SqliteWriter(SqliteSpace):
                 next_prune = now + self.prune_interval_s
                 self._prune_asked = True
             if self._prune_asked and self._prune_run is None:
+                self._index_tail()  # retention counts and deletes what is acknowledged, not only indexed
                 self._prune_run = PruneTally()
             if self._prune_asked or self._prune_run is not None:
                 self._prune_asked = False
@@ -177,7 +180,7 @@ class SqliteWriter(SqliteSpace):
             return
         if self.index_interval_s <= 0 and not self._log_path.exists():
             return
-        acklog = AckLog(self._log_path, self.log_max_bytes, sync=self.synchronous == "FULL")
+        acklog = AckLog(self._log_path, self._log_capacity(), sync=self.synchronous == "FULL")
         try:
             found = acklog.open()
         except OSError as exc:
@@ -205,11 +208,22 @@ class SqliteWriter(SqliteSpace):
                      len(found.envelopes) - len(rows))
         self._tail.add(rows, time.monotonic())
         self._count_added(rows)
-        self._index_tail()
+        if self._index_tail() and rows:
+            with contextlib.suppress(sqlite3.Error):  # as prepare() leaves it: a crash loop grows no WAL
+                self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if self.index_interval_s <= 0 and not len(self._tail):
             self._close_log()
             with contextlib.suppress(OSError):
                 self._log_path.unlink()
+
+    def _log_capacity(self) -> int:
+        """``log_max_bytes``, but at most 1/64 of the filesystem (on a tiny filesystem the log would
+        take the room that eviction needs, and a group larger than the log goes straight to SQLite)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return self.log_max_bytes
+        return min(self.log_max_bytes, st.f_blocks * st.f_frsize // LOG_FS_FRACTION)
 
     def _close_log(self) -> None:
         if self._log is not None:
