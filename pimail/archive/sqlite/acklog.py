@@ -169,6 +169,8 @@ class AckLog:
                     found.invalid += 1
                 else:
                     found.envelopes.append(env)
+                if epoch is None:  # the next reset must start an epoch none of these records has
+                    self.epoch = max(self.epoch, int.from_bytes(data[pos:pos + 4], "big"))
                 pos = found.end = nxt
                 continue
             resume = self._next_record(data, pos + 1, epoch, mark)
