@@ -41,7 +41,7 @@ import rlp
 
 from bench.common import Result, print_table
 from pimail.archive.base import Archive, ArchivedEnvelope, HistoryQuery
-from pimail.archive.sqlite import SqliteArchive
+from pimail.archive.sqlite import BUCKET_SHIFT, TOPIC_SPAN_BITS, SqliteArchive
 from pimail.config import ArchiveConfig
 from pimail.crypto.keccak import keccak256
 from pimail.envelope.bloom import topics_to_bloom
@@ -213,45 +213,93 @@ async def wear_point(path: Path, interval_ms: int, rate: int, seconds: float, st
     return written / n, statistics.median(lat), lat[int(0.99 * (len(lat) - 1))]
 
 
+BUCKET_S = 1 << (BUCKET_SHIFT - 32)  # sent seconds per bucket of the topic index (~4.5 h)
+BLOCK_S = BUCKET_S << TOPIC_SPAN_BITS  # sent seconds per block of the topics table's spans (~3 days)
+STEADY_RATE = 50
+STEADY_FILL_S = BUCKET_S // 2  # the steady-state points: the current bucket half full at that rate
+
+
+async def fill(archive: SqliteArchive, envs: list[ArchivedEnvelope]) -> None:
+    for i in range(0, len(envs), SUBMIT_BATCH * IN_FLIGHT):
+        await asyncio.gather(*(archive.submit(envs[j : j + SUBMIT_BATCH])
+                               for j in range(i, min(len(envs), i + SUBMIT_BATCH * IN_FLIGHT), SUBMIT_BATCH)))
+
+
 async def wear_curve(directory: Path, total: int, quick: bool, synchronous: str) -> list[Result]:
     """The SD-wear curve: bytes written per 300 B envelope at CURVE_RATES for CURVE_INTERVALS_MS with
     the ack log, and for the default interval without it, on an archive already holding ``total``
-    envelopes, with GB/day (what a node at that rate writes)."""
+    envelopes, with GB/day (what a node at that rate writes).
+
+    Wear depends on how full the current bucket of the topic index is (a new envelope's index entry
+    lands at its topic's place in the bucket: the more entries the bucket holds, the more pages a
+    commit touches). Each curve point therefore starts in a bucket of its own, empty but for one
+    envelope per topic (every point alike: the best case, early in a bucket). Then the steady state:
+    STEADY_RATE env/s into a bucket already holding half a bucket's worth at that rate (what a node
+    at that rate has in the middle of a bucket), with the log and without."""
     rng = random.Random(1)
     topics = [rng.randbytes(4) for _ in range(TOPICS)]
     path = directory / "curve.sqlite"
     t0 = int(time.time()) - SPAN_S
+    block = (t0 + SPAN_S) // BLOCK_S * BLOCK_S + BLOCK_S  # a block of its own: one topics row write each
     archive = shipped_archive(path)
     await archive.open()
     try:
         await ingest(archive, total, t0, topics)
+        # ~every topic's span covers the block (4 per topic: 98 % of the topics)
+        await fill(archive, live_envelopes(total, 4 * TOPICS, block, 4 * TOPICS, topics))
     finally:
         await archive.close()
     seconds = 8.0 if quick else 2 * SHIPPED.index_interval_s
     results = []
-    start = total
-    sent0 = t0 + SPAN_S
+    start = total + 4 * TOPICS
     settings = [(ms, SHIPPED.index_interval_s) for ms in CURVE_INTERVALS_MS]
     settings.append((SHIPPED.flush_interval_ms, 0.0))  # before the log: every group into SQLite
+    point = 0
     for interval, index_s in settings:
         for rate in CURVE_RATES:
+            point += 1
+            # a bucket of its own (the block's first holds the seed; the last point shares the first
+            # point's, which holds the fewest envelopes)
+            sent0 = block + (1 + (point - 1) % ((1 << TOPIC_SPAN_BITS) - 1)) * BUCKET_S
             per_env, p50, p99 = await wear_point(path, interval, rate, seconds, start, sent0, topics,
                                                  synchronous, index_s)
             start += int(rate * seconds) + 10
-            sent0 += int(seconds) + 2
-            gb_day = per_env * rate * DAY_S / 1e9
-            default = interval == SHIPPED.flush_interval_ms and index_s == SHIPPED.index_interval_s
-            target = 6 * ENVELOPE_BYTES if default and rate == 50 else None
-            how = f"log, index {index_s:g} s" if index_s else "no log"
-            results.append(Result(
-                AREA, f"written/envelope {rate} env/s, {interval} ms, {how}", per_env, "B", target,
-                False, f"{per_env / ENVELOPE_BYTES:.1f}x, {gb_day:.2f} GB/day, ack p50 {p50:.0f} ms "
-                f"p99 {p99:.0f} ms, synchronous={synchronous}"))
-            if rate == ACK_TARGET_RATE:
-                results.append(Result(
-                    AREA, f"ack p99 {rate} env/s, {interval} ms, {how}", p99, "ms",
-                    2 * interval if default else None, False, f"p50 {p50:.0f} ms"))
+            results += curve_result(per_env, p50, p99, rate, interval, index_s, synchronous, "")
+    # the steady state: the next block's first bucket, half full at STEADY_RATE
+    sent0 = block + BLOCK_S
+    fill_n = (STEADY_FILL_S // 8 if quick else STEADY_FILL_S) * STEADY_RATE
+    archive = shipped_archive(path)
+    await archive.open()
+    try:
+        await fill(archive, live_envelopes(start, fill_n, sent0, STEADY_RATE, topics))
+    finally:
+        await archive.close()
+    start += fill_n
+    sent0 += fill_n // STEADY_RATE
+    for index_s in (SHIPPED.index_interval_s, 0.0):
+        per_env, p50, p99 = await wear_point(path, SHIPPED.flush_interval_ms, STEADY_RATE, 2 * seconds,
+                                             start, sent0, topics, synchronous, index_s)
+        start += int(STEADY_RATE * 2 * seconds) + 10
+        sent0 += int(2 * seconds) + 2
+        results += curve_result(per_env, p50, p99, STEADY_RATE, SHIPPED.flush_interval_ms, index_s,
+                                synchronous, f", bucket holding {fill_n:,}")
     return results
+
+
+def curve_result(per_env: float, p50: float, p99: float, rate: int, interval: int, index_s: float,
+                 synchronous: str, where: str) -> list[Result]:
+    """The point's bytes written per envelope (with GB/day); at ACK_TARGET_RATE its ack p99 too."""
+    gb_day = per_env * rate * DAY_S / 1e9
+    default = interval == SHIPPED.flush_interval_ms and index_s == SHIPPED.index_interval_s and not where
+    how = (f"log, index {index_s:g} s" if index_s else "no log") + (" (steady)" if where else "")
+    target = 6 * ENVELOPE_BYTES if default and rate == ACK_TARGET_RATE else None
+    out = [Result(AREA, f"written/envelope {rate} env/s, {interval} ms, {how}", per_env, "B", target, False,
+                  f"{per_env / ENVELOPE_BYTES:.1f}x, {gb_day:.2f} GB/day, ack p50 {p50:.0f} ms "
+                  f"p99 {p99:.0f} ms, synchronous={synchronous}{where}")]
+    if rate == ACK_TARGET_RATE:
+        out.append(Result(AREA, f"ack p99 {rate} env/s, {interval} ms, {how}", p99, "ms",
+                          2 * interval if default else None, False, f"p50 {p50:.0f} ms"))
+    return out
 
 
 async def measure(directory: Path, total: int, quick: bool) -> list[Result]:
