@@ -202,6 +202,7 @@ class SqliteWriter(SqliteSpace):
             rows = self._new_rows(found.envelopes)
         except sqlite3.DatabaseError as exc:
             self._close_log()
+            self._drop_writer()
             raise ArchiveError(f"cannot open the archive {self.path}: replaying its log: {exc}") from exc
         if found.envelopes:
             log.info("archive log: replaying %d envelopes (%d already in the index)", len(found.envelopes),
