@@ -34,8 +34,9 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import rlp
 
@@ -232,10 +233,9 @@ async def wear_curve(directory: Path, total: int, quick: bool, synchronous: str)
 
     Wear depends on how full the current bucket of the topic index is (a new envelope's index entry
     lands at its topic's place in the bucket: the more entries the bucket holds, the more pages a
-    commit touches). Each curve point therefore starts in a bucket of its own, empty but for one
-    envelope per topic (every point alike: the best case, early in a bucket). Then the steady state:
-    STEADY_RATE env/s into a bucket already holding half a bucket's worth at that rate (what a node
-    at that rate has in the middle of a bucket), with the log and without."""
+    commit touches). Each curve point therefore starts in a bucket of its own, empty but for a few
+    envelopes per topic (every point alike: the best case, early in a bucket); ``steady_state``
+    measures the middle of a bucket."""
     rng = random.Random(1)
     topics = [rng.randbytes(4) for _ in range(TOPICS)]
     path = directory / "curve.sqlite"
@@ -249,7 +249,7 @@ async def wear_curve(directory: Path, total: int, quick: bool, synchronous: str)
         await fill(archive, live_envelopes(total, 4 * TOPICS, block, 4 * TOPICS, topics))
     finally:
         await archive.close()
-    seconds = 8.0 if quick else 2 * SHIPPED.index_interval_s
+    seconds = 8.0 if quick else SHIPPED.index_interval_s  # one index batch and the final one
     results = []
     start = total + 4 * TOPICS
     settings = [(ms, SHIPPED.index_interval_s) for ms in CURVE_INTERVALS_MS]
@@ -265,8 +265,26 @@ async def wear_curve(directory: Path, total: int, quick: bool, synchronous: str)
                                                  synchronous, index_s)
             start += int(rate * seconds) + 10
             results += curve_result(per_env, p50, p99, rate, interval, index_s, synchronous, "")
-    # the steady state: the next block's first bucket, half full at STEADY_RATE
-    sent0 = block + BLOCK_S
+    return results
+
+
+async def steady_state(directory: Path, total: int, quick: bool, synchronous: str) -> list[Result]:
+    """Wear at STEADY_RATE env/s into a topic-index bucket already half full at that rate (what a node
+    at that rate has in the middle of a bucket), with the ack log and without."""
+    rng = random.Random(1)
+    topics = [rng.randbytes(4) for _ in range(TOPICS)]
+    path = directory / "steady.sqlite"
+    t0 = int(time.time()) - SPAN_S
+    archive = shipped_archive(path)
+    await archive.open()
+    try:
+        await ingest(archive, total, t0, topics)
+    finally:
+        await archive.close()
+    seconds = 8.0 if quick else SHIPPED.index_interval_s
+    results: list[Result] = []
+    start = total
+    sent0 = ((t0 + SPAN_S) // BLOCK_S + 1) * BLOCK_S  # a bucket (and a block) of its own
     fill_n = (STEADY_FILL_S // 8 if quick else STEADY_FILL_S) * STEADY_RATE
     archive = shipped_archive(path)
     await archive.open()
@@ -343,19 +361,21 @@ async def measure(directory: Path, total: int, quick: bool) -> list[Result]:
 
 
 def run(quick: bool, count: int | None = None, directory: Path | None = None, *, curve: bool = True,
-        main: bool = True, synchronous: str = SHIPPED.synchronous) -> list[Result]:
+        main: bool = True, steady: bool = True, synchronous: str = SHIPPED.synchronous) -> list[Result]:
     total = count or (100_000 if quick else 1_000_000)
     results: list[Result] = []
-    if main:
+    parts: list[tuple[bool, Callable[[Path], Coroutine[Any, Any, list[Result]]]]] = [
+        (main, lambda tmp: measure(tmp, total, quick)),
+        # the curve on a smaller archive: wear depends on the current time bucket, not the total
+        (curve, lambda tmp: wear_curve(tmp, min(total, 100_000), quick, synchronous)),
+        (steady, lambda tmp: steady_state(tmp, min(total, 100_000), quick, synchronous)),
+    ]
+    for wanted, part in parts:
+        if not wanted:
+            continue
         tmp = Path(tempfile.mkdtemp(prefix="pimail-bench-archive-", dir=directory))
         try:
-            results += asyncio.run(measure(tmp, total, quick))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if curve:
-        tmp = Path(tempfile.mkdtemp(prefix="pimail-bench-archive-", dir=directory))
-        try:  # the curve on a smaller archive: wear depends on the current time bucket, not the total
-            results += asyncio.run(wear_curve(tmp, min(total, 100_000), quick, synchronous))
+            results += asyncio.run(part(tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return results
@@ -366,10 +386,11 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="100k envelopes instead of 1M")
     parser.add_argument("--count", type=int, default=None, help="envelopes to store")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the archive (default /tmp)")
-    parser.add_argument("--only", choices=("main", "curve"), default=None,
-                        help="only the ingest/page/disk figures, or only the wear curve")
+    parser.add_argument("--only", choices=("main", "curve", "steady"), default=None,
+                        help="only the ingest/page/disk figures, the wear curve, or the steady-state point")
     parser.add_argument("--synchronous", choices=("normal", "full"), default=SHIPPED.synchronous,
                         help=f"the wear curve's SQLite synchronous mode (default {SHIPPED.synchronous})")
     args = parser.parse_args()
-    print_table(run(args.quick, args.count, args.dir, curve=args.only != "main", main=args.only != "curve",
+    print_table(run(args.quick, args.count, args.dir, curve=args.only in (None, "curve"),
+                    main=args.only in (None, "main"), steady=args.only in (None, "steady"),
                     synchronous=args.synchronous))

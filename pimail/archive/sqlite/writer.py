@@ -100,7 +100,8 @@ class SqliteWriter(SqliteSpace):
                 next_prune = now + self.prune_interval_s
                 self._prune_asked = True
             if self._prune_asked and self._prune_run is None:
-                self._index_tail()  # retention counts and deletes what is acknowledged, not only indexed
+                if self._retention_reaches_tail():  # then it counts and deletes what is only logged
+                    self._index_tail()
                 self._prune_run = PruneTally()
             if self._prune_asked or self._prune_run is not None:
                 self._prune_asked = False
