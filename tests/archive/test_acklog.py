@@ -463,3 +463,28 @@ def test_a_full_log_is_indexed_and_reset_before_the_next_append(tmp_path: Path) 
         await a.close()
 
     run(main())
+
+
+def test_a_timer_retention_run_indexes_the_tail_only_when_it_could_reach_it(tmp_path: Path) -> None:
+    """The check the writer makes before a timer's retention run (a job would index the tail first,
+    so it is called here while the writer idles)."""
+    import time
+
+    async def main() -> None:
+        a = archive_at(tmp_path / "archive.sqlite", retention=RetentionPolicy(max_count=100))
+        await a.open()
+        await a.submit(envelopes(30))
+        assert len(a._tail) == 30
+        assert not a._retention_reaches_tail()  # 30 of 100: nothing to do
+        a.retention = RetentionPolicy(max_count=20)
+        assert a._retention_reaches_tail()
+        a.retention = RetentionPolicy(max_age_s=int(time.time()) - BASE - 10)  # the oldest are too old
+        assert a._retention_reaches_tail()
+        a.retention = RetentionPolicy(max_age_s=int(time.time()) - BASE + 10)
+        assert not a._retention_reaches_tail()
+        a.retention = RetentionPolicy(max_bytes=1)
+        assert a._retention_reaches_tail()
+        assert len(a._tail) == 30
+        await a.close()
+
+    run(main())
