@@ -22,7 +22,7 @@ def open_archive(config: ArchiveConfig, data_dir: Path, health: HealthModel | No
     SQLite in ``<data_dir>/archive.sqlite`` unless ``config.url`` is a postgresql:// URL. Bad
     retention values raise ``UserError``.
     """
-    from pimail.archive.retention import parse_size, policy_from_config
+    from pimail.archive.retention import policy_from_config
     from pimail.errors import UserError
 
     policy = policy_from_config(config)
@@ -38,6 +38,7 @@ def open_archive(config: ArchiveConfig, data_dir: Path, health: HealthModel | No
         raise UserError("archive.flush_interval_ms must be ≥ 0 and archive.flush_max_envelopes ≥ 1")
     if config.index_interval_s < 0:
         raise UserError("archive.index_interval_s must be ≥ 0 (0: no ack log)")
+    from pimail.archive.retention import parse_size
     from pimail.archive.sqlite import SqliteArchive
 
     return SqliteArchive(
