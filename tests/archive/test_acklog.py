@@ -488,3 +488,18 @@ def test_a_timer_retention_run_indexes_the_tail_only_when_it_could_reach_it(tmp_
         await a.close()
 
     run(main())
+
+
+def test_the_config_sets_the_log_and_refuses_bad_values(tmp_path: Path) -> None:
+    from pimail.archive import open_archive
+    from pimail.config import ArchiveConfig
+    from pimail.errors import UserError
+
+    a = open_archive(ArchiveConfig(index_interval_s=5, log_max_bytes="1MB"), tmp_path, None)
+    assert isinstance(a, SqliteArchive) and a.index_interval_s == 5 and a.log_max_bytes == 1_000_000
+    off = open_archive(ArchiveConfig(index_interval_s=0), tmp_path, None)
+    assert isinstance(off, SqliteArchive) and off.index_interval_s == 0
+    with pytest.raises(UserError, match="index_interval_s"):
+        open_archive(ArchiveConfig(index_interval_s=-1), tmp_path, None)
+    with pytest.raises(UserError, match="log_max_bytes"):
+        open_archive(ArchiveConfig(log_max_bytes="lots"), tmp_path, None)
