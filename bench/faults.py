@@ -67,6 +67,15 @@ def _rss_self_mb() -> float:
 # -- kill -9 during ingest -------------------------------------------------------------------------
 
 
+async def _acquired(slots: asyncio.Semaphore, wait_s: float = 0.5) -> bool:
+    """A slot within ``wait_s``, or False (the caller checks whether it should still wait)."""
+    try:
+        await asyncio.wait_for(slots.acquire(), wait_s)
+    except TimeoutError:
+        return False
+    return True
+
+
 async def _post_tracking(enode: str, raws: list[bytes], acked: set[bytes], stop: asyncio.Event) -> None:
     """Post batches over two connections; add each acknowledged batch's envelope hashes to ``acked``."""
     from pimail.crypto.keccak import keccak256
@@ -92,7 +101,9 @@ async def _post_tracking(enode: str, raws: list[bytes], acked: set[bytes], stop:
                     return
                 chunk = share[i:i + 50]
                 payload = encode_envelope_list(chunk)
-                await slots.acquire()
+                while not await _acquired(slots):  # a killed server acks no more: never wait on it
+                    if stop.is_set() or s.peer.closed:
+                        return
                 pending[keccak256(payload)] = chunk
                 await s.peer.send_wait("shh", st.MESSAGES, payload)
             await asyncio.wait_for(s.peer.closed_event.wait(), 30)
