@@ -114,6 +114,13 @@ class ArchiveConfig:
     # full: an ack means the commit is on stable storage (power-loss safe); normal: acks survive a
     # crash of pimail, not a power cut (the last commits before the cut may be rolled back)
     synchronous: str = "full"
+    # A group under 256 KB is acked from a small append-only log (fsync'd with "full") and reaches the
+    # SQLite index behind it, in one batch every index_interval_s (or when the log of log_max_bytes is
+    # full): a quiet node then writes a few times its envelope bytes instead of ~9 pages per commit,
+    # and each page of the topic index's current bucket is rewritten once per batch, not per group.
+    # index_interval_s = 0: every group straight into SQLite.
+    index_interval_s: float = 120.0
+    log_max_bytes: str = "3MB"
     max_age: str = "30d"
     max_count: int = 0
     # a size ("8GB"), a share of the filesystem the SQLite archive is on ("50%"), or "0" = no cap

@@ -52,6 +52,11 @@ def _positive(value: Any) -> None:
         raise ValueError(f"must be greater than 0 (got {value})")
 
 
+def _not_negative(value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"must be 0 or more (got {value})")
+
+
 def _enodes(value: Any) -> None:
     from pimail.crypto.keys import Enode
 
@@ -170,6 +175,8 @@ CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
     ("archive", "flush_interval_ms"): _positive,
     ("archive", "flush_max_envelopes"): _positive,
     ("archive", "synchronous"): _one_of("normal", "full"),
+    ("archive", "index_interval_s"): _not_negative,
+    ("archive", "log_max_bytes"): _size,
     ("archive", "max_age"): _duration,
     ("archive", "max_bytes"): _size_or_share,
     ("archive", "min_free_disk"): _size,

@@ -36,6 +36,9 @@ def open_archive(config: ArchiveConfig, data_dir: Path, health: HealthModel | No
         raise UserError(f"archive.synchronous: expected \"normal\" or \"full\", got {config.synchronous!r}")
     if config.flush_interval_ms < 0 or config.flush_max_envelopes < 1:
         raise UserError("archive.flush_interval_ms must be ≥ 0 and archive.flush_max_envelopes ≥ 1")
+    if config.index_interval_s < 0:
+        raise UserError("archive.index_interval_s must be ≥ 0 (0: no ack log)")
+    from pimail.archive.retention import parse_size
     from pimail.archive.sqlite import SqliteArchive
 
     return SqliteArchive(
@@ -43,6 +46,8 @@ def open_archive(config: ArchiveConfig, data_dir: Path, health: HealthModel | No
         flush_interval_ms=config.flush_interval_ms,
         flush_max_envelopes=config.flush_max_envelopes,
         synchronous=config.synchronous,
+        index_interval_s=config.index_interval_s,
+        log_max_bytes=parse_size(config.log_max_bytes, "archive.log_max_bytes"),
         retention=policy,
         health=health,
         prune_interval_s=config.prune_interval_s,

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pimail.archive import open_archive
-from pimail.archive.base import ArchivedEnvelope, ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
+from pimail.archive.base import ArchiveError, HistoryQuery, RetentionPolicy, SchemaTooNew
 from pimail.archive.retention import parse_duration, parse_size, policy_from_config
 from pimail.archive.sqlite import (
     BUCKET_EXPR,
@@ -23,6 +23,7 @@ from pimail.archive.sqlite import (
     SCHEMA_VERSION,
     TOPIC_SPAN_BITS,
     V1_HASH_EXPR,
+    Row,
     SqliteArchive,
     key_bucket,
     make_key,
@@ -365,18 +366,19 @@ def test_io_error_fails_the_batch_reports_and_recovers(tmp_path: Path) -> None:
     health.mark_started()
 
     async def main() -> None:
-        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1, health=health)
+        # no ack log: every group goes straight into SQLite (the log's own failures: test_acklog)
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1, health=health, index_interval_s=0)
         await a.open()
         real_insert = a._insert
         calls = {"n": 0}
 
-        def failing_once(envelopes: list[ArchivedEnvelope]) -> None:
+        def failing_once(rows: list[Row], tail: bool) -> None:
             calls["n"] += 1
             if calls["n"] == 1:
                 exc = sqlite3.OperationalError("disk I/O error")
                 exc.sqlite_errorcode = 10  # type: ignore[attr-defined]  # SQLITE_IOERR
                 raise exc
-            real_insert(envelopes)
+            real_insert(rows, tail)
 
         a._insert = failing_once  # type: ignore[method-assign]
         with pytest.raises(ArchiveError, match="I/O error"):
@@ -400,7 +402,7 @@ def test_retention_drops_topics_that_have_no_envelopes_left(tmp_path: Path) -> N
     async def main() -> None:
         now = int(time.time())
         a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1, prune_interval_s=0,
-                          retention=RetentionPolicy(max_age_s=86400))
+                          retention=RetentionPolicy(max_age_s=86400), index_interval_s=0)
         await a.open()
         old = [make_envelope(i, now - 10 * 86400, topic_n(1)) for i in range(5)]
         new = [make_envelope(10 + i, now - 60, topic_n(2)) for i in range(5)]
@@ -433,7 +435,7 @@ def test_topic_spans_are_rounded_to_blocks_and_rarely_rewritten(tmp_path: Path) 
         return key_bucket(make_key(sent, 0)) >> TOPIC_SPAN_BITS
 
     async def main() -> None:
-        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1, prune_interval_s=0)
+        a = SqliteArchive(tmp_path / "a.sqlite", flush_interval_ms=1, prune_interval_s=0, index_interval_s=0)
         await a.open()
         await a.submit(early + far)
         conn = sqlite3.connect(tmp_path / "a.sqlite")

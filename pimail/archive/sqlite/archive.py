@@ -76,6 +76,7 @@ class SqliteArchive(SqliteWriter, SqliteReader):
             raise
         self._wconn = conn
         self._make_reserve()
+        self._open_log()  # the writer's: acknowledged envelopes a crash left in the ack log go in
         self._write_bytes_at_open = proc_write_bytes()
         log.info("archive open: %s (schema %d, synchronous=%s)", self.path, SCHEMA_VERSION,
                  self.synchronous.lower())

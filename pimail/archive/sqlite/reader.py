@@ -39,6 +39,7 @@ from pimail.archive.sqlite.layout import (
     topic_bytes,
     topic_int,
 )
+from pimail.archive.sqlite.tail import topic_filter
 from pimail.crypto.keccak import keccak256
 from pimail.envelope.bloom import BLOOM_LEN, is_full, topic_to_bloom
 
@@ -159,11 +160,14 @@ class SqliteReader(SqliteCore):
         if lower > upper:
             return []
         lo_key, hi_key = make_key(lower, 0), make_key(upper, LOW_MASK)  # inclusive bounds
+        tail = self._tail.snapshot()  # before the SQLite snapshot (see pimail.archive.sqlite.tail)
         conn.execute("BEGIN")  # one snapshot for the cursor lookup and the page
         try:
             if q.cursor:
                 sent, h = decode_cursor(q.cursor)
                 ckey = self._find_key(conn, sent, h)
+                if ckey is None:
+                    ckey = tail.find(sent, h)
                 if ckey is None:
                     raise InvalidCursor("cursor does not match any stored envelope")
                 if q.descending:
@@ -175,7 +179,22 @@ class SqliteReader(SqliteCore):
                 rows = self._select(conn, q, lo_key, hi_key, q.limit + 1, columns)
         finally:
             conn.execute("COMMIT")
+        if tail.keys and lo_key <= hi_key:
+            rows = self._merge_tail(rows, tail.page(lo_key, hi_key, topic_filter(q), q.limit + 1,
+                                                    q.descending), q, columns)
         return rows
+
+    @staticmethod
+    def _merge_tail(rows: list[Any], extra: list[Row], q: HistoryQuery, columns: str) -> list[Any]:
+        """The first ``q.limit + 1`` of the table's rows and the tail's, in the query's order; a row
+        in both (indexed while this read ran) counts once."""
+        if not extra:
+            return rows
+        picked: dict[int, Any] = {int(r[0]): r for r in rows}
+        for row in extra:
+            picked.setdefault(row[0], row if columns == ROW_COLUMNS else (row[0], row[4]))
+        keys = sorted(picked, reverse=q.descending)[: q.limit + 1]
+        return [picked[k] for k in keys]
 
     def _select(self, conn: sqlite3.Connection, q: HistoryQuery, lo: int, hi: int, n: int,
                 columns: str = ROW_COLUMNS) -> list[Any]:
@@ -248,20 +267,30 @@ class SqliteReader(SqliteCore):
     async def contains(self, sent: int, envelope_hash: bytes) -> bool:
         if len(envelope_hash) != 32:
             return False
+        if 0 <= sent <= SENT_MAX and self._tail.snapshot().find(sent, envelope_hash) is not None:
+            return True
         return await self._read(lambda conn: self._find_key(conn, sent, envelope_hash) is not None)
 
     async def stats(self) -> ArchiveStats:
         def work(conn: sqlite3.Connection) -> ArchiveStats:
-            conn.execute("BEGIN")
-            try:
-                count = int(conn.execute(COUNT_SQL).fetchone()[0])
-                topics = int(conn.execute("SELECT count(*) FROM topics").fetchone()[0])
-                lo, hi = conn.execute(MIN_MAX_SQL).fetchone()
-                page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-                pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
-                free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-            finally:
-                conn.execute("COMMIT")
+            with self._tail.lock:  # the writer moves the tail into the table under it: count once
+                tail = self._tail.snapshot()
+                conn.execute("BEGIN")
+                try:
+                    count = int(conn.execute(COUNT_SQL).fetchone()[0])
+                    topics = int(conn.execute("SELECT count(*) FROM topics").fetchone()[0])
+                    lo, hi = conn.execute(MIN_MAX_SQL).fetchone()
+                    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+                    free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                finally:
+                    conn.execute("COMMIT")
+            oldest = None if lo is None else key_sent(int(lo))
+            newest = None if hi is None else key_sent(int(hi))
+            span = tail.bounds()
+            if span is not None:
+                oldest = span[0] if oldest is None else min(oldest, span[0])
+                newest = span[1] if newest is None else max(newest, span[1])
             wb = proc_write_bytes()
             extra: dict[str, object] = {
                 "path": str(self.path),
@@ -272,15 +301,17 @@ class SqliteReader(SqliteCore):
                 "free_pages": free,
                 "added_since_start": self.inserted_total,
                 "pending_envelopes": self._queue.count,
+                "log_envelopes": len(tail.keys),  # acknowledged, in the ack log, not yet indexed
+                "log_file_bytes": self._log_file_bytes(),
                 "health": self.health_reason,
             }
             if wb is not None and self._write_bytes_at_open is not None:
                 extra["process_disk_write_bytes"] = wb - self._write_bytes_at_open
             return ArchiveStats(
-                count=count,
+                count=count + len(tail.keys),
                 bytes=(pages - free) * page_size,
-                oldest_sent=None if lo is None else key_sent(int(lo)),
-                newest_sent=None if hi is None else key_sent(int(hi)),
+                oldest_sent=oldest,
+                newest_sent=newest,
                 free_disk_bytes=free_disk(self.path.parent),
                 bytes_written_since_start=self.archived_bytes,
                 retention=self.retention,
