@@ -227,7 +227,8 @@ def damaged_wal_copy(tmp_path: Path, envs: list[ArchivedEnvelope]) -> Path:
     src = live / "archive.sqlite"
 
     async def crash_copy() -> None:
-        a = SqliteArchive(src, flush_interval_ms=2, wal_autocheckpoint_pages=100_000)
+        a = SqliteArchive(src, flush_interval_ms=2, wal_autocheckpoint_pages=100_000,
+                          index_interval_s=0)  # straight into the WAL: this is about its frames
         await a.open()
         for i in range(0, len(envs), 50):
             await a.submit(envs[i:i + 50])
