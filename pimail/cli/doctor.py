@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pimail.appliance.doctor import run_checks
 from pimail.cli.run import add_config_options, load_readonly
+from pimail.configfile import refuse_file_as_data_dir
 
 
 def register(sub: Any) -> None:
@@ -25,6 +27,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_readonly(args)
+    refuse_file_as_data_dir(Path(loaded.config.node.data_dir))
     checks = run_checks(loaded.config, config_problem=loaded.problem, config_path=loaded.path)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))

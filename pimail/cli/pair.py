@@ -11,6 +11,7 @@ from pimail.appliance import control
 from pimail.appliance.pairing import PairingStore
 from pimail.cli.enode import add_common_options, load_config
 from pimail.cli.run import load_readonly
+from pimail.configfile import refuse_file_as_data_dir
 from pimail.errors import RuntimeFailure, UserError
 
 WAIT_POLL_S = 1.0
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_readonly(args).config if args.list or args.status else load_config(args)
     data_dir = Path(config.node.data_dir)
     if args.list:
+        refuse_file_as_data_dir(data_dir)
         try:
             clients = PairingStore(data_dir).load()
         except ValueError as exc:
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     sock = control.find_socket(data_dir)
     if sock is None:
+        refuse_file_as_data_dir(data_dir)  # the likelier mistake than a stopped node
         raise RuntimeFailure(
             f"no running pimail found (no control socket in {data_dir} or /run/pimail); start it with "
             "`pimail run` or `systemctl start pimail`"

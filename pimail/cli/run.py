@@ -79,7 +79,6 @@ def load_readonly(args: argparse.Namespace) -> configfile.LoadedConfig:
     if loaded.problem:
         warn_bad_config(loaded.problem)
     configfile.apply_overrides(loaded.config, data_dir=data_dir)
-    configfile.refuse_file_as_data_dir(Path(loaded.config.node.data_dir))
     return loaded
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from pimail.appliance import control
 from pimail.appliance.hints import hint_for
 from pimail.cli import plural
 from pimail.cli.run import add_config_options, load_readonly
+from pimail.configfile import refuse_file_as_data_dir
 from pimail.errors import RuntimeFailure
 
 EXIT_FAILING = 3  # the daemon answered and says it is failing
@@ -181,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_readonly(args).config
     path = control.find_socket(config.node.data_dir)
     if path is None:
+        refuse_file_as_data_dir(Path(config.node.data_dir))  # the likelier mistake than a stopped node
         raise RuntimeFailure(
             f"no running pimail found (no control socket in {config.node.data_dir} or /run/pimail); "
             "start it with `pimail run` or `systemctl start pimail`"
