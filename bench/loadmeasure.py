@@ -164,15 +164,29 @@ async def history(enode_url: str, lower: int, upper: int, limit: int = 1000,
 
 
 def archive_count(data_dir: Path) -> int:
-    """Envelopes in a pimail SQLite archive, read-only, without disturbing the writer."""
+    """Distinct envelopes a pimail SQLite archive holds, read-only, without disturbing the writer:
+    the rows of the SQLite index and the acknowledged ones still only in its ack log (read first,
+    so an index batch committed meanwhile is counted once, by hash)."""
     import sqlite3
 
+    from pimail.archive.sqlite.acklog import AckLog
+    from pimail.crypto.keccak import keccak256
+
     db = data_dir / "archive.sqlite"
+    hashes: set[bytes] = set()
+    log_path = db.with_name(db.name + ".acklog")
+    if log_path.exists():
+        log = AckLog(log_path, log_path.stat().st_size, sync=False)
+        try:
+            hashes.update(keccak256(e.raw) for e in log.open().envelopes)
+        finally:
+            log.close()
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        return int(con.execute("SELECT count(*) FROM envelopes").fetchone()[0])
+        hashes.update(keccak256(raw) for (raw,) in con.execute("SELECT raw FROM envelopes"))
     finally:
         con.close()
+    return len(hashes)
 
 
 def disk_bytes(data_dir: Path) -> int:
