@@ -101,6 +101,12 @@ install -m 0644 "$HERE/pimail-powercut-report.service" "$HERE/pimail-powercut.ta
 install -m 0755 "$HERE/pimail-powercut-report" "$rootfs/usr/local/sbin/"
 ln -sf /etc/systemd/system/pimail-powercut-report.service \
     "$rootfs/etc/systemd/system/multi-user.target.wants/pimail-powercut-report.service"
+# The image's binfmt_misc automount is triggered by systemd-binfmt while udevd's sandbox is being set
+# up; under TCG that race is lost often enough (udevd: "Failed to set up mount namespacing:
+# .../proc/sys/kernel/domainname: Device or resource busy", then no disks by label) to spoil a run
+# of many boots. The VM runs no foreign binaries, so both are masked here.
+ln -sf /dev/null "$rootfs/etc/systemd/system/systemd-binfmt.service"
+ln -sf /dev/null "$rootfs/etc/systemd/system/proc-sys-fs-binfmt_misc.automount"
 mark app
 
 kver=$(find "$rootfs/boot" -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n1)

@@ -1,7 +1,7 @@
 """The power-cut fault: ``python -m bench.faults --only powercut`` (root; QEMU; ~1 min per cut).
 
-For each mode (the default config, then ``[archive] synchronous = "normal"`` as the control that
-shows the fault can see a loss):
+For each mode (first ``[archive] synchronous = "normal"`` as the control that shows the fault can
+see a loss, then the tree's default config):
 
 1. build the VM from this checkout (bench/powercut/build-vm.sh: the cached Debian base, pimail's
    amd64 .deb from the tree, image/stages/app.sh), write the mode's pimail.toml onto a fresh root
@@ -199,10 +199,11 @@ class BootLog:
     seconds: float = 0.0
 
 
-def boot(vm_dir: Path, work: Path, name: str, log: BootLog) -> tuple[Guest, str]:
-    """Start the guest, wait for READY and its archive check; (guest, enode)."""
+def boot(vm_dir: Path, work: Path, name: str, log: BootLog, pubkey: bytes) -> tuple[Guest, str]:
+    """Start the guest, wait for READY and its archive check; (guest, enode URL on the host)."""
+    port = free_port()
     guest = Guest(vm_dir, work / "root.ext4", work / "boot.vfat", work / "data.ext4",
-                  work / f"serial-{name}.log", free_port())
+                  work / f"serial-{name}.log", port)
     log.boots += 1
     guest.start()
     try:
@@ -217,10 +218,10 @@ def boot(vm_dir: Path, work: Path, name: str, log: BootLog) -> tuple[Guest, str]
         say(f"boot {name}: archive check FAILED: rc={rep.check_rc} {rep.check[:300]}")
     if not rep.ready:
         guest.kill()
-        raise GuestError(f"boot {name}: pimail is {rep.active!r}, enode {rep.enode!r}")
+        raise GuestError(f"boot {name}: pimail is {rep.active!r}")
     say(f"boot {name}: READY in {rep.seconds:.0f} s ({rep.status}); archive check "
         f"{'ok' if rep.check_ok else 'FAILED'}")
-    return guest, rep.enode
+    return guest, f"enode://{pubkey.hex()}@127.0.0.1:{port}"
 
 
 def run_mode(mode: str, mode_index: int, synchronous: str | None, cuts: int, vm_dir: Path,
@@ -231,14 +232,17 @@ def run_mode(mode: str, mode_index: int, synchronous: str | None, cuts: int, vm_
     work.mkdir(parents=True)
     make_root_disk(vm_dir / "rootfs", guest_config(synchronous), work / "root.ext4")
     make_boot_disk(work / "boot.vfat")
-    make_data_disk(work / "data.ext4")
+    from pimail.crypto.keys import NodeKey
+
+    key = NodeKey.generate()
+    make_data_disk(work / "data.ext4", vm_dir / "rootfs", key.private)
     ledger = Ledger()
     log = BootLog()
     verdicts = []
     windows: list[int] = []
     timing = {"post_s": 0.0, "verify_s": 0.0, "first_boot_s": 0.0}
     t0 = time.monotonic()
-    guest, enode = boot(vm_dir, work, "0", log)
+    guest, enode = boot(vm_dir, work, "0", log, key.public)
     timing["first_boot_s"] = log.seconds
     final_missing: int | None = None
     try:
@@ -251,7 +255,7 @@ def run_mode(mode: str, mode_index: int, synchronous: str | None, cuts: int, vm_
             cut_at, sent = asyncio.run(post_until_cut(enode, raws, ledger, cut, guest, delay))
             timing["post_s"] += time.monotonic() - tp
             del raws
-            guest, enode = boot(vm_dir, work, str(cut), log)
+            guest, enode = boot(vm_dir, work, str(cut), log, key.public)
             tv = time.monotonic()
             present = asyncio.run(fetch_hashes(enode, first, last, (topic,)))
             timing["verify_s"] += time.monotonic() - tv
@@ -301,8 +305,9 @@ def fault_powercut(cuts: int, control_cuts: int,
     vm_dir, build_s, built = build_vm()
     _, how = accel()
     lines = [built.splitlines()[0], f"build {build_s:.0f} s; QEMU {how}; seed {seed}"]
-    default, t_def = run_mode("default", 0, None, cuts, vm_dir, rng)
+    # the control first: a run that is stopped early has already shown what a loss looks like
     normal, t_norm = run_mode("normal", 1, "normal", control_cuts, vm_dir, rng)
+    default, t_def = run_mode("default", 0, None, cuts, vm_dir, rng)
     for s, t in ((default, t_def), (normal, t_norm)):
         n = max(s.cuts, 1)
         per_cut = (t["total_s"] - t["first_boot_s"]) / n
