@@ -67,6 +67,7 @@ HOOK
     export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(stat -c %Y "$IMAGE_DIR/packages.txt")}
     export INITRD=No
     rm -f "$base.partial"
+    # shellcheck disable=SC2016  # "$1" in the hooks is mmdebstrap's (the root), expanded by its shell
     env -u PIP_FIND_LINKS -u PIP_CERT -u REQUESTS_CA_BUNDLE \
         mmdebstrap --mode=root --arch=amd64 --variant=minbase --format=tar \
         --include="$(vm_packages | paste -sd, -)" \
@@ -110,7 +111,7 @@ ln -sf /dev/null "$rootfs/etc/systemd/system/proc-sys-fs-binfmt_misc.automount"
 mark app
 
 kver=$(find "$rootfs/boot" -name 'vmlinuz-*' -printf '%f\n' | sed 's/^vmlinuz-//' | sort -V | tail -n1)
-[ -n "$kver" ] && [ -f "$rootfs/boot/initrd.img-$kver" ] || die "no kernel and initrd in the root"
+if [ -z "$kver" ] || [ ! -f "$rootfs/boot/initrd.img-$kver" ]; then die "no kernel and initrd in the root"; fi
 cp "$rootfs/boot/vmlinuz-$kver" "$out/vmlinuz"
 cp "$rootfs/boot/initrd.img-$kver" "$out/initrd.img"
 dpkg-deb -f "$deb" Version > "$out/pimail-version"

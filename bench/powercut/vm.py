@@ -30,6 +30,9 @@ BOOT_LABEL = "PIMAILBOOT"  # the card's FAT partition (/boot/firmware); empty he
 DATA_LABEL = "PIMAILDATA"  # the image's USB data medium label: pimail-data.service mounts it
 DATA_DISK_SIZE = "8G"  # sparse
 GUEST_MEMORY_MB = 1024  # a Pi 3's
+# Two vCPUs and QEMU's default devices: with -nodefaults and -cpu max,-svm,-vmx (one vCPU or two)
+# every sandboxed unit, udevd first, failed under TCG with "Failed to set up mount namespacing:
+# .../proc/sys/kernel/domainname: Device or resource busy"; not isolated further.
 GUEST_CPUS = 2
 BOOT_TARGET = "pimail-powercut.target"  # bench/powercut/pimail-powercut.target
 READY_RE = re.compile(r"POWERCUT-READY boot=(\S+) pimail=(\S+) status=([^\r\n]*)")
@@ -61,8 +64,9 @@ class BootReport:
 def accel() -> tuple[list[str], str]:
     """KVM when /dev/kvm opens and the CPU has hardware virtualisation, else TCG (slower boots).
 
-    A /dev/kvm without vmx/svm in the CPU flags (a VM without nested virtualisation) lets QEMU start
-    and then hang before the guest's first instruction, so the flags are checked too.
+    A /dev/kvm without vmx/svm in the CPU flags (here: a VM whose /dev/kvm is kvm_pvm, which runs only
+    PVM guest kernels) lets QEMU start and then hang before the guest's first instruction, so the
+    flags are checked too.
     """
     try:
         flags = Path("/proc/cpuinfo").read_text()

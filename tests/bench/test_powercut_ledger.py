@@ -123,3 +123,14 @@ def test_faults_refuses_a_cut_count_below_one() -> None:
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "--cuts must be at least 1" in out.stderr
+
+
+def test_shellcheck_is_clean_on_the_vm_scripts() -> None:
+    import shutil
+
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is missing (scripts/ensure-deps test installs it)"
+    here = REPO / "bench" / "powercut"
+    proc = subprocess.run([shellcheck, "-x", "build-vm.sh", "pimail-powercut-report"], cwd=here,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
