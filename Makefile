@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ./var
 LISTEN ?=
 
-.PHONY: run test lint typecheck pytest bench bench-quick faults deb deb-test image image-test clean venv venv-test
+.PHONY: run test lint typecheck pytest bench bench-quick faults powercut deb deb-test image image-test clean venv venv-test
 
 $(BIN)/pimail: pyproject.toml
 	scripts/ensure-deps run
@@ -52,6 +52,12 @@ bench-quick: venv-test
 
 faults: venv-test
 	$(BIN)/python -m bench.faults $(FAULT_ARGS)
+
+## make powercut: the power-cut fault (root, QEMU; ~1 h): 30 cuts with the default config, 8 with
+## synchronous = "normal" as the control (bench/powercut/run.py)
+powercut: venv-test
+	scripts/ensure-deps powercut
+	$(BIN)/python -m bench.faults --only powercut $(FAULT_ARGS)
 
 ## make deb: dist/pimail_<version>_<arch>.deb (Debian 12) and pimail_<version>+deb13_<arch>.deb
 ## (Debian 13) for amd64 and arm64 (packaging/deb/build.sh)
