@@ -13,31 +13,13 @@ import pytest
 from pimail.configfile import load_config
 from pimail.crypto.keys import NodeKey
 from pimail.node.mesh import discovery_enabled
-from tests.image.conftest import IMAGE, REPO, load_module
+from tests.image.conftest import BOOTSETTINGS, REPO
 
-bs: Any = load_module("pimail_image_bootsettings_bootnodes",
-                      IMAGE / "rootfs/usr/lib/pimail-image/bootsettings.py")
+bs: Any = BOOTSETTINGS
 
 
 def enode(host: str = "203.0.113.7", port: int = 30303, suffix: str = "") -> str:
     return f"enode://{NodeKey.generate().public.hex()}@{host}:{port}{suffix}"
-
-
-@pytest.fixture
-def boot(tmp_path: Path) -> Path:
-    d = tmp_path / "boot"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def targets(tmp_path: Path) -> Any:
-    return bs.Targets(
-        config=tmp_path / "etc/pimail/pimail.toml",
-        authorized_keys=tmp_path / "root/.ssh/authorized_keys",
-        wpa_supplicant=tmp_path / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf",
-        config_group="no-such-group-here",
-    )
 
 
 @pytest.fixture

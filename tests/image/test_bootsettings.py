@@ -11,31 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.image.conftest import IMAGE, load_module
+from tests.image.conftest import BOOTSETTINGS
 
-bs: Any = load_module("pimail_image_bootsettings", IMAGE / "rootfs/usr/lib/pimail-image/bootsettings.py")
+bs: Any = BOOTSETTINGS
 
 
 def ssh_key(kind: str = "ssh-ed25519", comment: str = "me@laptop") -> str:
     blob = struct.pack(">I", len(kind)) + kind.encode() + struct.pack(">I", 32) + os.urandom(32)
     return f"{kind} {base64.b64encode(blob).decode()} {comment}"
-
-
-@pytest.fixture
-def boot(tmp_path: Path) -> Path:
-    d = tmp_path / "boot"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def targets(tmp_path: Path) -> Any:
-    return bs.Targets(
-        config=tmp_path / "etc/pimail/pimail.toml",
-        authorized_keys=tmp_path / "root/.ssh/authorized_keys",
-        wpa_supplicant=tmp_path / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf",
-        config_group="no-such-group-here",
-    )
 
 
 def by_name(outcomes: list[Any]) -> dict[str, Any]:
