@@ -23,20 +23,12 @@ from pimail.mailserver.client import HistoryClient, HistoryOptions, client_whisp
 from pimail.node.server import NodeServer
 from pimail.whisper.client import ClientStack, client_session
 from tests.appliance.cdp import Browser
+from tests.waiting import eventually
 
 TOPIC = bytes.fromhex("0badf00d")
 READ = """(() => { const out = {}; for (const el of document.querySelectorAll('[data-series]'))
   out[el.dataset.series] = el.dataset.values.split(',').map(v => v === '' ? null : Number(v));
   out.text = document.body.innerText; return out; })()"""
-
-
-async def _wait(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def _fetch_history(daemon: Daemon, root: Path) -> int:
@@ -77,18 +69,18 @@ def test_a_real_daemons_day_in_the_page_and_after_a_restart() -> None:
             assert daemon.key is not None and daemon.server is not None and daemon.status_page is not None
             enode = Enode(daemon.key.public, "127.0.0.1", daemon.server.listen_port)
             async with client_session(enode) as session:
-                assert await _wait(lambda: daemon.status_snapshot()["peer_count"] == 1)
+                await eventually(lambda: daemon.status_snapshot()["peer_count"] == 1, what="one peer")
                 protocols = set(daemon.status_snapshot()["peers_by_protocol"])
                 for i in range(3):
                     env = seal(int(time.time()) + 300, 300, TOPIC, b"slot a %d" % i, 0.01).envelope
                     assert session.whisper.post(env)
-                assert await _wait(lambda: daemon.counters["archived"] == 3)
+                await eventually(lambda: daemon.counters["archived"] == 3, what="3 archived")
                 await daemon._refresh_stats()
                 wall[0] += 3 * SLOT_S
                 for i in range(2):
                     env = seal(int(time.time()) + 300, 300, TOPIC, b"slot b %d" % i, 0.01).envelope
                     assert session.whisper.post(env)
-                assert await _wait(lambda: daemon.counters["archived"] == 5)
+                await eventually(lambda: daemon.counters["archived"] == 5, what="5 archived")
             assert await _fetch_history(daemon, root) == 5
             await daemon._refresh_stats()
 
