@@ -47,8 +47,9 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
 
 
 def _loaded(code: str, *args: str) -> set[str]:
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    # faulthandler: a crash of the interpreter prints where it happened into the assertion
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))
 

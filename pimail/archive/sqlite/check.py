@@ -13,13 +13,13 @@ A damaged page shows as a problem of one phase; the caller decides what to do wi
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from pimail.archive.base import ArchiveError
+from pimail.archive.sqlite.connthread import ConnectionThread
 from pimail.archive.sqlite.layout import COUNT_SQL
 from pimail.archive.sqlite.salvage import is_corruption
 
@@ -32,7 +32,6 @@ class FullCheck:
     def __init__(self, path: Path, slice_rows: int) -> None:
         self.path = path
         self.slice_rows = slice_rows
-        self._conn: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -43,36 +42,35 @@ class FullCheck:
             raise ArchiveError(f"cannot open {self.path} for the check: {exc}") from exc
         return conn
 
-    def _slice(self, after: int | None) -> tuple[int, int | None]:
+    def _slice(self, conn: sqlite3.Connection, *, after: int | None) -> tuple[int, int | None]:
         """(rows read, last key) of the next slice after ``after``."""
-        assert self._conn is not None
         lo = -(2**63) if after is None else after + 1
         n, last = 0, None
-        for key, _raw in self._conn.execute("SELECT id, raw FROM envelopes WHERE id >= ? ORDER BY id LIMIT ?",
-                                            (lo, self.slice_rows)):
+        for key, _raw in conn.execute("SELECT id, raw FROM envelopes WHERE id >= ? ORDER BY id LIMIT ?",
+                                      (lo, self.slice_rows)):
             n, last = n + 1, int(key)
         return n, last
 
-    def _quick_check(self) -> list[str]:
-        assert self._conn is not None
-        rows = self._conn.execute(f"PRAGMA quick_check({QUICK_CHECK_MAX_ERRORS})").fetchall()
+    @staticmethod
+    def _quick_check(conn: sqlite3.Connection) -> list[str]:
+        rows = conn.execute(f"PRAGMA quick_check({QUICK_CHECK_MAX_ERRORS})").fetchall()
         return [str(r[0]) for r in rows if r[0] != "ok"]
 
     async def run(self, progress: dict[str, Any]) -> list[str]:
-        """The problems found ([] = sound); updates ``progress`` (phase, rows, expected) as it goes."""
-        self._conn = await asyncio.to_thread(self._connect)
-        try:
-            return await self._run(progress)
-        finally:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(sqlite3.Error):
-                await asyncio.to_thread(conn.close)
+        """The problems found ([] = sound); updates ``progress`` (phase, rows, expected) as it goes.
 
-    async def _run(self, progress: dict[str, Any]) -> list[str]:
-        assert self._conn is not None
-        conn = self._conn
+        Every read runs on the check's own connection thread, so a cancelled check closes its
+        connection only after the slice in flight has ended (``connthread``)."""
+        worker = ConnectionThread("archive-check")
         try:
-            counted = await asyncio.to_thread(lambda: conn.execute(COUNT_SQL).fetchone())
+            await worker.open(self._connect)
+            return await self._run(worker, progress)
+        finally:
+            await worker.close()
+
+    async def _run(self, worker: ConnectionThread, progress: dict[str, Any]) -> list[str]:
+        try:
+            counted = await worker.call(lambda conn: conn.execute(COUNT_SQL).fetchone())
             progress["expected"] = int(counted[0])
         except (sqlite3.Error, TypeError) as exc:
             if isinstance(exc, sqlite3.Error) and not is_corruption(exc):
@@ -81,7 +79,7 @@ class FullCheck:
         after: int | None = None
         while True:
             try:
-                n, last = await asyncio.to_thread(self._slice, after)
+                n, last = await worker.call(functools.partial(self._slice, after=after))
             except sqlite3.DatabaseError as exc:
                 if not is_corruption(exc):
                     raise ArchiveError(f"the check could not read {self.path}: {exc}") from exc
@@ -92,7 +90,7 @@ class FullCheck:
             after = last
         progress["phase"] = "quick_check"
         try:
-            return await asyncio.to_thread(self._quick_check)
+            return await worker.call(self._quick_check)
         except sqlite3.DatabaseError as exc:
             if not is_corruption(exc):
                 raise ArchiveError(f"the check could not read {self.path}: {exc}") from exc

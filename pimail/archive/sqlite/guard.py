@@ -39,6 +39,7 @@ from pimail.archive.base import (
     RetentionPolicy,
 )
 from pimail.archive.observed import ObservedArchive
+from pimail.archive.sqlite.connthread import ConnectionThread
 from pimail.archive.sqlite.core import HEALTH_DISK_FULL, HEALTH_WRITE
 from pimail.archive.sqlite.layout import Row, key_sent
 from pimail.archive.sqlite.salvage import (
@@ -173,20 +174,22 @@ async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
     report = report or SalvageReport(str(source))
     report.state = "running"
     oldest = int(time.time()) - max_age_s if max_age_s else None
+    worker = ConnectionThread("archive-salvage")  # a cancelled salvage closes only after its slice
     try:
-        conn = await asyncio.to_thread(open_read_only, source)
+        await worker.open(lambda: open_read_only(source))
     except ArchiveError as exc:
+        await worker.close()
         return _finish(report, "failed", str(exc), on_progress)
     try:
-        report.expected = await asyncio.to_thread(expected_count, conn)
-        scanner = RowScanner(conn, descending=newest_first)
+        report.expected = await worker.call(expected_count)
+        scanner = await worker.call(lambda conn: RowScanner(conn, descending=newest_first))
         put = PutBack(archive, report)
         while not scanner.done:
             low = await asyncio.to_thread(_disk_low, disk_dir, min_free_bytes)
             if low:
                 report.error = low
                 break
-            rows = await asyncio.to_thread(scanner.next_slice, SALVAGE_SLICE_ROWS)
+            rows = await worker.call(lambda _conn: scanner.next_slice(SALVAGE_SLICE_ROWS))
             report.unreadable_ranges, report.unreadable_rows = scanner.skips, scanner.bad_rows
             await put.add(check_slice(rows, report, oldest))
             if on_progress is not None:
@@ -200,8 +203,7 @@ async def salvage_into(archive: Archive, source: Path, *, max_age_s: int = 0,
         return _finish(report, "failed", f"the fresh archive refused the salvaged envelopes: {exc}",
                        on_progress)
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(conn.close)
+        await worker.close()
     return _finish(report, "done", report.error, on_progress)
 
 
