@@ -41,6 +41,7 @@ from pimail.appliance.memory import HeapTrimmer
 from pimail.appliance.metrics import NodeMetrics
 from pimail.appliance.pairing import PairButton, PairingController
 from pimail.appliance.systemd import SystemdNotifier
+from pimail.appliance.writeprobe import WriteProbe
 from pimail.archive.base import ArchiveError, ArchiveStats
 from pimail.archive.observed import ObservedArchive
 from pimail.archive.retention import policy_from_config
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WRITE_PROBE_FILE = ".pimail-write-probe"
 STATS_INTERVAL_S = 5.0  # archive stats, disk, write probe, clock
 # The loop's default executor (config reloads, disk probes, pairing writes, metrics stop): small
 # jobs, so two threads; asyncio's default would grow to CPUs + 4, each thread a stack and a heap.
@@ -128,6 +128,7 @@ class Daemon:
         self.loop_monitor = LoopLagMonitor(self.health)
         self.activity = ActivityLog()  # replaced by the data dir's file at start
         self.trimmer = HeapTrimmer()
+        self.write_probe = WriteProbe(self.data_dir)  # a read-only remount, a replaced data dir, lost rights
         self.key: NodeKey | None = None
         self.archive: ObservedArchive | None = None
         self.archive_guard: ArchiveGuard | None = None
@@ -501,7 +502,7 @@ class Daemon:
         elif guard is not None:
             self._stats = None
         if not self.config.archive.url:
-            probe_error = await loop.run_in_executor(None, self._write_probe)
+            probe_error = await loop.run_in_executor(None, self.write_probe.check)
             if probe_error:
                 self.health.report(HEALTH_UNWRITABLE, Severity.FAILING, f"archive unwritable: {probe_error}")
             else:
@@ -530,24 +531,6 @@ class Daemon:
         """Write the 24-hour activity file off the loop (at most once per slot, and at stop)."""
         text = self.activity.dump()  # on the loop: observe() never changes what is being written
         await asyncio.get_running_loop().run_in_executor(None, self.activity.write, text, self._wall())
-
-    def _write_probe(self) -> str | None:
-        """Create and remove a small file next to the archive; the error text if that fails.
-
-        Catches a read-only remount, a vanished or replaced data dir and lost permissions. No
-        fsync: a file created and removed within one journal commit costs the SD card nothing
-        (a full disk is the disk-low check's and the archive's business)."""
-        path = self.data_dir / WRITE_PROBE_FILE
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, b"pimail\n")
-            finally:
-                os.close(fd)
-            os.unlink(path)
-        except OSError as exc:
-            return f"{self.data_dir}: {exc.strerror or exc}"
-        return None
 
     def _disk_usage(self) -> dict[str, Any]:
         try:
