@@ -19,6 +19,7 @@ from pimail.daemon import Daemon
 from pimail.envelope.seal import seal
 from pimail.health import HealthState
 from pimail.whisper.client import client_session
+from tests.waiting import eventually
 
 
 def write_config(path: Path, data_dir: Path, node: str = "", archive: str = "") -> None:
@@ -46,10 +47,10 @@ def test_daemon_serves_a_peer_reloads_without_dropping_it_and_says_0x08_on_stop(
             assert daemon.server is not None
             enode = Enode(daemon.key.public if daemon.key else b"", "127.0.0.1", daemon.server.listen_port)
             async with client_session(enode) as session:
-                assert await _wait(lambda: daemon.status_snapshot()["peer_count"] == 1)
+                await eventually(lambda: daemon.status_snapshot()["peer_count"] == 1)
                 env = seal(int(time.time()) + 120, 120, b"\x0b\xad\xf0\x0d", b"x" * 64, 0.01).envelope
                 assert session.whisper.post(env)
-                assert await _wait(lambda: daemon.counters["archived"] >= 1, 10)
+                await eventually(lambda: daemon.counters["archived"] >= 1)
                 snap = daemon.status_snapshot()
                 peer = snap["peers"][0]
                 assert peer["enode"].startswith("enode://" + session.node.key.public.hex())
@@ -78,7 +79,7 @@ def test_daemon_serves_a_peer_reloads_without_dropping_it_and_says_0x08_on_stop(
                 assert {"status", "reload", "pair.start"} <= set(helped)
 
                 await daemon.stop()
-                assert await _wait(lambda: session.peer.closed, 5)
+                await eventually(lambda: session.peer.closed)
                 assert session.peer.close_reason == "peer disconnected: client quitting"
         finally:
             await daemon.stop()
@@ -117,15 +118,6 @@ def test_bad_reload_keeps_the_running_config() -> None:
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-async def _wait(predicate: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
 def test_untrusted_clock_relays_but_does_not_archive_until_synced() -> None:
     root = Path(tempfile.mkdtemp(prefix="pmi-"))
     conf = root / "pimail.toml"
@@ -147,7 +139,7 @@ def test_untrusted_clock_relays_but_does_not_archive_until_synced() -> None:
             async with client_session(enode) as session:
                 first = seal(int(time.time()) + 120, 120, b"\x01\x02\x03\x04", b"a" * 32, 0.01).envelope
                 assert session.whisper.post(first)
-                assert await _wait(lambda: daemon.counters["envelopes_in"] >= 1, 10)
+                await eventually(lambda: daemon.counters["envelopes_in"] >= 1)
                 await asyncio.sleep(0.5)
                 assert daemon.counters["archived"] == 0, "no archiving on an untrusted clock"
                 flag.parent.mkdir(parents=True)
@@ -156,7 +148,7 @@ def test_untrusted_clock_relays_but_does_not_archive_until_synced() -> None:
                 assert daemon.health.state is HealthState.HEALTHY
                 second = seal(int(time.time()) + 120, 120, b"\x01\x02\x03\x04", b"b" * 32, 0.01).envelope
                 assert session.whisper.post(second)
-                assert await _wait(lambda: daemon.counters["archived"] >= 1, 10)
+                await eventually(lambda: daemon.counters["archived"] >= 1)
             assert daemon.archive is not None
             assert not await daemon.archive.contains(first.sent, first.hash)
             assert await daemon.archive.contains(second.sent, second.hash)
