@@ -36,6 +36,13 @@ fi
 export SOURCE_DATE_EPOCH
 
 mkdir -p "$cache" "$dist"
+# One build at a time per cache: two at once (an image build and the power-cut VM's, say) would
+# share build/deb/app and the stage directories and pack each other's half-written files.
+exec 9>"$cache/.build.lock"
+if ! flock -n 9; then
+    plog "deb $arch: another build is using $cache; waiting for it"
+    flock 9
+fi
 pip=$(host_pip "$cache")
 stage=$cache/stage-$arch
 [ "$SUITE" = bookworm ] || stage=$cache/stage-$SUITE-$arch

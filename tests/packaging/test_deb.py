@@ -180,6 +180,27 @@ def test_build_refuses_an_unknown_architecture_with_one_line() -> None:
     )
 
 
+def test_a_second_build_on_the_same_cache_waits_for_the_first(tmp_path: Path) -> None:
+    import fcntl
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = dict(os.environ, PIMAIL_DEB_DIST=str(tmp_path / "dist"), PIMAIL_DEB_CACHE=str(cache))
+    with open(cache / ".build.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a first build is running
+        proc = subprocess.Popen([str(DEB / "build.sh"), "amd64"], stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()  # blocks until the build says something
+            assert "another build is using" in line and "waiting for it" in line
+            assert proc.poll() is None  # and it waits: nothing of the stage was touched yet
+            assert not (cache / "stage-amd64").exists()
+        finally:
+            os.killpg(proc.pid, 9)  # the script and its waiting flock
+            proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
 def amd64_deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for tool in ("dpkg-deb", "python3.11"):
