@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,19 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, check_same_thread=False)
 
 
+async def _cancelled_mid_call(db: Path, fn: Callable[[sqlite3.Connection], object],
+                              started: threading.Event) -> ConnectionThread:
+    """A worker whose call of ``fn`` was cancelled once ``fn`` had started."""
+    worker = ConnectionThread("test-scan")
+    await worker.open(lambda: _connect(db))
+    call = asyncio.ensure_future(worker.call(fn))
+    assert await asyncio.to_thread(started.wait, WAIT_S)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    return worker
+
+
 def test_close_after_a_cancelled_call_waits_for_the_call_to_return(tmp_path: Path) -> None:
     db = _db(tmp_path / "a.db")
     started, release = threading.Event(), threading.Event()
@@ -41,13 +55,7 @@ def test_close_after_a_cancelled_call_waits_for_the_call_to_return(tmp_path: Pat
         return 0
 
     async def main() -> None:
-        worker = ConnectionThread("test-scan")
-        await worker.open(lambda: _connect(db))
-        call = asyncio.ensure_future(worker.call(slow_slice))
-        assert await asyncio.to_thread(started.wait, WAIT_S)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+        worker = await _cancelled_mid_call(db, slow_slice, started)
         closing = asyncio.ensure_future(worker.close())
         await asyncio.sleep(0)  # close() has queued its close behind the running call
         assert not closing.done()
@@ -78,13 +86,7 @@ def test_cancelling_interrupts_a_long_statement(tmp_path: Path) -> None:
             raise
 
     async def main() -> None:
-        worker = ConnectionThread("test-scan")
-        await worker.open(lambda: _connect(db))
-        call = asyncio.ensure_future(worker.call(endless))
-        assert await asyncio.to_thread(running.wait, WAIT_S)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
+        worker = await _cancelled_mid_call(db, endless, running)
         await asyncio.wait_for(worker.close(), WAIT_S)
 
     asyncio.run(main())
