@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 
 WRITE_PROBE_FILE = ".pimail-write-probe"
 STATS_INTERVAL_S = 5.0  # archive stats, disk, write probe, clock
-# The loop's default executor (config reloads, disk probes, pairing writes, metrics stop): small
+# The loop's default executor (config reloads, disk probes, pairing writes): small
 # jobs, so two threads; asyncio's default would grow to CPUs + 4, each thread a stack and a heap.
 DEFAULT_EXECUTOR_THREADS = 2
 ACTIVITY_POLL_S = 0.25  # delivery blinks follow MailServer stats at this pace
@@ -265,7 +265,7 @@ class Daemon:
         self.metrics, self.status_page = parts.metrics, parts.status_page
         self.pair_button, self.heartbeat = parts.pair_button, parts.heartbeat
         if self.metrics is not None:
-            self.metrics.start(cfg.status.metrics_listen)
+            await self.metrics.start(cfg.status.metrics_listen)
         if self.status_page is not None:
             await self.status_page.start()
         if self.heartbeat is not None:
@@ -367,7 +367,7 @@ class Daemon:
         if self.pair_button is not None:
             self.pair_button.close()
         if self.metrics is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.metrics.stop)
+            await self.metrics.stop()
         if self.leds is not None:
             self.leds.close()
         if self.archive is not None:

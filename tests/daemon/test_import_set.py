@@ -24,6 +24,7 @@ NEVER_BY_DEFAULT = {
     "hypothesis": "tests only",
     "pytest": "tests only",
     "systemd": "python-systemd: pimail speaks the notify protocol itself",
+    "prometheus_client": "pimail writes the metrics text itself (pimail/appliance/exposition.py)",
 }
 AT_IMPORT_ALSO = {"gpiozero": "LEDs and the pair button: loaded when a GPIO chip is there",
                   "lgpio": "gpiozero's backend"}
