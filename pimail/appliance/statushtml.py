@@ -9,7 +9,6 @@ discovery table) stay in ``/status.json`` and ``pimail status --json``.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -20,6 +19,7 @@ from typing import Any
 
 from pimail.appliance.daygraphs import render_day
 from pimail.appliance.hints import hint_for
+from pimail.appliance.htmlescape import escape
 from pimail.appliance.leds import PATTERNS, SLOW_BLINK_S
 from pimail.health import HealthState
 
@@ -72,7 +72,7 @@ def page_shell(title: str, body: str, *, refresh: bool) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"{meta}<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"{meta}<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
 
@@ -81,7 +81,7 @@ def _e(value: Any) -> str:
     text = str(value)
     if len(text) > MAX_TEXT:
         text = text[: MAX_TEXT - 1] + "…"
-    return html.escape(text)
+    return escape(text)
 
 
 def human_bytes(n: float) -> str:
