@@ -14,7 +14,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pimail.appliance.daygraphs import render_day
@@ -29,7 +29,7 @@ MAX_TEXT = 300
 MAX_DEPTH = 3
 
 # Inlined into each page so it works offline and needs no second request.
-_CSS = (resources.files("pimail.appliance") / "static" / "page.css").read_text(encoding="utf-8")
+_CSS = (Path(__file__).parent / "static" / "page.css").read_text(encoding="utf-8")  # not importlib.resources
 
 # Snapshot keys this page shows in its own words (or leaves to status.json on purpose); any other
 # section a newer part of the node adds is shown as a plain list until it gets words of its own.

@@ -62,6 +62,15 @@ def test_importing_the_daemon_loads_none_of_the_optional_packages() -> None:
     assert {name: unwanted[name] for name in loaded & unwanted.keys()} == {}
 
 
+def test_the_cli_that_starts_the_node_loads_none_of_them() -> None:
+    """``pimail run`` builds the whole parser (every subcommand module) before it starts the node."""
+    loaded = _loaded("import json, sys\nimport pimail.cli\npimail.cli.build_parser()\n"
+                     "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
+    assert {"pimail", "argparse"} <= loaded
+    unwanted = {**NEVER_BY_DEFAULT, **AT_IMPORT_ALSO}
+    assert {name: unwanted[name] for name in loaded & unwanted.keys()} == {}
+
+
 def test_a_default_node_restarted_on_its_data_dir_loads_none_of_them(tmp_path: Path) -> None:
     conf = tmp_path / "pimail.toml"
     conf.write_text(  # the defaults (status page, metrics, SQLite archive), on loopback ports
