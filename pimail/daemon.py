@@ -481,7 +481,14 @@ class Daemon:
 
     async def _trim_heap(self) -> None:
         traffic = self._traffic()
-        if self.trimmer.due(traffic):
+        release = self.trimmer.caches_due(traffic)  # a burst is over: caches back, then the heap
+        if release and self.archive is not None:
+            try:
+                await self.archive.release_memory()
+                log.debug("memory: a burst is over, archive caches emptied")
+            except ArchiveError as exc:
+                log.debug("archive cache release failed: %s", exc)
+        if release or self.trimmer.due(traffic):
             self.trimmer.mark(traffic)
             await asyncio.get_running_loop().run_in_executor(None, self.trimmer.trim)
 
