@@ -82,6 +82,10 @@ class WhisperConfig:
     # expiry goes first: it is still archived, only not relayed to peers that connect later.
     pool_max_bytes: int = 8 * 1024 * 1024
     known_per_peer: int = 50_000
+    # Relay packets are built for a peer only while fewer than this many bytes wait in its write
+    # buffer (the rest stays in its outbox for the next cycle): 20 peers that read slowly then hold
+    # ~5 MB of relayed data, not 20 x write_buffer_bytes (docs/PERFORMANCE.md, "Memory").
+    relay_backlog_bytes: int = 256 * 1024
     forward_interval_s: float = 0.3  # geth transmissionCycle
     expiry_sweep_s: float = 1.0  # geth expirationCycle
     future_tolerance_s: int = 10  # geth DefaultSyncAllowance
