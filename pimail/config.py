@@ -77,10 +77,10 @@ class WhisperConfig:
     pow_formula: str = "either"  # either | legacy | current
     max_message_size: int = 1024 * 1024  # geth DefaultMaxMessageSize
     # Envelopes live here only until they expire (Status: 10–50 s). The budget is bytes of RAM, each
-    # envelope counted as its raw size + ~0.5 KB (pimail.relay.pool.footprint, measured): 8 MiB hold
-    # ~10,000 envelopes of 300 B, ~5,500 of 1 KB (110/s for a 50 s lifetime). Past it the earliest
+    # envelope counted as its raw size + ~0.5 KB (pimail.relay.pool.footprint, measured): 4 MiB hold
+    # ~5,000 envelopes of 300 B, ~2,700 of 1 KB (55/s for a 50 s lifetime). Past it the earliest
     # expiry goes first: it is still archived, only not relayed to peers that connect later.
-    pool_max_bytes: int = 8 * 1024 * 1024
+    pool_max_bytes: int = 4 * 1024 * 1024
     known_per_peer: int = 50_000
     # Relay packets are built for a peer only while fewer than this many bytes wait in its write
     # buffer (the rest stays in its outbox for the next cycle): 20 peers that read slowly then hold
