@@ -76,11 +76,16 @@ class WhisperConfig:
     min_pow: float = 0.000002
     pow_formula: str = "either"  # either | legacy | current
     max_message_size: int = 1024 * 1024  # geth DefaultMaxMessageSize
-    # Envelopes live here only until they expire (Status: 10–50 s). The budget is memory, counted per
-    # envelope as ~3 x its raw size + 1.1 KB (pimail.relay.pool.footprint): 16 MB holds ~8,000
-    # Status-sized envelopes, 160/s for their 50 s lifetime. Sized for a 512 MB Pi Zero 2 W.
-    pool_max_bytes: int = 16 * 1024 * 1024
+    # Envelopes live here only until they expire (Status: 10–50 s). The budget is bytes of RAM, each
+    # envelope counted as its raw size + ~0.5 KB (pimail.relay.pool.footprint, measured): 4 MiB hold
+    # ~5,000 envelopes of 300 B, ~2,700 of 1 KB (55/s for a 50 s lifetime). Past it the earliest
+    # expiry goes first: it is still archived, only not relayed to peers that connect later.
+    pool_max_bytes: int = 4 * 1024 * 1024
     known_per_peer: int = 50_000
+    # Relay packets are built for a peer only while fewer than this many bytes wait in its write
+    # buffer (the rest stays in its outbox for the next cycle): 20 peers that read slowly then hold
+    # ~5 MB of relayed data, not 20 x write_buffer_bytes (docs/PERFORMANCE.md, "Memory").
+    relay_backlog_bytes: int = 256 * 1024
     forward_interval_s: float = 0.3  # geth transmissionCycle
     expiry_sweep_s: float = 1.0  # geth expirationCycle
     future_tolerance_s: int = 10  # geth DefaultSyncAllowance

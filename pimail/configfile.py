@@ -167,6 +167,7 @@ CHECKS: dict[tuple[str, str], Callable[[Any], None]] = {
     ("whisper", "max_message_size"): _positive,
     ("whisper", "pool_max_bytes"): _positive,
     ("whisper", "known_per_peer"): _positive,
+    ("whisper", "relay_backlog_bytes"): _positive,
     ("whisper", "forward_interval_s"): _positive,
     ("whisper", "expiry_sweep_s"): _positive,
     ("whisper", "rate_limit_packets_per_s"): _positive,

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 5.0  # archive stats, disk, write probe, clock
-# The loop's default executor (config reloads, disk probes, pairing writes, metrics stop): small
+# The loop's default executor (config reloads, disk probes, pairing writes): small
 # jobs, so two threads; asyncio's default would grow to CPUs + 4, each thread a stack and a heap.
 DEFAULT_EXECUTOR_THREADS = 2
 ACTIVITY_POLL_S = 0.25  # delivery blinks follow MailServer stats at this pace
@@ -266,7 +266,7 @@ class Daemon:
         self.metrics, self.status_page = parts.metrics, parts.status_page
         self.pair_button, self.heartbeat = parts.pair_button, parts.heartbeat
         if self.metrics is not None:
-            self.metrics.start(cfg.status.metrics_listen)
+            await self.metrics.start(cfg.status.metrics_listen)
         if self.status_page is not None:
             await self.status_page.start()
         if self.heartbeat is not None:
@@ -368,7 +368,7 @@ class Daemon:
         if self.pair_button is not None:
             self.pair_button.close()
         if self.metrics is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.metrics.stop)
+            await self.metrics.stop()
         if self.leds is not None:
             self.leds.close()
         if self.archive is not None:
@@ -482,7 +482,14 @@ class Daemon:
 
     async def _trim_heap(self) -> None:
         traffic = self._traffic()
-        if self.trimmer.due(traffic):
+        release = self.trimmer.caches_due(traffic)  # a burst is over: caches back, then the heap
+        if release and self.archive is not None:
+            try:
+                await self.archive.release_memory()
+                log.debug("memory: a burst is over, archive caches emptied")
+            except ArchiveError as exc:
+                log.debug("archive cache release failed: %s", exc)
+        if release or self.trimmer.due(traffic):
             self.trimmer.mark(traffic)
             await asyncio.get_running_loop().run_in_executor(None, self.trimmer.trim)
 

@@ -16,7 +16,6 @@ Modes (``[archive] clock_trust``):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ def kernel_clock_synced() -> bool | None:
     None when the call is unavailable (not Linux, or filtered by a seccomp policy).
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library we run on (find_library forks)
         buf = ctypes.create_string_buffer(512)  # struct timex (≈208 bytes); modes = 0 reads only
         state = int(libc.adjtimex(buf))
     except (OSError, AttributeError):

@@ -10,10 +10,11 @@ browser test reads back.
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from pimail.appliance.htmlescape import escape
 
 HEIGHT = 40  # SVG units; the width is one unit per slot
 TOP_PAD = 2
@@ -57,7 +58,7 @@ def _y(v: float, top: float) -> float:
 def _svg(series: str, label: str, first: int, slot_s: int, values: Values, shapes: str) -> str:
     return (
         f'<svg class="graph" viewBox="0 0 {len(values)} {HEIGHT}" preserveAspectRatio="none" '
-        f'role="img" aria-label="{html.escape(label)}" data-series="{html.escape(series)}" '
+        f'role="img" aria-label="{escape(label)}" data-series="{escape(series)}" '
         f'data-first-slot-at="{first}" data-slot-s="{slot_s}" data-values="{_data_attr(values)}">'
         f'<line class="base" x1="0" y1="{HEIGHT}" x2="{len(values)}" y2="{HEIGHT}" '
         f'vector-effect="non-scaling-stroke"/>{shapes}</svg>'
@@ -126,7 +127,7 @@ def _axis(first: int, slot_s: int, slots: int) -> str:
 
 def _figure(title: str, side: str, svg: str, axis: str, legend: str = "") -> str:
     return (
-        f'<figure class="day"><figcaption><span>{html.escape(title)}</span>'
+        f'<figure class="day"><figcaption><span>{escape(title)}</span>'
         f'<span class="note">{side}</span></figcaption>{svg}{axis}{legend}</figure>'
     )
 
@@ -157,10 +158,10 @@ def render_day(activity: Mapping[str, Any]) -> str:
     groups, legend = [], []
     for i, (proto, values) in enumerate(peer_values.items()):
         css = f"p{i % PEER_CLASSES}"
-        groups.append(f'<g class="{css}" data-series="peers:{html.escape(proto)}" '
+        groups.append(f'<g class="{css}" data-series="peers:{escape(proto)}" '
                       f'data-values="{_data_attr(values)}">{_lines(values, top, css)}</g>')
         latest = next((v for v in reversed(values) if v is not None), 0)
-        legend.append(f'<span class="key {css}">{html.escape(proto)}: {latest}</span>')
+        legend.append(f'<span class="key {css}">{escape(proto)}: {latest}</span>')
     totals = [None if all(vals[i] is None for vals in peer_values.values())
               else sum(vals[i] or 0 for vals in peer_values.values()) for i in range(slots)]
     peer_svg = _svg("peers", "peers per protocol", first, slot_s, totals, "".join(groups))

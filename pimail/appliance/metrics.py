@@ -1,23 +1,24 @@
 """Prometheus metrics on ``127.0.0.1:9464`` by default (``[status] metrics``, ``metrics_listen``).
 
-Each daemon has its own ``CollectorRegistry`` (several nodes in one process or on one machine).
-Most values are read at scrape time from the status snapshot (the same dict ``pimail status``
-prints), so metrics and status cannot disagree. The mailserver reports each finished request
-through ``observe_request`` (requests by form and result, delivery duration histogram).
+Each daemon has its own ``NodeMetrics`` (several nodes in one process or on one machine). Most
+values are read at scrape time from the status snapshot (the same dict ``pimail status`` prints),
+so metrics and status cannot disagree. The mailserver reports each finished request through
+``observe_request`` (requests by form and result, delivery duration histogram).
+
+``/metrics`` is served from the event loop (a scrape is a snapshot and a page of text; the snapshot
+is read on the loop that owns it), in the text format of pimail/appliance/exposition.py.
 A metrics port that is taken is logged and the node runs on without metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
-
+from pimail.appliance.exposition import CONTENT_TYPE, Family, Histogram, LabelledCounter, render
 from pimail.config import parse_hostport
 from pimail.health import HealthState
 
@@ -25,17 +26,20 @@ log = logging.getLogger(__name__)
 
 DELIVERY_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 REQUEST_RESULTS = ("completed", "rejected", "denied", "rate_limited", "malformed", "aborted", "failed")
+MAX_HEAD_BYTES = 8 * 1024  # a scrape's request line and headers
+MAX_CONNECTIONS = 8  # concurrent scrapes; more are closed unanswered
+IO_TIMEOUT_S = 10.0  # to send the request, and to take the answer
 
 SnapshotFn = Callable[[], dict[str, Any]]
 
 
-class _SnapshotCollector(Collector):
+class _SnapshotCollector:
     """Gauges and counters read from the status snapshot at scrape time."""
 
     def __init__(self, snapshot: SnapshotFn) -> None:
         self._snapshot = snapshot
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Family]:
         try:
             snap = self._snapshot()
         except Exception as exc:  # a scrape must never take the node down
@@ -61,18 +65,18 @@ class _SnapshotCollector(Collector):
         ]
         for name, doc, value in gauges:
             if value is not None:
-                yield GaugeMetricFamily(name, doc, value=float(value))
+                yield Family.gauge(name, doc, value=float(value))
         by_protocol = snap.get("peers_by_protocol")
         if isinstance(by_protocol, dict):
-            fam = GaugeMetricFamily("pimail_peers_by_protocol", "Connected peers per sub-protocol "
-                                    "(a peer sharing shh/6 and waku/1 counts in both)", labels=["protocol"])
+            fam = Family.gauge("pimail_peers_by_protocol", "Connected peers per sub-protocol "
+                               "(a peer sharing shh/6 and waku/1 counts in both)")
             for proto in sorted(set(by_protocol) | {"shh/6", "waku/1", "waku/0"}):
-                fam.add_metric([proto], float(by_protocol.get(proto, 0)))
+                fam.add((("protocol", proto),), float(by_protocol.get(proto, 0)))
             yield fam
         state = (snap.get("health") or {}).get("state")
-        health = GaugeMetricFamily("pimail_health", "1 for the node's current health state", labels=["state"])
+        health = Family.gauge("pimail_health", "1 for the node's current health state")
         for s in HealthState:
-            health.add_metric([s.value], 1.0 if s.value == state else 0.0)
+            health.add((("state", s.value),), 1.0 if s.value == state else 0.0)
         yield health
         yield from _discovery_metrics(snap.get("discovery") or {})
         for key, name, doc in (
@@ -81,73 +85,73 @@ class _SnapshotCollector(Collector):
             ("archived", "pimail_archived_envelopes", "Envelopes written to the archive since start"),
         ):
             if key in counters:
-                yield CounterMetricFamily(name, doc, value=float(counters[key]))
+                yield Family.counter(name, doc, value=float(counters[key]))
 
 
-def _discovery_metrics(disc: dict[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+def _discovery_metrics(disc: dict[str, Any]) -> Iterator[Family]:
     """Table size, peers by direction and protocol, discovery packets in/out/dropped by reason."""
     if not disc.get("enabled"):
         return
-    yield GaugeMetricFamily("pimail_discovery_table_nodes", "Nodes in the discovery table",
-                            value=float(disc.get("table_size", 0)))
-    peers = GaugeMetricFamily("pimail_peers_by_protocol", "Connected peers by protocol and direction",
-                              labels=["protocol", "direction"])
+    yield Family.gauge("pimail_discovery_table_nodes", "Nodes in the discovery table",
+                       value=float(disc.get("table_size", 0)))
+    peers = Family.gauge("pimail_peers_by_protocol", "Connected peers by protocol and direction")
     for proto, dirs in (disc.get("peers_by_protocol") or {}).items():
         for direction, count in dirs.items():
-            peers.add_metric([proto, direction], float(count))
+            peers.add((("protocol", proto), ("direction", direction)), float(count))
     yield peers
     packets = disc.get("packets") or {}
     for key, name, doc in (("packets_in", "pimail_discovery_packets_in", "Discovery datagrams received"),
                            ("packets_out", "pimail_discovery_packets_out", "Discovery datagrams sent")):
-        yield CounterMetricFamily(name, doc, value=float(packets.get(key, 0)))
-    dropped = CounterMetricFamily("pimail_discovery_packets_dropped",
-                                  "Discovery datagrams dropped, by reason", labels=["reason"])
+        yield Family.counter(name, doc, value=float(packets.get(key, 0)))
+    dropped = Family.counter("pimail_discovery_packets_dropped", "Discovery datagrams dropped, by reason")
     for key, value in packets.items():
         if key.startswith("dropped_"):
-            dropped.add_metric([key.removeprefix("dropped_")], float(value))
+            dropped.add((("reason", key.removeprefix("dropped_")),), float(value))
     yield dropped
 
 
+
 class NodeMetrics:
-    """One daemon's metrics: a registry, the scrape-time collector and the request instruments."""
+    """One daemon's metrics: the scrape-time snapshot families and the request instruments."""
 
     def __init__(self, snapshot: SnapshotFn) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_SnapshotCollector(snapshot))
-        self.requests = Counter(
-            "pimail_requests",
-            "History requests by form (bloom, topics, cursor …) and result",
-            ["form", "result"],
-            registry=self.registry,
-        )
+        self._collector = _SnapshotCollector(snapshot)
+        self.requests = LabelledCounter(
+            "pimail_requests", "History requests by form (bloom, topics, cursor …) and result",
+            ("form", "result"))
         self.delivery = Histogram(
             "pimail_delivery_duration_seconds",
             "Time to deliver one history request (first envelope to request-complete)",
-            buckets=DELIVERY_BUCKETS_S,
-            registry=self.registry,
+            DELIVERY_BUCKETS_S,
         )
-        self.delivered_envelopes = Counter(
-            "pimail_delivered_envelopes",
-            "Envelopes delivered in answer to history requests",
-            registry=self.registry,
-        )
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self.delivered_envelopes = LabelledCounter(
+            "pimail_delivered_envelopes", "Envelopes delivered in answer to history requests")
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port: int | None = None
 
     def observe_request(self, form: str, result: str, duration_s: float, envelopes: int) -> None:
         """One history request finished (the mailserver's ``on_request_done`` hook)."""
-        self.requests.labels(form=form or "unknown", result=result).inc()
+        self.requests.inc(form=form or "unknown", result=result)
         if result == "completed":
             self.delivery.observe(max(0.0, duration_s))
         if envelopes > 0:
             self.delivered_envelopes.inc(envelopes)
 
-    def start(self, listen: str) -> bool:
+    def families(self) -> list[Family]:
+        return [*self._collector.collect(), self.requests.family(), self.delivery.family(),
+                self.delivered_envelopes.family()]
+
+    def render(self) -> str:
+        """The ``/metrics`` page."""
+        return render(self.families())
+
+    async def start(self, listen: str) -> bool:
         """Serve /metrics; a taken port (or bad address) is logged and the node runs on."""
         host, port = parse_hostport(listen)
         try:
-            server, thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server = await asyncio.start_server(self._accept, host, port, limit=MAX_HEAD_BYTES,
+                                                      reuse_address=True)
         except OSError as exc:
             log.error(
                 "metrics: cannot listen on %s (%s); running on without metrics",
@@ -155,16 +159,51 @@ class NodeMetrics:
                 exc.strerror or exc,
             )
             return False
-        self._server, self._thread = server, thread
-        self.port = int(server.server_address[1])
+        self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics: http://%s:%d/metrics", host, self.port)
         return True
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._tasks) >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), IO_TIMEOUT_S)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT_S)
+        parts = head.split(b"\r\n", 1)[0].split(b" ")
+        method = b""
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            status, ctype, body = "400 Bad Request", "text/plain; charset=utf-8", b"bad request\n"
+        else:
+            method, path = parts[0], parts[1].split(b"?", 1)[0]
+            if method not in (b"GET", b"HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain; charset=utf-8", b"GET only\n"
+            elif path in (b"/metrics", b"/"):
+                status, ctype, body = "200 OK", CONTENT_TYPE, self.render().encode()
+            else:
+                status, ctype, body = "404 Not Found", "text/plain; charset=utf-8", b"see /metrics\n"
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode("ascii") + (b"" if method == b"HEAD" else body))
+        await asyncio.wait_for(writer.drain(), IO_TIMEOUT_S)

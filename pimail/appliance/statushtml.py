@@ -9,17 +9,17 @@ discovery table) stay in ``/status.json`` and ``pimail status --json``.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
 import time
 from collections.abc import Mapping
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from pimail.appliance.daygraphs import render_day
 from pimail.appliance.hints import hint_for
+from pimail.appliance.htmlescape import escape
 from pimail.appliance.leds import PATTERNS, SLOW_BLINK_S
 from pimail.health import HealthState
 
@@ -29,7 +29,7 @@ MAX_TEXT = 300
 MAX_DEPTH = 3
 
 # Inlined into each page so it works offline and needs no second request.
-_CSS = (resources.files("pimail.appliance") / "static" / "page.css").read_text(encoding="utf-8")
+_CSS = (Path(__file__).parent / "static" / "page.css").read_text(encoding="utf-8")  # not importlib.resources
 
 # Snapshot keys this page shows in its own words (or leaves to status.json on purpose); any other
 # section a newer part of the node adds is shown as a plain list until it gets words of its own.
@@ -72,7 +72,7 @@ def page_shell(title: str, body: str, *, refresh: bool) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"{meta}<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"{meta}<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
 
@@ -81,7 +81,7 @@ def _e(value: Any) -> str:
     text = str(value)
     if len(text) > MAX_TEXT:
         text = text[: MAX_TEXT - 1] + "…"
-    return html.escape(text)
+    return escape(text)
 
 
 def human_bytes(n: float) -> str:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import hmac
-import html
 import inspect
 import json
 import logging
@@ -26,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from pimail import __version__
+from pimail.appliance.htmlescape import escape
 from pimail.appliance.lan import parse_listen
 from pimail.appliance.pairing import PairingController
 from pimail.appliance.statushtml import page_shell, render_page
@@ -274,7 +274,7 @@ class StatusPage:
         cls = ' class="warn"' if status >= 400 else ""
         page = page_shell(
             f"pimail — {heading.lower()}",
-            f"<section><h1>{html.escape(heading)}</h1><p{cls}>{html.escape(message)}</p>{form_html}"
+            f"<section><h1>{escape(heading)}</h1><p{cls}>{escape(message)}</p>{form_html}"
             '<p><a href="/">Back to status</a></p></section>',
             refresh=False,
         )

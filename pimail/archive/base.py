@@ -28,7 +28,7 @@ class SchemaTooNew(ArchiveError):
     """The archive was written by a newer pimail; refuse to open it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArchivedEnvelope:
     """What the archive stores for one envelope."""
 
@@ -176,3 +176,8 @@ class Archive(abc.ABC):
     @abc.abstractmethod
     def set_retention(self, policy: RetentionPolicy) -> None:
         """Replace the retention policy (SIGHUP reload)."""
+
+    async def release_memory(self) -> None:
+        """Give back memory the backend caches (called when a burst of traffic is over; the
+        caches fill again with the next writes and reads). By default there is nothing to give."""
+        return None

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from pimail import configfile
-from pimail.appliance import qr as qrcodes
 from pimail.appliance.lan import AdvertisedAddress, advertised_address, enode_for, reachability_warning
 from pimail.config import Config
 from pimail.crypto.keys import KeyError_, NodeKey
@@ -111,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     print(url)
     if args.qr or args.qr_plain or args.png or args.svg:
+        from pimail.appliance import qr as qrcodes  # segno (~4 MB): not for `pimail run`, which imports this
+
         code = qrcodes.make_qr(url)
         if args.qr or args.qr_plain:
             # Whether stdout is a terminal says nothing of the terminal's colours at the far end of

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
-
 from pimail import rlpcodec
 from pimail.crypto.keccak import keccak256
 from pimail.envelope import pow as powmod
@@ -34,16 +31,55 @@ def decode_uint(raw: object, what: str, max_value: int) -> int:
     return value
 
 
-@dataclass(frozen=True, eq=False)
 class Envelope:
-    """A Whisper envelope. ``raw`` is the RLP as received; its keccak is the envelope hash."""
+    """A Whisper envelope. ``raw`` is the RLP as received; its keccak is the envelope hash.
+
+    A pooled envelope keeps only ``raw`` and the small values read from it: Data and the RLP
+    without the nonce are slices of ``raw`` made when asked for (the PoW pair, the only hot user
+    of the latter, is computed once and kept), and ``__slots__`` spare each instance a dict.
+    ~0.75 KB less per pooled envelope than three copies and a dict (docs/PERFORMANCE.md,
+    "Memory"). Read-only by convention: nothing changes an envelope after decoding.
+    """
+
+    __slots__ = ("_de", "_ds", "_hs", "_pows0", "bloom", "expiry", "hash", "nonce", "raw", "topic", "ttl")
 
     expiry: int
     ttl: int
     topic: bytes
-    data: bytes
     nonce: int
-    raw: bytes = field(repr=False)
+    raw: bytes
+    hash: bytes
+    bloom: bytes
+    _ds: int  # Data is raw[_ds:_de]
+    _de: int
+    _hs: int  # length of the outer list header: the RLP without the nonce is a header + raw[_hs:_de]
+    _pows0: tuple[float, float] | None
+
+    def __init__(self, expiry: int, ttl: int, topic: bytes, data: bytes, nonce: int, raw: bytes) -> None:
+        """From fields and their encoding ``raw`` (as ``build`` and the decoders make it)."""
+        self.expiry, self.ttl, self.topic, self.nonce, self.raw = expiry, ttl, topic, nonce, raw
+        try:
+            _, hs, _ = scan_item(raw, 0, len(raw))
+            _, _, de = scan_item(raw, hs, len(raw))  # expiry
+            _, _, de = scan_item(raw, de, len(raw))  # ttl
+            _, _, de = scan_item(raw, de, len(raw))  # topic
+            _, ds, de = scan_item(raw, de, len(raw))  # data
+        except RlpError as exc:
+            raise EnvelopeError(f"envelope is not valid RLP: {exc}") from exc
+        if raw[ds:de] != data:
+            raise EnvelopeError("raw is not the encoding of these fields")
+        self._hs, self._ds, self._de = hs, ds, de
+        self.hash = keccak256(raw)
+        self.bloom = cached_topic_bloom(topic)
+        self._pows0 = None
+
+    def __repr__(self) -> str:
+        return (f"Envelope(expiry={self.expiry}, ttl={self.ttl}, topic={self.topic!r}, "
+                f"data=<{self._de - self._ds} bytes>, nonce={self.nonce})")
+
+    @property
+    def data(self) -> bytes:
+        return self.raw[self._ds : self._de]
 
     @classmethod
     def build(cls, expiry: int, ttl: int, topic: bytes, data: bytes, nonce: int) -> Envelope:
@@ -103,17 +139,13 @@ class Envelope:
             raise EnvelopeError(f"envelope is not valid RLP: {exc}") from exc
         if len(bounds) != 15:
             raise EnvelopeError(f"envelope must be a list of 5 fields (got {len(bounds) // 3})")
-        _, s0, e0, _, s1, e1, _, s2, e2, _, s3, e3, npos, s4, e4 = bounds
+        _, s0, e0, _, s1, e1, _, s2, e2, _, s3, e3, _, s4, e4 = bounds
         expiry = decode_uint(raw[s0:e0], "expiry", UINT32_MAX)
         ttl = decode_uint(raw[s1:e1], "ttl", UINT32_MAX)
         if e2 - s2 != TOPIC_LEN:
             raise EnvelopeError("topic must be a 4-byte string")
         nonce = decode_uint(raw[s4:e4], "nonce", UINT64_MAX)
-        env = cls(expiry, ttl, raw[s2:e2], raw[s3:e3], nonce, raw)
-        # The RLP without the nonce is a slice of what we received (canonical, so identical to
-        # re-encoding the four fields); caching it saves an encode per PoW computation.
-        env.__dict__["rlp_without_nonce"] = list_header(npos - start) + raw[start:npos]
-        return env
+        return _make(expiry, ttl, raw[s2:e2], nonce, raw, start, s3, e3)
 
     @classmethod
     def from_rlp_items(cls, items: object, raw: bytes) -> Envelope:
@@ -134,41 +166,45 @@ class Envelope:
     def encode(self) -> bytes:
         return self.raw
 
-    @cached_property
-    def hash(self) -> bytes:
-        return keccak256(self.raw)
-
     @property
     def sent(self) -> int:
         """Sent time = Expiry − TTL (the mailserver's key time)."""
         return self.expiry - self.ttl
 
     @property
+    def data_len(self) -> int:
+        return self._de - self._ds
+
+    @property
     def size(self) -> int:
         """Size for limits: EnvelopeHeaderLength + len(Data)."""
-        return powmod.ENVELOPE_HEADER_LEN + len(self.data)
+        return powmod.ENVELOPE_HEADER_LEN + self._de - self._ds
 
-    @cached_property
-    def bloom(self) -> bytes:
-        return cached_topic_bloom(self.topic)
-
-    @cached_property
+    @property
     def rlp_without_nonce(self) -> bytes:
-        encoded: bytes = rlpcodec.encode([self.expiry, self.ttl, self.topic, self.data])
-        return encoded
+        """``rlp([Expiry, TTL, Topic, Data])``: a slice of what we received (canonical, so the same
+        as re-encoding the four fields) behind a new list header."""
+        n = self._de - self._hs
+        if n < 256:
+            header = _LIST_HEADERS[n]
+        elif n < 65536:
+            header = bytes((0xF9, n >> 8, n & 0xFF))
+        else:
+            header = list_header(n)
+        return header + self.raw[self._hs : self._de]
 
     def pows(self, diff: int = 0) -> tuple[float, float]:
-        """(legacy, current) PoW in one go; the diff-0 pair is cached (forwarding asks per peer)."""
+        """(legacy, current) PoW in one go; the diff-0 pair is kept (forwarding asks per peer)."""
         if diff:
-            return powmod.both_pows(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl, diff)
-        cached: tuple[float, float] | None = self.__dict__.get("_pows0")
+            return powmod.both_pows(self.rlp_without_nonce, self.nonce, self._de - self._ds, self.ttl, diff)
+        cached = self._pows0
         if cached is None:
-            cached = powmod.both_pows(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl)
-            self.__dict__["_pows0"] = cached
+            cached = powmod.both_pows(self.rlp_without_nonce, self.nonce, self._de - self._ds, self.ttl)
+            self._pows0 = cached
         return cached
 
     def pow_legacy(self, diff: int = 0) -> float:
-        return powmod.legacy_pow(self.rlp_without_nonce, self.nonce, len(self.data), self.ttl, diff)
+        return powmod.legacy_pow(self.rlp_without_nonce, self.nonce, self._de - self._ds, self.ttl, diff)
 
     def pow_current(self, diff: int = 0) -> float:
         return powmod.current_pow(self.rlp_without_nonce, self.nonce, self.ttl, diff)
@@ -267,27 +303,28 @@ def _fast_fields(raw: bytes, start: int, end: int) -> Envelope | None:
         return None
     if pos != end:
         return None
-    n = de - start
-    env = object.__new__(Envelope)
-    # hash and bloom are filled in now: every received envelope needs them, and reading them from
-    # the instance dict skips functools.cached_property's lock.
-    d = env.__dict__
-    d["expiry"] = expiry
-    d["ttl"] = ttl
-    d["topic"] = topic
-    d["data"] = raw[ds:de]
-    d["nonce"] = nonce
-    d["raw"] = raw
-    if n < 256:
-        header = _LIST_HEADERS[n]
-    elif n < 65536:
-        header = bytes((0xF9, n >> 8, n & 0xFF))
-    else:
-        header = list_header(n)
-    d["rlp_without_nonce"] = header + raw[start:de]
-    d["hash"] = keccak256(raw)
-    d["bloom"] = _BLOOMS.get(topic) or cached_topic_bloom(topic)
+    return _make(expiry, ttl, topic, nonce, raw, start, ds, de)
+
+
+def _make(expiry: int, ttl: int, topic: bytes, nonce: int, raw: bytes, hs: int, ds: int, de: int) -> Envelope:
+    """An envelope from decoded fields and the bounds found while decoding (no re-scan).
+    hash and bloom are filled in now: every received envelope needs them."""
+    env = _new(Envelope)
+    env.expiry = expiry
+    env.ttl = ttl
+    env.topic = topic
+    env.nonce = nonce
+    env.raw = raw
+    env._hs = hs
+    env._ds = ds
+    env._de = de
+    env.hash = keccak256(raw)
+    env.bloom = _BLOOMS.get(topic) or cached_topic_bloom(topic)
+    env._pows0 = None
     return env
+
+
+_new = object.__new__
 
 
 def decode_envelope_list(payload: bytes) -> list[Envelope]:

@@ -156,6 +156,12 @@ class Peer(asyncio.Protocol):
         """Both Hellos exchanged and admitted by the server."""
         return self._active and not self._closed
 
+    @property
+    def write_backlog(self) -> int:
+        """Bytes queued for this peer that its socket has not taken yet."""
+        transport = self._transport
+        return 0 if transport is None else int(transport.get_write_buffer_size())
+
     def send(self, capability: str, code: int, payload: bytes) -> bool:
         """Queue a message; False (and the message dropped) if the peer is closed or its buffer is full."""
         transport = self._transport

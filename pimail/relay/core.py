@@ -69,6 +69,9 @@ class Link(Protocol):
     def send_messages(self, payload: bytes) -> bool:
         """Queue a Messages packet (an RLP list of envelopes); False if the write buffer is full."""
 
+    def backlog(self) -> int:
+        """Bytes queued to the peer and not yet taken by its socket."""
+
     def send_confirmation(self, response: bytes, ack: bytes) -> None:
         """Queue Message Response (12) then Batch Ack (11), already encoded."""
 
@@ -509,6 +512,10 @@ class RelayCore:
             limit = min(limit, int(rp.send_bytes.level(now_m)))
             if limit <= 0:
                 return 0, 0
+        room = self.config.relay_backlog_bytes - rp.link.backlog()
+        if room <= 0:
+            return 0, 0  # the last packets are still in its buffer: no more memory for this peer
+        limit = min(limit, room)
         batch: list[bytes] = []
         hashes: list[bytes] = []
         size = 0

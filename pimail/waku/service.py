@@ -44,6 +44,9 @@ class WakuLink:
     def send_messages(self, payload: bytes) -> bool:
         return self.peer.send(CAPABILITY, ws.MESSAGES, payload)
 
+    def backlog(self) -> int:
+        return int(getattr(self.peer, "write_backlog", 0))  # a peer without a transport has none
+
     def send_confirmation(self, response: bytes, ack: bytes) -> None:
         self.peer.send(CAPABILITY, ws.MESSAGE_RESPONSE, response)
         self.peer.send(CAPABILITY, ws.BATCH_ACK, ack)

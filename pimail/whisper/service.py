@@ -74,6 +74,9 @@ class ShhLink:
     def send_messages(self, payload: bytes) -> bool:
         return self.peer.send(CAPABILITY, st.MESSAGES, payload)
 
+    def backlog(self) -> int:
+        return int(getattr(self.peer, "write_backlog", 0))  # a peer without a transport has none
+
     def send_confirmation(self, response: bytes, ack: bytes) -> None:
         self.peer.send(CAPABILITY, st.MESSAGE_RESPONSE, response)
         self.peer.send(CAPABILITY, st.BATCH_ACK, ack)

@@ -55,3 +55,17 @@ def test_glibc_malloc_trim_is_found_and_runs() -> None:
     del blocks
     assert trimmer.trim() in (True, False)
     assert trimmer.trims == (1 if trimmer.available else 0)
+
+
+def test_the_caches_are_due_once_per_burst_in_the_first_quiet_round_after_it() -> None:
+    trimmer = HeapTrimmer(after_envelopes=100, quiet_envelopes=5, clock=FakeClock(), trim_fn=lambda pad: 1)
+    assert not trimmer.caches_due(0)  # the first round only sets the baseline
+    assert not trimmer.caches_due(3)  # quiet, but nothing went by
+    assert not trimmer.caches_due(500)  # a burst: a busy node keeps its caches
+    assert not trimmer.caches_due(900)  # still busy
+    assert trimmer.caches_due(902)  # the first quiet round after it
+    assert not trimmer.caches_due(903)  # once per burst
+    assert not trimmer.caches_due(950)  # a small one (50 < 100): not worth it
+    assert not trimmer.caches_due(951)
+    assert not trimmer.caches_due(1100)
+    assert trimmer.caches_due(1100) and trimmer.releases == 2

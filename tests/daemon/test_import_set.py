@@ -24,6 +24,7 @@ NEVER_BY_DEFAULT = {
     "hypothesis": "tests only",
     "pytest": "tests only",
     "systemd": "python-systemd: pimail speaks the notify protocol itself",
+    "prometheus_client": "pimail writes the metrics text itself (pimail/appliance/exposition.py)",
 }
 AT_IMPORT_ALSO = {"gpiozero": "LEDs and the pair button: loaded when a GPIO chip is there",
                   "lgpio": "gpiozero's backend"}
@@ -58,6 +59,15 @@ def test_importing_the_daemon_loads_none_of_the_optional_packages() -> None:
     loaded = _loaded("import json, sys\nimport pimail.daemon\n"
                      "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
     assert {"pimail", "asyncio", "coincurve"} <= loaded  # the listing is real
+    unwanted = {**NEVER_BY_DEFAULT, **AT_IMPORT_ALSO}
+    assert {name: unwanted[name] for name in loaded & unwanted.keys()} == {}
+
+
+def test_the_cli_that_starts_the_node_loads_none_of_them() -> None:
+    """``pimail run`` builds the whole parser (every subcommand module) before it starts the node."""
+    loaded = _loaded("import json, sys\nimport pimail.cli\npimail.cli.build_parser()\n"
+                     "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
+    assert {"pimail", "argparse"} <= loaded
     unwanted = {**NEVER_BY_DEFAULT, **AT_IMPORT_ALSO}
     assert {name: unwanted[name] for name in loaded & unwanted.keys()} == {}
 

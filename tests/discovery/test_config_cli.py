@@ -73,15 +73,13 @@ def test_enode_enr_prints_a_record_signed_by_the_node_key(tmp_path: Path,
 
 
 def test_metrics_and_status_show_discovery() -> None:
-    from prometheus_client import generate_latest
-
     from pimail.appliance.metrics import NodeMetrics
     from pimail.cli.status import render
 
     disc = {"enabled": True, "table_size": 7, "inbound_peers": 1, "dialled_peers": 2,
             "peers_by_protocol": {"shh/6": {"inbound": 1, "dialled": 2}},
             "packets": {"packets_in": 30, "packets_out": 20, "dropped_expired": 4, "dropped_unbonded": 0}}
-    text = generate_latest(NodeMetrics(lambda: {"discovery": disc}).registry).decode()
+    text = NodeMetrics(lambda: {"discovery": disc}).render()
     assert "pimail_discovery_table_nodes 7.0" in text
     assert 'pimail_peers_by_protocol{direction="dialled",protocol="shh/6"} 2.0' in text
     assert 'pimail_discovery_packets_dropped_total{reason="expired"} 4.0' in text

@@ -24,6 +24,23 @@ def test_decode_roundtrip_keeps_raw_and_matches_rlp_package() -> None:
     assert env.size == 20 + len(env.data) and env.sent == 1_700_000_000
 
 
+def test_an_envelope_keeps_one_copy_of_its_bytes_and_no_instance_dict() -> None:
+    """Data and the RLP without the nonce are cut from ``raw`` when asked for (the pool's budget,
+    pimail/relay/pool.py, counts one copy)."""
+    env = decode_envelope_list(encode_envelope_list([GOOD.raw]))[0]
+    assert not hasattr(env, "__dict__")
+    assert env.data == GOOD.data and env.data_len == len(GOOD.data)
+    assert env.pows() is env.pows()  # the diff-0 pair is kept
+    assert "data=<50 bytes>" in repr(env) and "nonce=12345" in repr(env)
+
+
+def test_fields_that_are_not_what_raw_encodes_are_refused() -> None:
+    with pytest.raises(EnvelopeError, match="not the encoding"):
+        Envelope(GOOD.expiry, GOOD.ttl, GOOD.topic, b"other data", GOOD.nonce, GOOD.raw)
+    with pytest.raises(EnvelopeError, match="not valid RLP"):
+        Envelope(GOOD.expiry, GOOD.ttl, GOOD.topic, GOOD.data, GOOD.nonce, GOOD.raw[:-3])
+
+
 def test_long_data_envelope_roundtrip() -> None:
     env = Envelope.build(10, 5, b"abcd", b"\x00" * 70_000, 2**64 - 1)
     assert Envelope.decode(env.raw).rlp_without_nonce == rlp.encode([10, 5, b"abcd", b"\x00" * 70_000])

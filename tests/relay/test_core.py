@@ -143,3 +143,35 @@ def test_a_packet_is_pooled_queued_counted_and_confirmed_once_durable() -> None:
         await core.close()
 
     asyncio.run(scenario())
+
+
+class SlowReader(FakePeer):
+    """A peer whose socket has not taken ``write_backlog`` bytes yet."""
+
+    write_backlog = 0
+
+
+def test_relay_packets_wait_while_a_peer_has_a_backlog_and_stay_within_the_room_left() -> None:
+    async def scenario() -> None:
+        core = RelayCore(WhisperConfig(min_pow=0.0, relay_backlog_bytes=4096), archive=None,
+                         clock_trusted=lambda: True)
+        shh = WhisperService(core.config, archive=None, clock_trusted=lambda: True, core=core)
+        peer = SlowReader(("shh", 6))
+        await shh.peer_started(peer)  # type: ignore[arg-type]
+        await shh.handle_message(peer, 0, rlp.encode([6, 0]))  # type: ignore[arg-type]
+        envs = [_env() for _ in range(40)]  # ~120 B each: ~4.8 KB in all
+        for env in envs:
+            assert core.post(env)
+        peer.write_backlog = 4096  # the buffer is full: nothing is built for it, nothing is lost
+        assert core.forward_once() == 0 and peer.messages("shh") == []
+        peer.write_backlog = 3000  # room for ~1 KB: one small packet
+        first = core.forward_once()
+        relayed = [p for _, code, p in peer.sent if code == 1]
+        assert 0 < first < 40 and len(relayed) == 1 and len(relayed[0]) <= 1096 + 4
+        peer.write_backlog = 0
+        while core.forward_once():
+            pass
+        assert sorted(peer.messages("shh")) == sorted(e.hash for e in envs)  # all of it, in the end
+        await core.close()
+
+    asyncio.run(scenario())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import generate_latest
-
 from pimail.appliance.metrics import NodeMetrics
 from pimail.appliance.statuspage import render_page
 from pimail.cli.status import render
@@ -27,7 +25,7 @@ SNAP: dict[str, Any] = {
 
 
 def test_metrics_show_peers_per_protocol() -> None:
-    text = generate_latest(NodeMetrics(lambda: SNAP).registry).decode()
+    text = NodeMetrics(lambda: SNAP).render()
     assert 'pimail_peers_by_protocol{protocol="waku/1"} 2.0' in text
     assert 'pimail_peers_by_protocol{protocol="shh/6"} 1.0' in text
     assert 'pimail_peers_by_protocol{protocol="waku/0"} 0.0' in text

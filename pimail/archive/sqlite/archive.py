@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import sqlite3
@@ -23,6 +24,7 @@ from pimail.archive.sqlite.writer import SqliteWriter
 log = logging.getLogger(__name__)
 
 WAL_MIN_PAGES = 64
+RELEASE_BARRIER_S = 1.0  # release_memory: how long a reader thread waits for the others
 
 
 class SqliteArchive(SqliteWriter, SqliteReader):
@@ -101,6 +103,33 @@ class SqliteArchive(SqliteWriter, SqliteReader):
             self._cond.notify_all()
         await asyncio.to_thread(self._stop_threads)
         log.info("archive closed: %s", self.path)
+
+    async def release_memory(self) -> None:
+        """Empty the page caches of the writer and of each reader (``PRAGMA shrink_memory``): after
+        a burst they hold up to ``WRITER_CACHE_KIB`` + ``READERS`` × ``READER_CACHE_KIB`` of pages
+        the kernel's page cache has as well (docs/PERFORMANCE.md, "Memory")."""
+        if not self._opened or self._readers is None:
+            return
+        await self._writer_job(lambda: self._conn().execute("PRAGMA shrink_memory").close())
+        # Reader connections belong to their threads: one task per reader thread, each holding
+        # its thread at a barrier until the others have had theirs (at most a second).
+        barrier = threading.Barrier(READER_THREADS)
+
+        def shrink_reader() -> None:
+            conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+            try:
+                if conn is not None:
+                    conn.execute("PRAGMA shrink_memory").close()
+            finally:
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    barrier.wait(timeout=RELEASE_BARRIER_S)
+
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.gather(*(loop.run_in_executor(self._readers, shrink_reader)
+                                   for _ in range(READER_THREADS)))
+        except sqlite3.Error as exc:
+            raise ArchiveError(f"archive cache release failed: {exc}") from exc
 
     def _stop_threads(self) -> None:
         """Wait for the writer to flush and stop, then for the readers (blocking: run in a thread)."""

@@ -47,8 +47,9 @@ T = TypeVar("T")
 
 READER_THREADS = 2
 # Per reader connection. History reads a key range once, front to back: only the interior pages of
-# the B-trees are worth keeping, and the kernel caches the file anyway (docs/PERFORMANCE.md, "Memory").
-READER_CACHE_KIB = 2048
+# the B-trees are worth keeping (a 1M-envelope index has ~100 of 4 KB), and the kernel caches the
+# file anyway (docs/PERFORMANCE.md, "Memory").
+READER_CACHE_KIB = 1024
 MAX_INFLIGHT_READS = 32  # further readers wait on the loop (never on a thread)
 
 
