@@ -62,9 +62,9 @@ def test_interval_zero_commits_whatever_waits() -> None:
 
 
 def test_the_busy_threshold_is_what_makes_the_difference() -> None:
-    """Same traffic (1,000 env/s for 0.2 s), two thresholds: the old 1 MB one waits for the
-    interval, the steady one commits."""
-    waiting, nbytes, now = 200, 200 * ENV * 2, T0 + 0.2  # 120 KB
+    """Same traffic (1,000 env/s of 330 B for 0.2 s: 66 KB), two thresholds: the old 1 MB one
+    waits for the interval, the steady one commits."""
+    waiting, nbytes, now = 200, 200 * 330, T0 + 0.2
     assert policy(busy_bytes=BUSY_GROUP_BYTES).due(now, T0, waiting, nbytes) is False
     assert policy(busy_bytes=STEADY_GROUP_BYTES).due(now, T0, waiting, nbytes) is True
 
