@@ -93,9 +93,9 @@ class GroupPolicy:
     commits as soon as the writer is free once ``max_envelopes`` or ``busy_bytes`` of envelope data
     wait; what arrives while that commit runs is the next group, so groups grow with the load by
     themselves. ``busy_bytes`` is the smallest group whose commit is cheap next to its size (see
-    STEADY_GROUP_BYTES): steady traffic reaches it within a few milliseconds, a quiet node never
-    before the interval. The writer asks ``due`` whenever it is free and something changed (a
-    submit, a timeout at ``deadline``); the clock is the caller's.
+    STEADY_GROUP_BYTES): busy traffic reaches it long before the interval (2,000 env/s of 330 B:
+    ~0.1 s), a quiet node (50 env/s: 16 KB a second) never. The writer asks ``due`` whenever it
+    is free and something changed (a submit, a timeout at ``deadline``); the clock is the caller's.
     """
 
     interval_s: float
