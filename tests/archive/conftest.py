@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from pimail.archive.base import Archive, ArchivedEnvelope
 from pimail.archive.sqlite import SqliteArchive
+from pimail.archive.sqlite.core import Job
 from pimail.envelope.codec import Envelope
 
 T = TypeVar("T")
@@ -123,3 +125,17 @@ def topic_n(n: int) -> bytes:
     # spread across all four bytes so the blooms of different topics differ
     return bytes([(n * 37) & 0xFF, (n * 101 + 7) & 0xFF, (n * 53 + 3) & 0xFF, n & 0xFF])
 
+
+def block_writer(a: SqliteArchive) -> tuple[threading.Event, threading.Event]:
+    """Park the writer thread in a job until the returned ``release`` is set; ``parked`` is set once
+    it sits there (so anything submitted meanwhile waits in the queue)."""
+    parked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        parked.set()
+        release.wait(60)
+
+    with a._cond:
+        a._jobs.append(Job(hold, asyncio.get_running_loop().create_future(), asyncio.get_running_loop()))
+        a._cond.notify()
+    return parked, release

@@ -349,7 +349,7 @@ def test_a_large_group_goes_straight_into_sqlite(tmp_path: Path) -> None:
     db = tmp_path / "archive.sqlite"
 
     async def main() -> None:
-        a = archive_at(db, busy_group_bytes=4000)  # direct from 1000 bytes on
+        a = archive_at(db, direct_group_bytes=1000)  # direct from 1000 bytes on
         await a.open()
         await a.submit(envelopes(2))  # small: the log
         await a.submit(envelopes(20, first=10))  # ~2 KB: the log's two first, then the group

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import sqlite3
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,11 +31,10 @@ from pimail.archive.sqlite import (
     topic_bytes,
     topic_int,
 )
-from pimail.archive.sqlite.core import Job
 from pimail.config import ArchiveConfig
 from pimail.envelope.bloom import bloom_matches, topic_to_bloom, topics_to_bloom
 from pimail.errors import UserError
-from tests.archive.conftest import make_envelope, run, topic_n
+from tests.archive.conftest import block_writer, make_envelope, run, topic_n
 from tests.waiting import eventually
 
 ALL = (0, 2**32 - 1)
@@ -512,21 +510,6 @@ def test_acks_are_power_loss_safe_by_default_and_normal_is_the_opt_out(tmp_path:
     run(main())
 
 
-def _block_writer(a: SqliteArchive) -> tuple[threading.Event, threading.Event]:
-    """Park the writer thread in a job until the returned ``release`` is set; ``parked`` is set once
-    it sits there (so anything submitted meanwhile waits in the queue)."""
-    parked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        parked.set()
-        release.wait(60)
-
-    with a._cond:
-        a._jobs.append(Job(hold, asyncio.get_running_loop().create_future(), asyncio.get_running_loop()))
-        a._cond.notify()
-    return parked, release
-
-
 def test_submissions_behind_a_busy_writer_commit_as_one_group_when_it_is_free(tmp_path: Path) -> None:
     """A busy node: what queues while the writer works is one group, committed as soon as the writer
     is free (a full group by bytes), not after another flush interval."""
@@ -537,7 +520,7 @@ def test_submissions_behind_a_busy_writer_commit_as_one_group_when_it_is_free(tm
                           prune_interval_s=0, busy_group_bytes=1500,
                           on_durable=lambda envs: groups.append(len(envs)))
         await a.open()
-        parked, release = _block_writer(a)
+        parked, release = block_writer(a)
         assert await asyncio.to_thread(parked.wait, 30)
         envs = [make_envelope(100 + i, BASE + i) for i in range(40)]
         futs = [a.submit([e]) for e in envs]  # 40 submits of one envelope, ≥ 1500 bytes in all

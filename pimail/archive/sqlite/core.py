@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from pimail.archive.base import Archive, ArchiveError, DurableCallback, RetentionPolicy
 from pimail.archive.common import (
     BUSY_GROUP_BYTES,
+    STEADY_GROUP_BYTES,
     GroupPolicy,
     GroupQueue,
     HealthConditions,
@@ -45,14 +46,16 @@ SQLITE_IOERR = 10
 SQLITE_BUSY = 5
 SQLITE_LOCKED = 6
 
-# The ack log: a group smaller than 1/4 of the busy group (256 KB) is appended to the log and acked;
-# the tail goes into SQLite every 120 s or when the 3 MB log is full. The longer the interval, the
-# fewer times each page of the topic index's current bucket is rewritten (bench/archive, 50 env/s into
-# a half-full bucket: 30 s 29x, 60 s 19x, 120 s 12x the envelope bytes written; a commit per group
-# 53x); 120 s of 50 env/s is 2 MB of log, and the tail held in memory at most the log's size.
+# The ack log: a group smaller than 256 KB is appended to the log and acked; the tail goes into
+# SQLite every 120 s or when the 3 MB log is full. The longer the interval, the fewer times each
+# page of the topic index's current bucket is rewritten (bench/archive, 50 env/s into a half-full
+# bucket: 30 s 29x, 60 s 19x, 120 s 12x the envelope bytes written; a commit per group 53x); 120 s
+# of 50 env/s is 2 MB of log, and the tail held in memory at most the log's size.
 INDEX_INTERVAL_S = 120.0
 LOG_MAX_BYTES = 3_000_000
-DIRECT_GROUP_FRACTION = 4
+# A group this large goes straight into SQLite: its commit's ~9 rewritten pages are small next to it,
+# and only a busy writer (one that was writing while this much arrived) makes one.
+DIRECT_GROUP_BYTES = 256 * 1024
 
 HEALTH_DISK_FULL = "archive.disk_full"
 HEALTH_WRITE = "archive.write_failed"
@@ -107,9 +110,10 @@ class SqliteCore(Archive):
         on_durable: DurableCallback | None = None,
         max_pending_envelopes: int = 0,
         wal_autocheckpoint_pages: int = WAL_AUTOCHECKPOINT_PAGES,
-        busy_group_bytes: int = BUSY_GROUP_BYTES,
+        busy_group_bytes: int | None = None,
         index_interval_s: float = INDEX_INTERVAL_S,
         log_max_bytes: int = LOG_MAX_BYTES,
+        direct_group_bytes: int = DIRECT_GROUP_BYTES,
     ) -> None:
         if synchronous.lower() not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
@@ -134,13 +138,16 @@ class SqliteCore(Archive):
         self.inserted_total = 0
         self.archived_bytes = 0
 
-        #: when a group is due (the flush interval, or a full group waiting: see GroupPolicy)
-        self.group = GroupPolicy(self.flush_interval_s, flush_max_envelopes, busy_group_bytes)
-        self._queue = GroupQueue(self.max_pending, "archive is behind")
         #: the ack log (None: groups go straight into SQLite) and the tail it holds for the index
         self.index_interval_s = index_interval_s if log_max_bytes > 0 else 0.0
         self.log_max_bytes = log_max_bytes
-        self.direct_bytes = max(1, busy_group_bytes // DIRECT_GROUP_FRACTION)
+        self.direct_bytes = max(1, direct_group_bytes)
+        #: when a group is due (the flush interval, or a busy node's group waiting: see GroupPolicy);
+        #: with the log a commit is cheap from STEADY_GROUP_BYTES on, without it from 1 MB
+        if busy_group_bytes is None:
+            busy_group_bytes = STEADY_GROUP_BYTES if self.index_interval_s > 0 else BUSY_GROUP_BYTES
+        self.group = GroupPolicy(self.flush_interval_s, flush_max_envelopes, busy_group_bytes)
+        self._queue = GroupQueue(self.max_pending, "archive is behind")
         self._log: AckLog | None = None
         self._tail = LogTail()
         self._tail_foreign = False  # the tail was read from another process's log: never index it

@@ -112,7 +112,8 @@ class SqliteWriter(SqliteSpace):
 
     def _collect(self, next_prune: float) -> tuple[list[Pending], list[Job], bool]:
         """Wait until a group is due (``self.group``: the oldest envelope has waited the flush
-        interval, or a full group waits) or there is other work; then take the group.
+        interval, or a busy node's group waits) or there is other work; then take the group. Each
+        submit wakes the writer, so a busy node's group goes as soon as the writer is free.
 
         A due group takes everything already waiting (up to GROUP_CAP_FACTOR × flush_max): under
         load the queue fills while the previous group commits, and one commit of all of it makes
@@ -127,9 +128,8 @@ class SqliteWriter(SqliteSpace):
                 busy = self._prune_run is not None or self._prune_asked
                 now = time.monotonic()
                 oldest = queue.oldest_at()
-                due = self._stopping or bool(self._jobs) or busy or self._index_due(now) or (
-                    oldest is not None and (self.group.full(queue.waiting, queue.waiting_bytes)
-                                            or now >= self.group.deadline(oldest)))
+                due = self._stopping or bool(self._jobs) or busy or self._index_due(now) \
+                    or self.group.due(now, oldest, queue.waiting, queue.waiting_bytes)
                 if due:
                     break
                 if oldest is not None:
