@@ -291,10 +291,6 @@ class Discovery:
         """Nodes that answered since the last node-database write (written at the next one)."""
         return set(self._unsaved)
 
-    def live_count(self) -> int:
-        """Entries that proved their endpoint (answered our Ping) within the bond lifetime."""
-        return sum(1 for n in self.table.nodes() if self.transport.verified(n.node_id, n.ip))
-
     async def _prove_new_entries(self) -> None:
         """Ping up to ``PROVE_PER_ROUND`` entries learned from Neighbors that never answered us, so
         the table holds live nodes; the silent ones give their place to a replacement."""
