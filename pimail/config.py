@@ -54,9 +54,9 @@ class DiscoveryConfig:
     request_timeout_s: float = 0.5  # geth respTimeout
     bond_expiration_s: float = 12 * 3600.0  # discv4.md endpoint proof lifetime
     bond_wait_s: float = 0.5  # after bonding, how long to wait for the remote's Ping back
-    lookup_interval_s: float = 1.0  # random lookups while the table is below table_target and growing
-    table_target: int = 200  # entries above which lookups slow to refresh_interval_s
-    refresh_interval_s: float = 300.0  # random + self lookup at steady state
+    lookup_interval_s: float = 1.0  # self/aimed/random lookups while they find more (then backoff)
+    table_target: int = 200  # random lookups at lookup_interval_s until this many nodes answered
+    refresh_interval_s: float = 300.0  # self + random lookup; also the longest backoff
     revalidate_interval_s: float = 10.0  # geth revalidateInterval: ping one entry
     persist_interval_s: float = 60.0  # write answering nodes to the node database
     packets_per_s: float = 40.0  # per source address, beyond which packets are dropped unread

@@ -2,11 +2,14 @@
 
 Start: open the node database, sign the local record (its sequence number is kept in the database
 and bumped whenever the address in it changes), bind the UDP socket, then bond with the bootnodes
-and the database's seeds and look ourselves up. After that: random lookups every
-``lookup_interval_s`` while the table is below ``table_target`` (every ``refresh_interval_s`` after),
-one revalidation Ping every ``revalidate_interval_s``, and every node that answered a Ping (table
-entry, replacement or neither: a full bucket forgets, the database keeps) written to the database
-every ``persist_interval_s`` and at stop.
+and the database's seeds. After that, one lookup at a time as ``pimail.discovery.schedule``
+decides: a refresh (self-lookup and a random one) at once and every ``refresh_interval_s``, and
+while buckets near us have room, self-lookups and lookups aimed at those buckets every
+``lookup_interval_s``, each backing off (up to the refresh interval) while it finds nothing new;
+a random lookup when the dialler runs out of candidates. Also one revalidation Ping every
+``revalidate_interval_s``, and every node that answered a Ping (table entry, replacement or
+neither: a full bucket forgets, the database keeps) written to the database every
+``persist_interval_s`` and at stop.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,6 +30,17 @@ from pimail.crypto.keccak import keccak256
 from pimail.crypto.keys import Enode, NodeKey
 from pimail.discovery.enr import Record
 from pimail.discovery.nodedb import MAX_ROWS, NodeDB
+from pimail.discovery.schedule import (
+    AIM_SLICE,
+    AIMED,
+    RANDOM,
+    REFRESH,
+    LookupSchedule,
+    Plan,
+    TableState,
+    aim_tries,
+    target_in_bucket,
+)
 from pimail.discovery.table import BUCKET_SIZE, Node, Table, distance
 from pimail.discovery.udp import Network, UDPTransport
 
@@ -35,7 +50,6 @@ ALPHA = 3  # discv4.md lookup concurrency
 SEED_COUNT = 30  # geth seedCount
 MAX_LOOKUP_QUERIES = 64  # a lookup gives up after asking this many nodes
 PROVE_PER_ROUND = 32  # unproven entries pinged after each lookup
-STALLED_LOOKUPS = 10  # fast lookups stop after this many found nothing new (a small network is full)
 
 
 class Discovery:
@@ -69,10 +83,13 @@ class Discovery:
         self._seq = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._lookup_wake = asyncio.Event()
+        self.schedule = LookupSchedule(fast_s=config.lookup_interval_s, refresh_s=config.refresh_interval_s,
+                                       live_target=config.table_target)
+        self._rng = random.Random()  # lookup targets need no secrecy
         # nodes that answered since the last database write, at most the database's size
         self._unsaved: OrderedDict[bytes, Node] = OrderedDict()
-        self.counters: dict[str, int] = {"lookups": 0, "revalidations": 0, "revalidation_failed": 0,
-                                         "record_updates": 0}
+        self.counters: dict[str, int] = {"lookups": 0, "lookups_aimed": 0, "aim_failed": 0,
+                                         "revalidations": 0, "revalidation_failed": 0, "record_updates": 0}
 
     # -- the local record --------------------------------------------------------------------------
     def _advertised_ip(self) -> str:
@@ -217,41 +234,62 @@ class Discovery:
 
     async def _lookup_loop(self) -> None:
         await self._bond_all()
-        with contextlib.suppress(Exception):
-            await self.lookup(self.key.public)
-        stalled = 0  # lookups in a row that found nothing new
-        rounds = 0
         while True:
-            rounds += 1
-            # look up fast while the table is small and lookups still find new nodes; a network
-            # smaller than the target fills the table as far as Kademlia allows, then rests
-            small = len(self.table) < self.config.table_target and stalled < STALLED_LOOKUPS
-            interval = self.config.lookup_interval_s if small else self.config.refresh_interval_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lookup_wake.wait(), interval)
-            self._lookup_wake.clear()
+            if self._lookup_wake.is_set():
+                self._lookup_wake.clear()
+                self.schedule.want_more()
+            at, plan = self.schedule.next(self._state(), time.monotonic())
+            delay = at - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._lookup_wake.wait(), delay)
+                continue  # plan again: the dialler may have asked, the table may have changed
             if not len(self.table):
                 for node in self.bootnodes:
                     self.table.add_seen(node, time.time())
                 await self._bond_all()
-            before = (len(self.table), self.live_count())
+            before = self._state()
             try:
-                await self.lookup(os.urandom(64))
-                if not small or rounds % 4 == 0:
-                    # random targets fill the far buckets; our own id finds the near ones
-                    await self.lookup(self.key.public)
-                await self._prove_new_entries()
+                await self._run(plan)
             except Exception:
                 log.exception("discovery lookup failed")
-            stalled = 0 if (len(self.table), self.live_count()) > before else stalled + 1
+            self.schedule.finished(plan, before, self._state(), time.monotonic())
+
+    def _state(self) -> TableState:
+        return TableState(self.table.bucket_sizes(), self.transport.verified_count())
+
+    async def _run(self, plan: Plan) -> None:
+        """One planned lookup, then Pings for the entries it brought that never answered us."""
+        if plan.kind == AIMED:
+            target = await self._aimed_target(plan.distance)
+            if target is None:
+                self.counters["aim_failed"] += 1
+                return
+            self.counters["lookups_aimed"] += 1
+            await self.lookup(target)
+        elif plan.kind == RANDOM:
+            await self.lookup(os.urandom(64))
+        elif plan.kind == REFRESH:
+            await self.lookup(self.key.public)
+            await self.lookup(os.urandom(64))
+        else:
+            await self.lookup(self.key.public)
+        await self._prove_new_entries()
+
+    async def _aimed_target(self, distance: int) -> bytes | None:
+        """A target in bucket ``distance``, drawn in slices that let the event loop run between."""
+        left = aim_tries(distance)
+        while left > 0:
+            found = target_in_bucket(self.key.node_id, distance, self._rng, min(AIM_SLICE, left))
+            if found is not None:
+                return found
+            left -= AIM_SLICE
+            await asyncio.sleep(0)
+        return None
 
     def unsaved_ids(self) -> set[bytes]:
         """Nodes that answered since the last node-database write (written at the next one)."""
         return set(self._unsaved)
-
-    def live_count(self) -> int:
-        """Entries that proved their endpoint (answered our Ping) within the bond lifetime."""
-        return sum(1 for n in self.table.nodes() if self.transport.verified(n.node_id, n.ip))
 
     async def _prove_new_entries(self) -> None:
         """Ping up to ``PROVE_PER_ROUND`` entries learned from Neighbors that never answered us, so

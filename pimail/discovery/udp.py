@@ -194,6 +194,11 @@ class UDPTransport(asyncio.DatagramProtocol):
             return False
         return self._clock() - entry[0] < self.config.bond_expiration_s
 
+    def verified_count(self) -> int:
+        """How many nodes answered our Ping within the bond lifetime (of the last ``max_addresses``)."""
+        since = self._clock() - self.config.bond_expiration_s
+        return sum(1 for stamp, _ip in self._last_pong.values() if stamp > since)
+
     def pinged_us_recently(self, node_id: bytes) -> bool:
         stamp = self._last_ping.get(node_id)
         return stamp is not None and self._clock() - stamp < self.config.bond_expiration_s

@@ -113,9 +113,11 @@ async def test_findnode_answered_only_after_the_endpoint_proof() -> None:
         raw.send(wire.FindNode(raw.key.public, _exp()), d.udp_port)
         await wait_until(lambda: d.transport.counters["dropped_unbonded"] == 1)
         assert raw.received == []
+        assert d.transport.verified_count() == 0
         answering = asyncio.get_running_loop().create_task(raw.answer_pings(d.udp_port, stop))
         raw.ping(d.udp_port)  # d pongs and pings back; our Pong proves our endpoint
         await wait_until(lambda: d.transport.verified(raw.key.node_id, "127.0.0.1"))
+        assert d.transport.verified_count() == 1  # what the lookup schedule counts as answering
         raw.received.clear()
         for i in range(20):  # silent nodes: only what d tells about them matters here
             d.table.add_seen(Node(NodeKey.generate().public, "127.0.0.1", 40000 + i, 40000 + i), 1.0)
