@@ -44,7 +44,7 @@ in_chroot "$root" /opt/pimail/venv/bin/python3 -c 'import pimail, coincurve, uvl
 log "app: enabling units"
 in_chroot "$root" systemctl enable pimail.service pimail-data.service pimail-import-settings.service \
     pimail-firstboot.service pimail-show-qr.service pimail-journal-keep.service pimail-journal-save.timer \
-    systemd-networkd.service systemd-resolved.service systemd-timesyncd.service avahi-daemon.service \
+    pimail-mdns-name.service systemd-networkd.service systemd-resolved.service systemd-timesyncd.service avahi-daemon.service \
     ssh.service apt-daily.timer apt-daily-upgrade.timer
 # /tmp in RAM, not on the card (bookworm ships the unit but does not enable it).
 install -m 0644 "$root/usr/share/systemd/tmp.mount" "$root/etc/systemd/system/tmp.mount"
@@ -63,7 +63,7 @@ ln -sf /lib/systemd/system/wpa_supplicant@.service \
 # systemd-analyze verify of our units inside the target (warnings only; the build goes on).
 in_chroot "$root" systemd-analyze verify --man=no pimail.service pimail-data.service pimail-firstboot.service \
     pimail-import-settings.service pimail-show-qr.service pimail-smoketest.service pimail-journal-keep.service \
-    pimail-journal-save.service pimail-journal-save.timer >&2 || log "app: systemd-analyze verify reported problems (above)"
+    pimail-journal-save.service pimail-journal-save.timer pimail-mdns-name.service >&2 || log "app: systemd-analyze verify reported problems (above)"
 
 log "app: hygiene (no keys, passwords or identities in the image)"
 usermod -R "$root" -p '*' root

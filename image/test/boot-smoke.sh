@@ -90,6 +90,7 @@ for boot in $(seq 1 "$boots"); do
     serial=$work/serial-$boot.log
     log "image-test: boot $boot (node port 30303 -> 127.0.0.1:$node_port)"
     b0=$(date +%s)
+    qemu_started=$(date +%s.%N)
     timeout --kill-after=10 "$BOOT_TIMEOUT_S" qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 \
         -display none -monitor none -serial "file:$serial" -no-reboot \
         -kernel "$work/vmlinuz" -initrd "$work/initrd.img" \
@@ -102,7 +103,7 @@ for boot in $(seq 1 "$boots"); do
     rc=0
     "$python" "$IMAGE_DIR/test/smokecheck.py" --log "$serial" --boot "$boot" --qemu-pid "$qemu" \
         --node-port "$node_port" --control-port "$control_port" --state "$work/boot1.json" \
-        --timeout "$BOOT_TIMEOUT_S" --settings-expected || rc=$?
+        --timeout "$BOOT_TIMEOUT_S" --settings-expected --qemu-started "$qemu_started" || rc=$?
     # The guest powers itself off after reporting; give it a bounded moment, then stop it.
     for _ in $(seq 1 60); do
         kill -0 "$qemu" 2>/dev/null || break

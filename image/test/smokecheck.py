@@ -140,6 +140,7 @@ def evaluate(
     previous: dict[str, str] | None = None,
     settings_expected: bool = False,
     login_qr: list[str] | None = None,
+    qemu_to_ready_s: float | None = None,
 ) -> list[Check]:
     """Judge one boot's SMOKE values. ``previous`` is the first boot's values when judging the
     second boot (first boot must not run again; identity and data must persist). ``login_qr`` is
@@ -178,6 +179,12 @@ def evaluate(
         v("data.medium") == "sd" and v("data.label") == "PIMAILSD" and v("data.owner") == "pimail",
         f"{v('data.medium')} {v('data.source')} label {v('data.label')}, owner {v('data.owner')}",
     )
+    add(
+        "pimail-data logged no failure (no udevadm settle line)",
+        v("data.log_failures") == "0",
+        f"{v('data.log_failures')} lines with 'settle' or 'fail'; the unit took {v('data.unit_s')} s "
+        "(no USB stick: no wait for one)",
+    )
     add("SSH host keys", _int(v("hostkeys")) >= 3, f"{v('hostkeys')} host keys")
     add("machine-id set", v("machine_id") not in (None, "", "empty"), f"{v('machine_id')}…")
     add(
@@ -185,10 +192,30 @@ def evaluate(
         v("root_password") == "L" and v("sshd_password_auth") == "no",
         f"root {v('root_password')}, PasswordAuthentication {v('sshd_password_auth')}",
     )
+    # Boot 1 stages an mDNS conflict that moves the box to its derived name; boot 2 keeps it.
+    want_name = "pimail" if previous is None else (previous.get("mdns.derived") or "?")
     add(
-        "hostname pimail (pimail.local)",
-        v("hostname") == "pimail",
-        f"{v('hostname')}, avahi {v('avahi-daemon.active')}",
+        f"hostname {want_name} ({want_name}.local, announced by avahi)",
+        v("hostname") == want_name and v("mdns.avahi_name") == want_name and v("mdns.unit") == "active",
+        f"{v('hostname')}, avahi {v('avahi-daemon.active')} announcing {v('mdns.avahi_name')}.local, "
+        f"pimail-mdns-name {v('mdns.unit')}",
+    )
+    add(
+        "Wi-Fi config from wifi.txt joins WPA2, WPA2/WPA3 and WPA3-SAE networks (wpa_supplicant reads it)",
+        v("wifi.key_mgmt") == "0x502" and v("wifi.pmf") == "1" and v("wifi.sae_password") == "1"
+        and v("wifi.parse_errors") == "0",
+        f"key_mgmt {v('wifi.key_mgmt')} (0x502 = WPA-PSK, WPA-PSK-SHA256, SAE), ieee80211w "
+        f"{v('wifi.pmf')}, sae_password lines {v('wifi.sae_password')}, "
+        f"parse errors {v('wifi.parse_errors')}",
+    )
+    ready_us, clock_us = _int(v("pimail.ready_us")), _int(v("clock.monotonic_us"))
+    add(
+        "boot to pimail READY=1",
+        ready_us > 0,
+        f"{ready_us / 1e6:.1f} s after the kernel started (systemd's monotonic clock)"
+        + (f", {qemu_to_ready_s:.1f} s after QEMU started" if qemu_to_ready_s is not None else "")
+        + (f"; SMOKE report {clock_us / 1e6:.1f} s after kernel start" if clock_us > 0 else ""),
+        required=False,
     )
     add(
         "ssh, avahi, timesyncd, settings import, QR units active",
@@ -299,6 +326,21 @@ def evaluate(
             v("lastboot.ended") == "first",
             f"last boot ended {v('lastboot.ended')!r}",
         )
+        derived = v("mdns.derived") or ""
+        add(
+            "mDNS conflicts: avahi's rename undone when nobody else has pimail.local; "
+            "a derived name taken for good when another host has it",
+            v("mdns.staged") == "pimail-2"
+            and v("mdns.reclaimed") == "pimail"
+            and re.fullmatch(r"pimail-[0-9a-f]{4}", derived) is not None
+            and v("mdns.renamed_hostname") == derived
+            and v("mdns.renamed_etc") == derived
+            and v("mdns.renamed_avahi") == derived
+            and v("mdns.renamed_hosts") == f"127.0.1.1 {derived}",
+            f"staged {v('mdns.staged')} -> {v('mdns.reclaimed')}; another host on pimail.local -> "
+            f"hostname {v('mdns.renamed_hostname')}, /etc/hostname {v('mdns.renamed_etc')}, avahi "
+            f"{v('mdns.renamed_avahi')}, hosts {v('mdns.renamed_hosts')!r} (derived {derived})",
+        )
         add(
             "data partition grown to fill the card",
             _int(v("data.size_mb")) > 1000 and bool(v("data.grown")),
@@ -361,16 +403,33 @@ def read_smoke(log_path: Path) -> list[str]:
         return []
 
 
-def wait_for(log_path: Path, key: str, deadline: float, qemu_pid: int | None) -> dict[str, str] | None:
-    """Poll the serial log until SMOKE key appears; None on timeout or if QEMU exited first."""
+def wait_for(
+    log_path: Path, key: str, deadline: float, qemu_pid: int | None, seen: dict[str, float] | None = None
+) -> dict[str, str] | None:
+    """Poll the serial log until SMOKE key appears; None on timeout or if QEMU exited first.
+    ``seen`` gets the host's wall-clock time at which each key was first read (to 0.25 s)."""
     while time.monotonic() < deadline:
         values = parse_lines(read_smoke(log_path))
+        if seen is not None:
+            now = time.time()
+            for k in values:
+                seen.setdefault(k, now)
         if key in values:
             return values
         if qemu_pid is not None and not _alive(qemu_pid):
             return None
-        time.sleep(1.0)
+        time.sleep(0.25)
     return None
+
+
+def qemu_to_ready(values: dict[str, str], seen: dict[str, float], qemu_started: float | None) -> float | None:
+    """Seconds from QEMU's start to pimail's READY=1: the host read ``clock.monotonic_us`` at
+    ``seen[...]``; READY was that many guest seconds earlier (QEMU's guest clock runs with the host's)."""
+    ready_us, clock_us = _int(values.get("pimail.ready_us")), _int(values.get("clock.monotonic_us"))
+    when = seen.get("clock.monotonic_us")
+    if qemu_started is None or when is None or ready_us <= 0 or clock_us < ready_us:
+        return None
+    return when - qemu_started - (clock_us - ready_us) / 1e6
 
 
 def _alive(pid: int) -> bool:
@@ -458,10 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--settings-expected", action="store_true")
     ap.add_argument("--release-attempts", type=int, default=10)
+    ap.add_argument("--qemu-started", type=float, help="host time (epoch seconds) QEMU was started at")
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.timeout
 
-    values = wait_for(args.log, "awaiting_host", deadline, args.qemu_pid)
+    seen: dict[str, float] = {}
+    values = wait_for(args.log, "awaiting_host", deadline, args.qemu_pid, seen)
     if values is None:
         print(f"boot {args.boot}: the guest never reported back (see {args.log})")
         return 1
@@ -476,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"boot {args.boot}: cannot decode QR codes on the host ({exc}); run 'make venv-test'")
         login_qr = []
-    checks = evaluate(values, args.boot, rlpx, previous, args.settings_expected, login_qr)
+    ready_s = qemu_to_ready(values, seen, args.qemu_started)
+    checks = evaluate(values, args.boot, rlpx, previous, args.settings_expected, login_qr, ready_s)
     if args.boot == 1:
         args.state.write_text(json.dumps(values, indent=1))
     print(format_checks(checks, args.boot))

@@ -43,3 +43,4 @@ def targets(tmp_path: Path) -> Any:
         wpa_supplicant=tmp_path / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf",
         config_group="no-such-group-here",
     )
+MDNSNAME = load_module("pimail_image_mdnsname", IMAGE / "rootfs/usr/lib/pimail-image/mdnsname.py")

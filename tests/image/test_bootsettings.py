@@ -132,6 +132,59 @@ def test_wifi_txt_becomes_wpa_config_with_derived_psk_and_is_removed(boot: Path,
     assert "correct horse" not in (boot / "wifi.txt.imported").read_text()
 
 
+def test_wifi_txt_default_joins_wpa2_transition_and_wpa3_networks(boot: Path, targets: Any) -> None:
+    (boot / "wifi.txt").write_text("country=DE\nssid=Home\npsk=correct horse battery\n")
+    outcomes = by_name(bs.import_wifi(boot, targets))
+    conf = targets.wpa_supplicant.read_text()
+    network = network_block(conf)
+    # WPA2 (and the PSK side of a transition network) with the derived key, WPA3 with SAE and the
+    # passphrase itself, hex-encoded; management frame protection used when offered.
+    assert network["key_mgmt"].split() == ["WPA-PSK", "WPA-PSK-SHA256", "SAE"]
+    assert network["psk"] == hashlib.pbkdf2_hmac("sha1", b"correct horse battery", b"Home", 4096, 32).hex()
+    assert bytes.fromhex(network["sae_password"]) == b"correct horse battery"
+    assert network["ieee80211w"] == "1"
+    assert "sae_pwe=2" in conf.splitlines()
+    assert "SAE" in outcomes["wifi.txt"].message
+    assert not (boot / "wifi.txt").exists()
+
+
+def test_wifi_txt_wpa3_only_requires_protected_management_frames(boot: Path, targets: Any) -> None:
+    (boot / "wifi.txt").write_text('country=FR\nssid=Café\npsk="pa ss=wo\\rd"\nsecurity=WPA3\n')
+    bs.import_wifi(boot, targets)
+    network = network_block(targets.wpa_supplicant.read_text())
+    assert network["key_mgmt"] == "SAE"
+    assert network["ieee80211w"] == "2"
+    assert bytes.fromhex(network["sae_password"]) == b"pa ss=wo\\rd"
+    assert bytes.fromhex(network["ssid"]).decode() == "Café"
+    assert "psk" not in network
+
+
+def test_wifi_txt_wpa2_only_stores_no_passphrase(boot: Path, targets: Any) -> None:
+    (boot / "wifi.txt").write_text("country=DE\nssid=Old\npsk=correct horse battery\nsecurity=wpa2\n")
+    bs.import_wifi(boot, targets)
+    conf = targets.wpa_supplicant.read_text()
+    network = network_block(conf)
+    assert network["key_mgmt"] == "WPA-PSK WPA-PSK-SHA256"
+    assert "sae_password" not in network and "ieee80211w" not in network and "sae_pwe" not in conf
+    assert b"correct horse".hex() not in conf and "correct horse" not in conf
+
+
+def test_raw_hex_key_cannot_do_sae(boot: Path, targets: Any) -> None:
+    (boot / "wifi.txt").write_text(f"country=GB\nssid=Attic\npsk={'ab' * 32}\n")
+    bs.import_wifi(boot, targets)
+    network = network_block(targets.wpa_supplicant.read_text())
+    assert network["key_mgmt"] == "WPA-PSK WPA-PSK-SHA256" and "sae_password" not in network
+    (boot / "wifi.txt").write_text(f"country=GB\nssid=Attic\npsk={'ab' * 32}\nsecurity=wpa3\n")
+    outcome = by_name(bs.import_wifi(boot, targets))["wifi.txt"]
+    assert outcome.status == "rejected" and "needs the passphrase" in outcome.message
+
+
+def network_block(conf: str) -> dict[str, str]:
+    """The key=value lines inside the (only) network={...} block of a wpa_supplicant config."""
+    body = conf.split("network={", 1)[1].split("\n}", 1)[0]
+    return dict(line.strip().split("=", 1) for line in body.splitlines() if "=" in line)
+
+
 def test_known_wpa2_psk_vector() -> None:
     # IEEE 802.11i-2004 Annex H.4 test vector: passphrase "password", SSID "IEEE".
     conf = bs.wpa_supplicant_conf(bs.WifiSettings("US", "IEEE", "password"))

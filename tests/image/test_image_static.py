@@ -80,6 +80,17 @@ def test_smoke_test_unit_is_never_enabled_by_itself() -> None:
     assert "pimail-smoketest" not in enable.group(1)
 
 
+def test_every_installable_overlay_unit_is_enabled_by_the_build() -> None:
+    """A unit with an [Install] section in the overlay that app.sh forgets to enable never runs
+    on the board (pimail-mdns-name.service, say, and the box would keep avahi's pimail-2)."""
+    enable = re.search(r"systemctl enable((?:[^\n]*\\\n)*[^\n]*)", (IMAGE / "stages/app.sh").read_text())
+    assert enable
+    enabled = set(enable.group(1).replace("\\", " ").split())
+    installable = {u.name for u in UNITS.iterdir() if "[Install]" in u.read_text()}
+    assert "pimail-mdns-name.service" in installable
+    assert installable - enabled == set()
+
+
 def label(name: str) -> str:
     m = re.search(rf"^{name}=(\w+)$", (IMAGE / "lib.sh").read_text(), re.M)
     assert m, name

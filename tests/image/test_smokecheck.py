@@ -54,6 +54,8 @@ BOOT1 = {
     "data.size_mb": "2700",
     "data.grown": "2026-11-26T18:00:00Z",
     "data.owner": "pimail",
+    "data.log_failures": "0",
+    "data.unit_s": "1.2",
     "nodekey.sha256": "deadbeefdeadbeef",
     "config.valid": "yes",
     "watchdog.runtime": "15s",
@@ -91,6 +93,21 @@ BOOT1 = {
     "lastboot.previous_lines": "0",
     "lastboot.previous_end": "0",
     "lastboot.status": "first boot (no previous boot recorded)",
+    "mdns.unit": "active",
+    "mdns.avahi_name": "pimail",
+    "mdns.derived": "pimail-1b02",
+    "mdns.staged": "pimail-2",
+    "mdns.reclaimed": "pimail",
+    "mdns.renamed_hostname": "pimail-1b02",
+    "mdns.renamed_etc": "pimail-1b02",
+    "mdns.renamed_avahi": "pimail-1b02",
+    "mdns.renamed_hosts": "127.0.1.1 pimail-1b02",
+    "wifi.key_mgmt": "0x502",
+    "wifi.pmf": "1",
+    "wifi.sae_password": "1",
+    "wifi.parse_errors": "0",
+    "pimail.ready_us": "117568562",
+    "clock.monotonic_us": "244880000",
     "end": "1",
 }
 RLPX_OK = (True, "handshake ok")
@@ -110,8 +127,13 @@ def boot2() -> dict[str, str]:
             "lastboot.previous_lines": "812",
             "lastboot.previous_end": "1",
             "lastboot.status": "clean shutdown (last log 2026-12-02T14:03:11+0000)",
+            "hostname": "pimail-1b02",  # boot 1 staged a conflict; the derived name stays
+            "mdns.avahi_name": "pimail-1b02",
         }
     )
+    every_boot = {"mdns.unit", "mdns.avahi_name", "mdns.derived"}
+    for key in [k for k in values if k.startswith("mdns.") and k not in every_boot]:
+        del values[key]  # the staging runs on the first boot only
     return values
 
 
@@ -177,11 +199,71 @@ def test_each_important_fault_fails_the_boot() -> None:
             "firmware.zero2w": "missing:brcmfmac43430-sdio.raspberrypi,model-zero-2-w.txt"},
         "pimail's MemoryMax fits the board": {"pimail.memory_max": "infinity"},
         "first boot: no previous boot recorded": {"lastboot.ended": "power-loss"},
+        "hostname pimail (pimail.local, announced by avahi)": {"mdns.avahi_name": "pimail-2"},
+        MDNS_CHECK: {"mdns.reclaimed": "pimail-2"},
+        "pimail-data logged no failure (no udevadm settle line)": {"data.log_failures": "1"},
+        WIFI_CHECK: {"wifi.key_mgmt": "0x2"},
     }
     for name, change in faults.items():
         values = dict(BOOT1)
         values.update(change)
         assert name in failing(sc.evaluate(values, 1, RLPX_OK, settings_expected=True)), name
+
+
+MDNS_CHECK = (
+    "mDNS conflicts: avahi's rename undone when nobody else has pimail.local; "
+    "a derived name taken for good when another host has it"
+)
+WIFI_CHECK = (
+    "Wi-Fi config from wifi.txt joins WPA2, WPA2/WPA3 and WPA3-SAE networks (wpa_supplicant reads it)"
+)
+
+
+def test_mdns_conflict_staging_is_judged_piece_by_piece() -> None:
+    for change in (
+        {"mdns.renamed_hostname": "pimail-2"},  # avahi's own -2 name, not the derived one
+        {"mdns.renamed_etc": "pimail"},  # not kept for the next boot
+        {"mdns.renamed_hosts": "127.0.1.1 pimail"},
+        {"mdns.derived": "pimail-zz"},
+        {"mdns.derived": "", "mdns.renamed_hostname": "", "mdns.renamed_etc": "", "mdns.renamed_avahi": "",
+         "mdns.renamed_hosts": "127.0.1.1 "},
+    ):
+        values = dict(BOOT1)
+        values.update(change)
+        assert MDNS_CHECK in failing(sc.evaluate(values, 1, RLPX_OK)), change
+
+
+def test_second_boot_keeps_the_derived_name() -> None:
+    name = "hostname pimail-1b02 (pimail-1b02.local, announced by avahi)"
+    values = boot2()
+    values.update({"hostname": "pimail", "mdns.avahi_name": "pimail"})
+    assert failing(sc.evaluate(values, 2, RLPX_OK, previous=BOOT1)) == [name]
+    values.update({"hostname": "pimail-1b02", "mdns.avahi_name": "pimail-1b02-2"})
+    assert failing(sc.evaluate(values, 2, RLPX_OK, previous=BOOT1)) == [name]
+
+
+def test_wifi_config_check_needs_sae_and_optional_pmf() -> None:
+    for change in (
+        {"wifi.pmf": "0"}, {"wifi.sae_password": "0"}, {"wifi.parse_errors": "1"}, {"wifi.key_mgmt": ""}
+    ):
+        values = dict(BOOT1)
+        values.update(change)
+        assert failing(sc.evaluate(values, 1, RLPX_OK)) == [WIFI_CHECK], change
+
+
+def test_boot_to_ready_is_reported_from_both_clocks() -> None:
+    # READY at 117.568562 s guest time; the report line with the guest clock at 244.88 s was read
+    # by the host 250.0 s after QEMU started: READY came 127.311438 s of guest time earlier.
+    seen = {"clock.monotonic_us": 1000.0 + 250.0}
+    assert abs(sc.qemu_to_ready(BOOT1, seen, 1000.0) - (250.0 - 127.311438)) < 1e-6
+    assert sc.qemu_to_ready(BOOT1, seen, None) is None
+    assert sc.qemu_to_ready({**BOOT1, "pimail.ready_us": "0"}, seen, 1000.0) is None
+    checks = sc.evaluate(BOOT1, 1, RLPX_OK, qemu_to_ready_s=122.69)
+    ready = next(c for c in checks if c.name == "boot to pimail READY=1")
+    assert ready.ok and not ready.required
+    assert "117.6 s after the kernel started" in ready.detail and "122.7 s after QEMU started" in ready.detail
+    unknown = sc.evaluate({**BOOT1, "pimail.ready_us": ""}, 1, RLPX_OK)
+    assert not next(c for c in unknown if c.name == ready.name).ok
 
 
 def test_failed_handshake_fails_and_missing_watchdog_device_only_warns() -> None:

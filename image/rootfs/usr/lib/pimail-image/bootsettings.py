@@ -13,9 +13,14 @@ ssh, Wi-Fi and pimail start. Files it understands, all optional, in /boot/firmwa
     is how you log in). Renamed ``authorized_keys.imported``.
 ``wifi.txt``
     ``country=DE``, ``ssid=…``, ``psk=…`` (passphrase, 8–63 characters) and optionally
-    ``hidden=yes``, one per line. Becomes /etc/wpa_supplicant/wpa_supplicant-wlan0.conf with the
-    passphrase turned into the raw PSK, and the file is deleted so the passphrase does not stay
-    readable on the card (a ``wifi.txt.imported`` note replaces it).
+    ``hidden=yes`` and ``security=auto|wpa2|wpa3``, one per line. Becomes
+    /etc/wpa_supplicant/wpa_supplicant-wlan0.conf (root only). ``auto`` (the default) joins
+    WPA2-only, WPA2/WPA3 transition and WPA3-only (SAE) networks: WPA2 uses the raw PSK derived
+    from the passphrase, SAE needs the passphrase itself (stored hex-encoded), with management
+    frame protection optional. ``wpa2`` stores the derived PSK only; ``wpa3`` is SAE only, with
+    protected management frames required. A 64-hex-digit ``psk`` is a raw WPA2 key (SAE cannot
+    use it). The file is overwritten and deleted so the passphrase does not stay readable on the
+    card (a ``wifi.txt.imported`` note replaces it).
 ``wpa_supplicant.conf``
     A complete wpa_supplicant config (the Raspberry Pi OS habit), installed as is, then deleted.
 ``bootnodes.txt``
@@ -70,6 +75,7 @@ SSH_KEY_TYPES = frozenset(
 )
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 HEX_PSK_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+WIFI_SECURITY = ("auto", "wpa2", "wpa3")
 
 # Given a config path, return None if pimail accepts it, else a one-line reason.
 Validator = Callable[[Path], "str | None"]
@@ -235,6 +241,7 @@ class WifiSettings:
     ssid: str
     psk: str  # passphrase (8..63 printable ASCII) or 64 hex digits
     hidden: bool = False
+    security: str = "auto"  # auto (WPA2 and WPA3-SAE), wpa2 (PSK only), wpa3 (SAE only)
 
 
 def parse_wifi(text: str) -> WifiSettings:
@@ -248,8 +255,10 @@ def parse_wifi(text: str) -> WifiSettings:
         key = key.strip().lower()
         if not sep:
             raise Rejected(f"{WIFI_NAME} line {number}: expected key=value")
-        if key not in {"country", "ssid", "psk", "hidden"}:
-            raise Rejected(f"{WIFI_NAME} line {number}: unknown key {key!r} (country, ssid, psk, hidden)")
+        if key not in {"country", "ssid", "psk", "hidden", "security"}:
+            raise Rejected(
+                f"{WIFI_NAME} line {number}: unknown key {key!r} (country, ssid, psk, hidden, security)"
+            )
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
@@ -270,32 +279,52 @@ def parse_wifi(text: str) -> WifiSettings:
     if not HEX_PSK_RE.match(psk) and not passphrase_ok:
         raise Rejected(f"{WIFI_NAME}: psk must be a passphrase of 8 to 63 ASCII characters")
     hidden = values.get("hidden", "no").lower() in {"1", "yes", "true", "on"}
-    return WifiSettings(country, ssid, psk, hidden)
+    security = values.get("security", "auto").lower() or "auto"
+    if security not in WIFI_SECURITY:
+        raise Rejected(f"{WIFI_NAME}: security must be auto, wpa2 or wpa3, not {values['security']!r}")
+    if security == "wpa3" and HEX_PSK_RE.match(psk):
+        raise Rejected(f"{WIFI_NAME}: security=wpa3 (SAE) needs the passphrase, not a 64-hex-digit key")
+    return WifiSettings(country, ssid, psk, hidden, security)
 
 
 def wpa_supplicant_conf(wifi: WifiSettings) -> str:
-    """A wpa_supplicant config for one WPA2-PSK network. The SSID is written as hex and the
-    passphrase as its derived PSK, so no quoting or escaping can go wrong and the passphrase is
-    not stored."""
-    if HEX_PSK_RE.match(wifi.psk):
-        psk = wifi.psk.lower()
-    else:
-        psk = hashlib.pbkdf2_hmac("sha1", wifi.psk.encode(), wifi.ssid.encode(), 4096, 32).hex()
+    """A wpa_supplicant (2.10) config for one network. The SSID and the SAE password are written
+    as hex (wpa_supplicant reads an unquoted string value as hex), so no quoting or escaping can
+    go wrong. WPA2 gets the PSK derived from the passphrase; WPA3's SAE needs the passphrase
+    itself, so it is stored only when SAE is allowed (``security`` auto or wpa3)."""
+    raw_key = bool(HEX_PSK_RE.match(wifi.psk))
+    wpa2 = wifi.security in {"auto", "wpa2"}
+    sae = wifi.security in {"auto", "wpa3"} and not raw_key
     lines = [
         "# Written by pimail-import-settings from wifi.txt on the boot partition.",
         "ctrl_interface=DIR=/run/wpa_supplicant GROUP=netdev",
         "update_config=0",
         f"country={wifi.country}",
-        "",
-        "network={",
-        f"    ssid={wifi.ssid.encode().hex()}",
-        f"    psk={psk}",
-        "    key_mgmt=WPA-PSK",
     ]
+    if sae:
+        lines += ["# SAE: hunting-and-pecking or hash-to-element, whichever the access point offers"]
+        lines += ["sae_pwe=2"]
+    lines += ["", "network={", f"    ssid={wifi.ssid.encode().hex()}"]
+    key_mgmt = []
+    if wpa2:
+        psk = wifi.psk.lower() if raw_key else _wpa2_psk(wifi.psk, wifi.ssid)
+        lines.append(f"    psk={psk}")
+        key_mgmt += ["WPA-PSK", "WPA-PSK-SHA256"]
+    if sae:
+        lines.append(f"    sae_password={wifi.psk.encode().hex()}")
+        key_mgmt.append("SAE")
+    lines.append(f"    key_mgmt={' '.join(key_mgmt)}")
+    # Management frame protection: WPA3 requires it; in transition mode it is used when offered.
+    if sae:
+        lines.append(f"    ieee80211w={2 if not wpa2 else 1}")
     if wifi.hidden:
         lines.append("    scan_ssid=1")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _wpa2_psk(passphrase: str, ssid: str) -> str:
+    return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
 
 
 def _consume_secret(src: Path, note: str) -> None:
@@ -339,10 +368,14 @@ def import_wifi(boot: Path, targets: Targets) -> list[Outcome]:
         (boot / f"{WIFI_NAME}.error.txt").write_text(f"{_stamp()}: {exc}\n")
         outcomes.append(Outcome(WIFI_NAME, "rejected", str(exc)))
         return outcomes
-    _write_atomic(targets.wpa_supplicant, wpa_supplicant_conf(wifi), 0o600)
+    conf = wpa_supplicant_conf(wifi)
+    _write_atomic(targets.wpa_supplicant, conf, 0o600)
     _consume_secret(src, f"Wi-Fi {wifi.ssid!r} configured; the passphrase was removed from the card")
     (boot / f"{WIFI_NAME}.error.txt").unlink(missing_ok=True)
-    outcomes.append(Outcome(WIFI_NAME, "imported", f"network {wifi.ssid!r}, country {wifi.country}"))
+    kinds = conf.split("key_mgmt=", 1)[1].split("\n", 1)[0]
+    outcomes.append(
+        Outcome(WIFI_NAME, "imported", f"network {wifi.ssid!r}, country {wifi.country}, key_mgmt {kinds}")
+    )
     return outcomes
 
 
