@@ -124,6 +124,8 @@ def test_a_new_archive_is_created_at_the_latest_version_in_one_step(
     new = sqlite3.connect(tmp_path / "new.sqlite")
     schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
     assert new.execute(schema).fetchall() == old.execute(schema).fetchall()
+    meta = "SELECT key, value FROM meta ORDER BY key"
+    assert new.execute(meta).fetchall() == old.execute(meta).fetchall() == [("count", 0), ("topic_gen", 0)]
     assert new.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 

@@ -5,10 +5,12 @@ must not (each of these costs megabytes of RSS on a Pi that does not use it; doc
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from pimail.archive.sqlite.layout import BUCKET_EXPR, V1_HASH_EXPR
 from tests.daemon.procs import REPO
 
 # top-level packages and the reason a default node has no use for them
@@ -72,14 +74,21 @@ def test_the_cli_that_starts_the_node_loads_none_of_them() -> None:
     assert {name: unwanted[name] for name in loaded & unwanted.keys()} == {}
 
 
-def test_a_default_node_restarted_on_its_data_dir_loads_none_of_them(tmp_path: Path) -> None:
+def test_a_default_node_new_or_restarted_loads_none_of_them_but_a_migration_does(tmp_path: Path) -> None:
     conf = tmp_path / "pimail.toml"
     conf.write_text(  # the defaults (status page, metrics, SQLite archive), on loopback ports
         f'[node]\nlisten = "127.0.0.1:0"\ndata_dir = "{tmp_path / "data"}"\n'
         '[archive]\nclock_trust = "always"\nmin_free_disk = "1MB"\n'
         '[status]\nmetrics_listen = "127.0.0.1:0"\npage_listen = "127.0.0.1:0"\n'
     )
-    first = _loaded(RUN_TWICE, str(conf))
-    assert "sqlite_utils" in first  # a new archive is created by its migrations: the check can see it
+    first = _loaded(RUN_TWICE, str(conf))  # a new archive: created in plain SQL
+    assert {name: NEVER_BY_DEFAULT[name] for name in first & NEVER_BY_DEFAULT.keys()} == {}
     again = _loaded(RUN_TWICE, str(conf))
     assert {name: NEVER_BY_DEFAULT[name] for name in again & NEVER_BY_DEFAULT.keys()} == {}
+    # an archive of schema 1 is migrated with sqlite-utils: the check can see what it loads
+    conn = sqlite3.connect(tmp_path / "data" / "archive.sqlite")
+    conn.execute(f"CREATE INDEX envelopes_hash ON envelopes({BUCKET_EXPR}, {V1_HASH_EXPR})")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    assert "sqlite_utils" in _loaded(RUN_TWICE, str(conf))

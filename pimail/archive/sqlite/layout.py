@@ -135,9 +135,25 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     )
 
 
-def _create_latest(db: sqlite_utils.Database) -> None:
-    """A new archive is made at SCHEMA_VERSION at once (not version 1 and then migrated)."""
-    _create_tables(db)
+# A new archive is made at SCHEMA_VERSION at once, in plain SQL: the same tables as version 1's
+# sqlite-utils definitions migrated to the latest (tests/archive/test_migrate.py compares the two),
+# without importing sqlite-utils, which would stay resident (~5 MB) until the next restart.
+LATEST_SCHEMA = (
+    'CREATE TABLE "envelopes" (\n   "id" INTEGER PRIMARY KEY,\n   "topic" INTEGER NOT NULL,\n'
+    '   "ttl" INTEGER NOT NULL,\n   "arr" INTEGER,\n   "raw" BLOB NOT NULL\n)',
+    'CREATE TABLE "topics" (\n   "topic" INTEGER PRIMARY KEY,\n   "first_bucket" INTEGER NOT NULL,\n'
+    '   "last_bucket" INTEGER NOT NULL\n)',
+    'CREATE TABLE "meta" (\n   "key" TEXT PRIMARY KEY,\n   "value" INTEGER NOT NULL\n)',
+    "INSERT INTO meta (key, value) VALUES ('topic_gen', 0), ('count', 0)",
+    f"CREATE INDEX envelopes_topic ON envelopes({BUCKET_EXPR}, topic)",
+    "CREATE TRIGGER topics_added AFTER INSERT ON topics BEGIN "
+    "UPDATE meta SET value = value + 1 WHERE key = 'topic_gen'; END",
+)
+
+
+def _create_latest(conn: sqlite3.Connection) -> None:
+    for statement in LATEST_SCHEMA:
+        conn.execute(statement)
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -172,13 +188,10 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             raise ArchiveError(f"{path} is an SQLite file but not a pimail archive (no schema version)")
         if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
             raise ArchiveError(f"{path}: could not enable incremental auto-vacuum on a new archive")
-    import sqlite_utils  # ~5 MB with click, dateutil and pluggy: only when there is a migration to run
-
-    db = sqlite_utils.Database(conn)
     if version == 0:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            _create_latest(db)
+            _create_latest(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -186,6 +199,9 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
             raise
         log.info("archive %s: created (schema version %d)", path, SCHEMA_VERSION)
         return
+    import sqlite_utils  # ~5 MB with click, dateutil and pluggy: only when there is a migration to run
+
+    db = sqlite_utils.Database(conn)
     for v in range(version, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
