@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pimail.appliance.exposition import CONTENT_TYPE, Family, Histogram, LabelledCounter, render
+from pimail.appliance.serving import close_server
 from pimail.config import parse_hostport
 from pimail.health import HealthState
 
@@ -165,12 +166,7 @@ class NodeMetrics:
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
+            await close_server(self._server, self._tasks)
             self._server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

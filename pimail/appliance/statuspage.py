@@ -28,6 +28,7 @@ from pimail import __version__
 from pimail.appliance.htmlescape import escape
 from pimail.appliance.lan import parse_listen
 from pimail.appliance.pairing import PairingController
+from pimail.appliance.serving import close_server
 from pimail.appliance.statushtml import page_shell, render_page
 from pimail.config import StatusConfig
 from pimail.crypto.keys import Enode
@@ -129,12 +130,7 @@ class StatusPage:
 
     async def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self._server.wait_closed()
+            await close_server(self._server, self._tasks)
             self._server = None
 
     # -- connections -----------------------------------------------------------------------------
