@@ -11,6 +11,7 @@ import abc
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 CURSOR_LEN = 36  # sent_time (4 BE) || envelope hash (32)
 MAX_QUERY_LIMIT = 1000  # status-go maxQueryLimit
@@ -28,9 +29,9 @@ class SchemaTooNew(ArchiveError):
     """The archive was written by a newer pimail; refuse to open it."""
 
 
-@dataclass(frozen=True, slots=True)
-class ArchivedEnvelope:
-    """What the archive stores for one envelope."""
+class ArchivedEnvelope(NamedTuple):
+    """What the archive stores for one envelope (a named tuple: one is made per envelope ingested,
+    at a third of a frozen dataclass's cost)."""
 
     sent: int  # Expiry − TTL, seconds
     hash: bytes  # keccak of raw

@@ -13,10 +13,9 @@ from typing import Any
 from pimail.cli import quiet_node_logs
 from pimail.envelope import payload as pl
 from pimail.envelope.codec import Envelope
-from pimail.envelope.pow import ENVELOPE_HEADER_LEN, PowFormula
+from pimail.envelope.pow import ENVELOPE_HEADER_LEN, PowFormula, pow_meets
 from pimail.envelope.seal import seal_async
 from pimail.errors import RuntimeFailure, UserError
-from pimail.relay.validation import pow_meets
 from pimail.whisper.status import MessageResponse
 
 DEFAULT_TTL_S = 30

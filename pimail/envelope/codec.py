@@ -210,17 +210,24 @@ class Envelope:
         return powmod.current_pow(self.rlp_without_nonce, self.nonce, self.ttl, diff)
 
     def meets(self, requirement: float, formula: powmod.PowFormula, diff: int = 0) -> bool:
-        """True if this envelope's PoW reaches ``requirement`` under ``formula``."""
+        """True if this envelope's PoW reaches ``requirement`` under ``formula``.
+
+        Hashes only what decides: the current formula first (one hash; status-go seals by it), the
+        legacy one (two hashes) only if that does not settle it; a known diff-0 pair costs nothing.
+        """
         if requirement <= 0:
             return True
+        if not diff and self._pows0 is not None:
+            return powmod.pow_meets(self._pows0, requirement, formula)
         F = powmod.PowFormula
         if formula is F.LEGACY:
             return self.pow_legacy(diff) >= requirement
+        current = self.pow_current(diff) >= requirement
         if formula is F.CURRENT:
-            return self.pow_current(diff) >= requirement
+            return current
         if formula is F.EITHER:
-            return self.pow_legacy(diff) >= requirement or self.pow_current(diff) >= requirement
-        return self.pow_legacy(diff) >= requirement and self.pow_current(diff) >= requirement
+            return current or self.pow_legacy(diff) >= requirement
+        return current and self.pow_legacy(diff) >= requirement  # BOTH
 
 
 def _uint_at(raw: bytes, pos: int, max_len: int) -> tuple[int, int] | None:

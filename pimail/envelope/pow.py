@@ -26,6 +26,20 @@ class PowFormula(enum.Enum):
     BOTH = "both"  # meets a requirement only if both do (forwarding to a peer of unknown kind)
 
 
+def pow_meets(pows: tuple[float, float], requirement: float, formula: PowFormula) -> bool:
+    """True if a (legacy, current) pair reaches ``requirement`` under ``formula``."""
+    if requirement <= 0:
+        return True
+    legacy, current = pows
+    if formula is PowFormula.LEGACY:
+        return legacy >= requirement
+    if formula is PowFormula.CURRENT:
+        return current >= requirement
+    if formula is PowFormula.EITHER:
+        return legacy >= requirement or current >= requirement
+    return legacy >= requirement and current >= requirement
+
+
 def trailing_zero_bits(h: bytes) -> int:
     """Index of the lowest set bit of ``h`` read big-endian (geth returns 0 for all-zero)."""
     n = int.from_bytes(h, "big")

@@ -30,13 +30,13 @@ from pimail.config import WhisperConfig
 from pimail.crypto.keccak import keccak256
 from pimail.envelope.bloom import FULL_BLOOM, is_full
 from pimail.envelope.codec import Envelope, EnvelopeError, decode_envelope_list, encode_envelope_list
-from pimail.envelope.pow import PowFormula
+from pimail.envelope.pow import PowFormula, pow_meets
 from pimail.health import HealthModel, Severity
 from pimail.node.capability import DisconnectReason, PeerLike, ProtocolError
 from pimail.relay.confirmations import EnvelopeErrorReport, ErrorCodes, MessageResponse, encode_batch_ack
 from pimail.relay.limits import TokenBucket
 from pimail.relay.pool import EnvelopePool, KnownSet, PacketRateLimiter
-from pimail.relay.validation import Outcome, Rules, judge, pow_meets
+from pimail.relay.validation import Outcome, Rules, judge
 
 log = logging.getLogger(__name__)
 

@@ -153,3 +153,26 @@ def test_both_pows_equals_the_single_formulas(data: bytes, nonce: int, ttl: int,
         legacy_pow(env.rlp_without_nonce, nonce, len(data), ttl, diff),
         current_pow(env.rlp_without_nonce, nonce, ttl, diff),
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(nonce=hs.integers(0, 2**64 - 1), data=hs.binary(min_size=16, max_size=300),
+       ttl=hs.integers(1, 10_000), diff=hs.sampled_from([0, 0, 1, 7, 3600]),
+       exponent=hs.integers(-30, 3), formula=hs.sampled_from(list(PowFormula)))
+def test_meets_decides_like_the_pair_of_pows(nonce: int, data: bytes, ttl: int, diff: int, exponent: int,
+                                             formula: PowFormula) -> None:
+    """meets() hashes only what decides, and the cached diff-0 pair decides the same way; both agree
+    with the (legacy, current) pair for every formula, requirement and clock difference."""
+    env = Envelope.build(1_700_000_000, ttl, b"\x01\x02\x03\x04", data, nonce)
+    legacy, current = both_pows(env.rlp_without_nonce, nonce, len(data), ttl, diff)
+    for requirement in (0.0, 2.0 ** exponent, legacy, current, legacy * 1.0001, current * 1.0001):
+        expected = {
+            PowFormula.LEGACY: legacy >= requirement,
+            PowFormula.CURRENT: current >= requirement,
+            PowFormula.EITHER: legacy >= requirement or current >= requirement,
+            PowFormula.BOTH: legacy >= requirement and current >= requirement,
+        }[formula] or requirement <= 0
+        fresh = Envelope.decode(env.raw)
+        assert fresh.meets(requirement, formula, diff) is expected
+        fresh.pows()  # cache the diff-0 pair: meets() then reads it when diff is 0
+        assert fresh.meets(requirement, formula, diff) is expected
