@@ -113,6 +113,29 @@ def test_pool_dedup_expiry_and_byte_bound() -> None:
     assert pool.remove(c.hash) and pool.bytes == 0 and len(pool) == 0
 
 
+def test_pool_sweeps_by_expiry_alone_and_returns_each_hash_whole() -> None:
+    """Many envelopes share an expiry (one second of traffic): the sweep takes exactly those
+    expired before ``now`` (not at it), evicts earliest first, and gives back the same 32-byte
+    hashes, leading zero bytes included, whatever order the hashes sort in."""
+    envs = [env_at(NOW + (i % 3), ttl=10, nonce=i) for i in range(60)]
+    pool = EnvelopePool(max_bytes=10**9)
+    for e in envs:
+        pool.add(e)
+    zero_led = Envelope.build(NOW + 11, 11, b"abcd", b"z" * 100, 0)
+    object.__setattr__(zero_led, "hash", bytes(3) + zero_led.hash[3:])  # a hash starting with zeros
+    pool.add(zero_led)
+    assert sorted(pool.sweep(NOW + 11)) == sorted(e.hash for e in envs if e.expiry == NOW + 10)
+    assert len(pool) == 41 and zero_led.hash in pool  # expiring at NOW + 11: kept at NOW + 11
+    swept = pool.sweep(NOW + 12)
+    assert sorted(swept) == sorted([zero_led.hash] + [e.hash for e in envs if e.expiry == NOW + 11])
+    assert zero_led.hash in swept and len(pool) == 20
+    small = EnvelopePool(max_bytes=footprint(envs[0]) * 2 + 1)
+    late, early = env_at(NOW + 5, ttl=10, nonce=1), env_at(NOW, ttl=10, nonce=2)
+    small.add(late)
+    small.add(early)
+    assert small.add(env_at(NOW + 9, ttl=10, nonce=3))[1] == [early.hash]
+
+
 @pytest.mark.parametrize("data_len", [64, 300, 1000, 4000])
 def test_pool_budget_matches_measured_memory(data_len: int) -> None:
     """pool.bytes (what the budget counts) never undercounts the memory the pooled envelopes take
