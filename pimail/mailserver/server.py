@@ -344,8 +344,9 @@ class MailServer:
             self._remember_cursor(peer, cursor)
         self._done(req.form.value, "completed", started, count)
         log.info(
-            "delivered %d envelopes (%s form%s, %s) to %s in %.2f s%s",
-            count, req.form.value, ", batched" if req.batch else "", channel.capability, _short(peer),
+            "delivered %d envelope%s (%s form%s, %s) to %s in %.2f s%s",
+            count, "" if count == 1 else "s", req.form.value, ", batched" if req.batch else "",
+            channel.capability, _short(peer),
             self.monotonic() - started, ", more pages" if cursor else "",
         )
 

@@ -576,3 +576,22 @@ def test_metrics_hook_and_snapshot(tmp_path: Path) -> None:
             assert snap["open"] is True
 
     _run(main())
+
+
+def test_the_delivery_log_line_counts_in_words_an_operator_reads(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """journalctl shows one line per answered request: "1 envelope", "3 envelopes"."""
+    async def main() -> None:
+        async with mail_node(tmp_path / "ms") as ms, client_node(tmp_path / "c") as client:
+            await ms.fill(_history_envs(3, NOW - 500))
+            with caplog.at_level("INFO", logger="pimail.mailserver.server"):
+                got_one, _ = await client.history(ms.enode, lower=NOW - 500, upper=NOW - 500,
+                                                  request_pow=MIN_POW)
+                got_all, _ = await client.history(ms.enode, lower=NOW - 500, upper=NOW, request_pow=MIN_POW)
+            assert (len(got_one), len(got_all)) == (1, 3)
+            lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("delivered ")]
+            assert len(lines) == 2, lines
+            assert lines[0].startswith("delivered 1 envelope (")
+            assert lines[1].startswith("delivered 3 envelopes (")
+
+    _run(main())
