@@ -22,6 +22,15 @@ ENVELOPE_OBJECT_BYTES = 520  # fixed per pooled envelope: instance, hash, topic,
 _HASH_MASK = (1 << 256) - 1  # a heap entry's low 256 bits: the envelope hash
 
 
+def _entry(expiry: int, envelope_hash: bytes) -> int:
+    """The heap entry of one envelope: its expiry above its hash, so ints order by expiry first."""
+    return (expiry << 256) | int.from_bytes(envelope_hash, "big")
+
+
+def _hash_of(entry: int) -> bytes:
+    return (entry & _HASH_MASK).to_bytes(32, "big")
+
+
 def footprint(env: Envelope) -> int:
     """Bytes of memory one pooled envelope occupies (tracemalloc: raw + ~500 at 83 B–4 KB)."""
     return len(env.raw) + ENVELOPE_OBJECT_BYTES
@@ -67,7 +76,7 @@ class EnvelopePool:
         if size > self.max_bytes:
             return False, []
         self._by_hash[h] = env
-        heapq.heappush(self._heap, (env.expiry << 256) | int.from_bytes(h, "big"))
+        heapq.heappush(self._heap, _entry(env.expiry, h))
         self.bytes += size
         evicted: list[bytes] = []
         while self.bytes > self.max_bytes:
@@ -80,7 +89,7 @@ class EnvelopePool:
 
     def _pop_earliest(self) -> bytes | None:
         while self._heap:
-            h = (heapq.heappop(self._heap) & _HASH_MASK).to_bytes(32, "big")
+            h = _hash_of(heapq.heappop(self._heap))
             env = self._by_hash.pop(h, None)
             if env is not None:
                 self.bytes -= footprint(env)
@@ -93,16 +102,16 @@ class EnvelopePool:
             return False
         self.bytes -= footprint(env)
         if len(self._heap) > 2 * len(self._by_hash) + 64:  # keep lazy deletions bounded
-            self._heap = [(e.expiry << 256) | int.from_bytes(h, "big") for h, e in self._by_hash.items()]
+            self._heap = [_entry(e.expiry, h) for h, e in self._by_hash.items()]
             heapq.heapify(self._heap)
         return True
 
     def sweep(self, now: int) -> list[bytes]:
         """Remove envelopes whose expiry is before ``now``; return their hashes."""
         gone: list[bytes] = []
-        bound = now << 256  # below it: an expiry before ``now``
+        bound = _entry(now, bytes(32))  # below it: an expiry before ``now``
         while self._heap and self._heap[0] < bound:
-            h = (heapq.heappop(self._heap) & _HASH_MASK).to_bytes(32, "big")
+            h = _hash_of(heapq.heappop(self._heap))
             env = self._by_hash.pop(h, None)
             if env is not None:
                 self.bytes -= footprint(env)

@@ -67,8 +67,9 @@ def judge(env: Envelope, rules: Rules, now: int | None) -> Verdict:
             return Verdict(Outcome.DROP, "expired")
     if env.size > rules.max_size:
         return Verdict(Outcome.ERROR, f"oversized envelope ({env.size} > {rules.max_size} bytes)")
-    # meets() stops at the first formula that decides (an envelope sealed for either formula costs
-    # one or two hashes, not the four of both); the pair is computed only for the error message
+    # meets() stops at the first formula that decides (one hash when the current formula passes,
+    # as it does for status-go's envelopes, instead of always the three of both formulas); the
+    # pair is computed only for the error message
     if (
         rules.min_pow > 0
         and not env.meets(rules.min_pow, rules.formula, diff)

@@ -122,7 +122,7 @@ def test_pool_sweeps_by_expiry_alone_and_returns_each_hash_whole() -> None:
     for e in envs:
         pool.add(e)
     zero_led = Envelope.build(NOW + 11, 11, b"abcd", b"z" * 100, 0)
-    object.__setattr__(zero_led, "hash", bytes(3) + zero_led.hash[3:])  # a hash starting with zeros
+    zero_led.hash = bytes(3) + zero_led.hash[3:]  # a hash starting with zero bytes
     pool.add(zero_led)
     assert sorted(pool.sweep(NOW + 11)) == sorted(e.hash for e in envs if e.expiry == NOW + 10)
     assert len(pool) == 41 and zero_led.hash in pool  # expiring at NOW + 11: kept at NOW + 11
