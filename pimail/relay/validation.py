@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pimail.envelope.bloom import bloom_matches
 from pimail.envelope.codec import Envelope
-from pimail.envelope.pow import PowFormula
+from pimail.envelope.pow import PowFormula, pow_meets
 from pimail.relay.confirmations import ErrorCodes
 
 VERY_OLD_S = 20  # geth: Expiry + 20 < now is an error, younger expired envelopes are just dropped
@@ -68,19 +68,16 @@ def judge(env: Envelope, rules: Rules, now: int | None) -> Verdict:
     if env.size > rules.max_size:
         return Verdict(Outcome.ERROR, f"oversized envelope ({env.size} > {rules.max_size} bytes)")
     # meets() stops at the first formula that decides (one hash when the current formula passes,
-    # as it does for status-go's envelopes, instead of always the three of both formulas); the
-    # pair is computed only for the error message
-    if (
-        rules.min_pow > 0
-        and not env.meets(rules.min_pow, rules.formula, diff)
-        and (rules.pow_tolerance is None or not env.meets(rules.pow_tolerance, rules.formula, diff))
-    ):
+    # as it does for status-go's envelopes, instead of always the three of both formulas); an
+    # envelope below the requirement gets the pair once, for the tolerance and the error message
+    if rules.min_pow > 0 and not env.meets(rules.min_pow, rules.formula, diff):
         pows = env.pows(diff)
-        return Verdict(
-            Outcome.ERROR,
-            f"envelope with low PoW (legacy {pows[0]:.3g}, current {pows[1]:.3g}, "
-            f"required {rules.min_pow:g} by {rules.formula.value} formula)",
-        )
+        if rules.pow_tolerance is None or not pow_meets(pows, rules.pow_tolerance, rules.formula):
+            return Verdict(
+                Outcome.ERROR,
+                f"envelope with low PoW (legacy {pows[0]:.3g}, current {pows[1]:.3g}, "
+                f"required {rules.min_pow:g} by {rules.formula.value} formula)",
+            )
     if (
         rules.bloom is not None
         and not bloom_matches(rules.bloom, env.bloom)
